@@ -1,0 +1,348 @@
+"""CIFAR-10 as device-resident uint8 tensors, augmented a whole batch at a time.
+
+The dataset is read once (official python batches or an image folder), cached as one uint8
+array beside the data, and moved to the training device whole. Batches are drawn by index;
+random crop (4-pixel zero padding) and horizontal flip run on the device; there are no
+DataLoader workers and no per-image Python work in the training loop.
+"""
+import hashlib
+import logging
+import math
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from hybrid_exp.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE = "cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+BATCHES_DIR = "cifar-10-batches-py"
+BATCH_MD5 = {  # the official archive's members
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")  # official label order
+MEAN = (0.4914, 0.4822, 0.4465)  # per-channel statistics of the official training images
+STD = (0.2470, 0.2435, 0.2616)
+FORMATS = ("auto", "pickle", "image_folder")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+LAYOUTS = (f"the official python batches in <root>/{BATCHES_DIR}/ (data_batch_1..5, test_batch), "
+           "or an image folder <root>/train/<class>/*.png|jpg and <root>/test/<class>/*.png|jpg")
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or ill-shaped data; the message says how to fix it."""
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_md5(path: Path, expected: str, fix: str) -> None:
+    actual = md5sum(path)
+    if actual != expected:
+        raise DataError(f"{path} fails its md5 check (expected {expected}, got {actual}): "
+                        f"the file is corrupt or incomplete; {fix}")
+
+
+def read_pickle(folder: Path, md5: dict[str, str] = BATCH_MD5) -> Arrays:
+    """The official python batches: each a pickled dict with b'data' (N, 3072) and b'labels'."""
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path} is missing: expected {LAYOUTS}")
+        verify_md5(path, md5[name], "delete it (and the archive) and download CIFAR-10 again")
+        with open(path, "rb") as f:  # safe to unpickle: the md5 matched the official file
+            batch = pickle.load(f, encoding="bytes")
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x), np.asarray(batch[b"labels"], dtype=np.int64)
+
+    train = [read(f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = read("test_batch")
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+            x_test, y_test)
+
+
+def read_image_folder(folder: Path) -> Arrays:
+    """``train/<class>/*`` and ``test/<class>/*``; classes sort into the official label order."""
+    from PIL import Image
+
+    def decode(path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+        except OSError as e:
+            raise DataError(f"{path} is not a readable image ({e}); replace or delete it") from e
+        if image.shape != (32, 32, 3):
+            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}, not 32x32: "
+                            "CIFAR-10 images are 32x32 RGB")
+        return image
+
+    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+        classes = sorted(p.name for p in (folder / split).iterdir() if p.is_dir())
+        if tuple(classes) != CLASSES:
+            raise DataError(f"{folder / split} must hold one folder per CIFAR-10 class "
+                            f"{', '.join(CLASSES)}; found {', '.join(classes) or 'none'}")
+        files = [(p, label) for label, name in enumerate(classes)
+                 for p in sorted((folder / split / name).iterdir())
+                 if p.suffix.lower() in IMAGE_SUFFIXES]
+        with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
+            images = list(pool.map(decode, (p for p, _ in files), chunksize=256))
+        return np.stack(images), np.array([label for _, label in files], dtype=np.int64)
+
+    return (*read("train"), *read("test"))
+
+
+def locate(root: Path, fmt: str) -> tuple[str, Path] | None:
+    """The (format, folder) of the dataset under ``root``, or None if absent."""
+    found = {"pickle": [root / BATCHES_DIR, root], "image_folder": [root, root / "cifar10-jpeg"]}
+    for candidate_fmt, folders in found.items():
+        if fmt not in ("auto", candidate_fmt):
+            continue
+        for folder in folders:
+            marker = folder / ("data_batch_1" if candidate_fmt == "pickle" else "train")
+            if marker.exists():
+                return candidate_fmt, folder
+    return None
+
+
+def download(root: Path) -> None:
+    """Fetch the official archive into ``root`` (md5-checked) and extract its batches."""
+    archive = root / ARCHIVE
+    root.mkdir(parents=True, exist_ok=True)
+    if not archive.exists():
+        log.info("downloading CIFAR-10 from %s to %s", URL, archive)
+        partial = archive.with_suffix(".part")
+        try:
+            urllib.request.urlretrieve(URL, partial)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise DataError(f"could not download CIFAR-10 from {URL} ({e}); put {ARCHIVE} in "
+                            f"{root} by hand, or set data.root to a folder holding {LAYOUTS}") from e
+        partial.replace(archive)
+    verify_md5(archive, ARCHIVE_MD5, f"delete {archive} and download it again")
+    with tempfile.TemporaryDirectory(dir=root) as tmp:  # extract whole or not at all
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.rmtree(root / BATCHES_DIR, ignore_errors=True)
+        os.replace(Path(tmp) / BATCHES_DIR, root / BATCHES_DIR)
+
+
+def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = False) -> Arrays:
+    """All 60k images as uint8 (N, 32, 32, 3) plus int64 labels, via a cache beside the data."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data.format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    root = Path(root).expanduser().resolve()
+    found = locate(root, fmt)
+    if found is None and download_missing and fmt != "image_folder":
+        download(root)
+        found = locate(root, "pickle")
+    if found is None:
+        hint = "" if download_missing else ", or set data.download=true to fetch the official archive"
+        raise DataError(f"no CIFAR-10 found under {root}: expected {LAYOUTS}{hint}")
+    fmt, folder = found
+    cache = folder / f"cifar10-{fmt}-uint8.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("ignoring unreadable cache %s (%s); rebuilding it", cache, e)
+    log.info("decoding CIFAR-10 (%s) from %s", fmt, folder)
+    arrays = read_pickle(folder) if fmt == "pickle" else read_image_folder(folder)
+    save_atomically(cache, arrays)
+    return arrays
+
+
+def save_atomically(cache: Path, arrays: Arrays) -> None:
+    """Write the cache whole or not at all; a read-only data folder just goes uncached."""
+    partial = cache.with_name(f".{cache.name}.{os.getpid()}.part")
+    try:
+        with open(partial, "wb") as f:
+            np.savez(f, **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)))
+        os.replace(partial, cache)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        log.warning("could not write the cache %s (%s); the next run decodes again", cache, e)
+
+# ---------------------------------------------------------------------------- batches
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4):
+    """Random crop after zero padding, and horizontal flip, for a whole batch in one gather.
+
+    x (B, H, W, C) uint8; offsets (B, 2) in [0, 2*pad] (row, column); flips (B,) bool.
+    """
+    B, H, W, _ = x.shape
+    x = F.pad(x, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, C)
+    rows = offsets[:, :1] + torch.arange(H, device=x.device)  # (B, H)
+    cols = torch.arange(W, device=x.device).expand(B, W)
+    cols = torch.where(flips[:, None], W - 1 - cols, cols) + offsets[:, 1:]  # (B, W)
+    batch = torch.arange(B, device=x.device)[:, None, None]
+    return x[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+
+
+class Batches:
+    """Minibatches of device-resident images, by index; an iterable for Lightning.
+
+    With ``augment_seed`` set it is the training stream: every epoch draws its order, crops
+    and flips from ``derive_seed(augment_seed, epoch)`` on the CPU (the same stream on any
+    device) and moves them to the device once; partial last batches are dropped.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 augment_seed: int | None = None, start_epoch: int = 0):
+        self.images, self.labels, self.batch_size = images, labels, batch_size  # (N, H, W, C)
+        self.augment_seed, self.epoch = augment_seed, start_epoch
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(MEAN, device=images.device).view(shape)
+        self.std = torch.tensor(STD, device=images.device).view(shape)
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.augment_seed is not None else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n, device, train = len(self.images), self.images.device, self.augment_seed is not None
+        if train:
+            g = torch.Generator().manual_seed(derive_seed(self.augment_seed, "augment", self.epoch))
+            order = torch.randperm(n, generator=g).to(device)
+            offsets = torch.randint(0, 9, (n, 2), generator=g).to(device)  # 2 * pad + 1 positions
+            flips = torch.randint(0, 2, (n,), generator=g).bool().to(device)
+            self.epoch += 1
+        else:
+            order = torch.arange(n, device=device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]  # (B, H, W, C) uint8
+            if train:
+                x = crop_flip(x, offsets[idx], flips[idx])
+            yield self.normalize(x), self.labels[idx]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) uint8 -> (B, C, H, W) float, channels_last in memory."""
+        return (x.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
+
+
+# ---------------------------------------------------------------------------- data modules
+
+
+class ResidentData(pl.LightningDataModule):
+    """Splits a (train, test) pair of uint8 arrays and serves it from the training device.
+
+    The trial ``seed`` fixes the validation split, the class-balanced subset, and the order and
+    augmentation of every epoch: all variants of one trial see the same data (a paired design).
+    ``eval_seed`` alone fixes the evaluation subset of the test set: the same for every run.
+    """
+
+    def __init__(self, batch_size: int = 128, val_size: int = 5000, eval_size: int = 6000,
+                 eval_seed: int = 0, train_subset: int | None = None, seed: int = 0):
+        super().__init__()
+        self.batch_size, self.val_size, self.eval_size = batch_size, val_size, eval_size
+        self.eval_seed, self.train_subset, self.seed = eval_seed, train_subset, seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self) -> Arrays:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        x_train, y_train, x_test, y_test = self.load()
+        train, val = self.split_indices(y_train)
+        if not 0 < self.eval_size <= len(x_test):
+            raise DataError(f"data.eval_size must be in 1..{len(x_test)} (the test set); "
+                            f"got {self.eval_size}")
+        g = torch.Generator().manual_seed(self.eval_seed)
+        test = torch.randperm(len(x_test), generator=g)[:self.eval_size].sort().values.numpy()
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        to_device = lambda x, y, i: (torch.from_numpy(x[i]).to(device), torch.from_numpy(y[i]).to(device))
+        self.splits = {"train": to_device(x_train, y_train, train),
+                       "val": to_device(x_train, y_train, val),
+                       "test": to_device(x_test, y_test, test)}
+
+    def split_indices(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) indices: val drawn by the trial seed, then a class-balanced subset."""
+        n = len(labels)
+        if not 0 <= self.val_size < n:
+            raise DataError(f"data.val_size must be in 0..{n - 1} (the training set has {n} "
+                            f"images); got {self.val_size}")
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "split"))
+        order = torch.randperm(n, generator=g).numpy()
+        val, train = order[:self.val_size], order[self.val_size:]
+        if self.train_subset is not None:
+            classes = np.unique(labels)
+            if not len(classes) <= self.train_subset <= len(train):
+                raise DataError(f"data.train_subset must be in {len(classes)}..{len(train)} "
+                                f"(or null for all); got {self.train_subset}")
+            # class c gets train_subset // classes images (+1 for the first remainder classes)
+            quota = {c: self.train_subset // len(classes) + (i < self.train_subset % len(classes))
+                     for i, c in enumerate(classes)}
+            train = np.concatenate([train[labels[train] == c][:quota[c]] for c in classes])
+        return np.sort(train), np.sort(val)
+
+    def train_dataloader(self) -> Batches:
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        return Batches(*self.splits["train"], self.batch_size, augment_seed=self.seed, start_epoch=epoch)
+
+    def val_dataloader(self) -> Batches | list:
+        return Batches(*self.splits["val"], self.batch_size) if self.val_size else []
+
+    def test_dataloader(self) -> Batches:
+        return Batches(*self.splits["test"], self.batch_size)
+
+
+class CIFAR10(ResidentData):
+    """CIFAR-10 from ``root``: official python batches or an image folder (``format``)."""
+
+    def __init__(self, root: str = "data/cifar10", format: str = "auto", download: bool = True,
+                 **split_args):
+        super().__init__(**split_args)
+        if format not in FORMATS:
+            raise DataError(f"unknown data.format '{format}'; choose one of {', '.join(FORMATS)}")
+        self.root, self.format, self.download = root, format, download
+
+    def prepare_data(self) -> None:
+        load_cifar10(self.root, self.format, self.download)  # download and cache once
+
+    def load(self) -> Arrays:
+        return load_cifar10(self.root, self.format, self.download)
+
+
+class Synthetic(ResidentData):
+    """Random CIFAR-shaped images with balanced random labels: plumbing tests only."""
+
+    def load(self) -> Arrays:
+        rng = np.random.default_rng(0)
+        n_train = (self.train_subset or 50000) + self.val_size
+        images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        labels = lambda n: rng.permutation(np.arange(n) % 10)
+        return images(n_train), labels(n_train), images(self.eval_size), labels(self.eval_size)

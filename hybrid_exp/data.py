@@ -156,10 +156,14 @@ def download(root: Path) -> None:
         os.replace(Path(tmp) / BATCHES_DIR, root / BATCHES_DIR)
 
 
-def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = False) -> Arrays:
-    """All 60k images as uint8 (N, 32, 32, 3) plus int64 labels, via a cache beside the data."""
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise DataError(f"unknown data.format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = False) -> Arrays:
+    """All 60k images as uint8 (N, 32, 32, 3) plus int64 labels, via a cache beside the data."""
+    check_format(fmt)
     root = Path(root).expanduser().resolve()
     found = locate(root, fmt)
     if found is None and download_missing and fmt != "image_folder":
@@ -326,12 +330,8 @@ class CIFAR10(ResidentData):
     def __init__(self, root: str = "data/cifar10", format: str = "auto", download: bool = True,
                  **split_args):
         super().__init__(**split_args)
-        if format not in FORMATS:
-            raise DataError(f"unknown data.format '{format}'; choose one of {', '.join(FORMATS)}")
+        check_format(format)  # fail when the config is read, before any run starts
         self.root, self.format, self.download = root, format, download
-
-    def prepare_data(self) -> None:
-        load_cifar10(self.root, self.format, self.download)  # download and cache once
 
     def load(self) -> Arrays:
         return load_cifar10(self.root, self.format, self.download)

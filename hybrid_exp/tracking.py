@@ -90,10 +90,12 @@ def mlflow_run(cfg: DictConfig, tags: dict[str, str], params: dict[str, int]):
             client.log_batch(run_id, params=items[i:i + 100])
         client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
         yield client, run_id
-    except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+    except BaseException as e:  # Lightning turns Ctrl-C into SystemExit: both are KILLED
+        failed = isinstance(e, Exception)
+        reason = f"{type(e).__name__}: {e}"[:5000] if failed else "interrupted"
+        client.set_tag(run_id, "error", reason)
+        status = "FAILED" if failed else "KILLED"
         client.set_terminated(run_id, status)
-        log.error("run %s %s: %s", run.info.run_name, status, e)
+        log.error("run %s %s: %s", run.info.run_name, status, reason)
         raise
     client.set_terminated(run_id, "FINISHED")

@@ -37,7 +37,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             cfg.trainer, logger=MLFlowLogger(tracking_uri=client.tracking_uri, run_id=run_id),
             callbacks=[RichProgressBar()] if tty else [], enable_progress_bar=tty)
         trainer.fit(module, datamodule=data)
+        metrics = dict(trainer.callback_metrics)  # the last epoch's; test() replaces them
         trainer.test(module, datamodule=data, verbose=False)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics.update(trainer.callback_metrics)
+    metrics = {k: float(v) for k, v in metrics.items() if k != "step"}
     log.info("%s-seed%s: test/error %.2f%%", tags["model"], cfg.seed, metrics["test/error"])
     return metrics

@@ -1,0 +1,51 @@
+"""Shared fixtures: composed configs (as Hydra would pass them) and real CIFAR-10 images."""
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from hybrid_exp.__main__ import config_dir
+
+REPO = Path(__file__).resolve().parent.parent
+TARBALL = Path(os.environ.get("CIFAR10_JPEG_TARBALL", REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
+CACHE = Path(os.environ.get("HYBRID_EXP_TEST_CACHE", Path.home() / ".cache/hybrid-exp-tests"))
+
+# A network small enough to train in seconds on 2 CPU cores, and still learn.
+TINY = ["model.width=16", "model.depth=1", "data.batch_size=64", "optim.warmup_epochs=0",
+        "trainer.max_epochs=2"]
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    """The shared JPEG copy of CIFAR-10, extracted once into a cache directory."""
+    root = CACHE / "cifar10-jpeg"
+    if not root.is_dir():
+        if not TARBALL.is_file():
+            pytest.fail(f"{TARBALL} not found: set CIFAR10_JPEG_TARBALL to cifar10-jpeg.tar.gz")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = CACHE / f".extract-{os.getpid()}"
+        with tarfile.open(TARBALL) as tar:
+            tar.extractall(partial, filter="data")
+        (partial / "cifar10-jpeg").rename(root)
+        partial.rmdir()
+    return root
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """compose(overrides) -> the config Hydra would hand to the task, tracked in tmp_path."""
+
+    def make(*overrides: str):
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            cfg = compose("config", return_hydra_config=True, overrides=[
+                f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *overrides])
+        HydraConfig.instance().set_config(cfg)  # what train() reads its choices from
+        with open_dict(cfg):
+            del cfg.hydra
+        return cfg
+
+    return make

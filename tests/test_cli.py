@@ -1,0 +1,38 @@
+"""The command line as a user runs it: real subprocesses, a real multirun."""
+import signal
+import subprocess
+import sys
+
+from analysis import load_runs
+from tests.conftest import TINY
+
+
+def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10_root):
+    run = subprocess.run(
+        [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,standard", "seed=0,1",
+         "experiment=quick", f"data.root={cifar10_root}", "data.train_subset=2000",
+         "data.val_size=200", "data.eval_size=500", *TINY, "trainer.max_epochs=3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")  # the default store
+    assert sorted(runs.run_name) == ["separable-seed0", "separable-seed1",
+                                     "standard-seed0", "standard-seed1"]
+    assert (runs.status == "FINISHED").all()
+    assert (runs["test/error"] < 80).all(), runs[["run_name", "test/error"]]
+    assert len(list((tmp_path / "multirun").glob("*/*/[0-3]"))) == 4  # Hydra's job dirs
+    assert "epoch 3/3" in run.stdout + run.stderr  # one plain progress line per epoch
+
+
+def test_ctrl_c_marks_the_run_killed_not_running(tmp_path):
+    job = subprocess.Popen(
+        [sys.executable, "-m", "hybrid_exp", "data=synthetic", "data.train_subset=2048", *TINY,
+         "trainer.max_epochs=1000"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in job.stdout:  # wait until training is under way
+        if "epoch 2/1000" in line:
+            break
+    job.send_signal(signal.SIGINT)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode != 0, output
+    run = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").iloc[0]
+    assert (run.status, run.error) == ("KILLED", "interrupted")

@@ -2,32 +2,192 @@
 
 A backbone builds each unit as ``block(c_in, c_out, stride)``; the config group
 ``model/block`` picks the class (``_target_`` + ``_partial_``), so a new unit is one class
-here plus one YAML file. Equations and sources: docs/variants.md.
+here plus one YAML file. Notation below: ``*`` is convolution, ``D`` a depthwise 3x3 kernel
+(one 3x3 filter per channel), ``P`` a pointwise 1x1 kernel (C_out x C_in), BN batch norm.
+Equations, sources and the choices our reading of the paper had to make: docs/variants.md.
 """
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
+def check(condition: bool, message: str) -> None:
+    """Impossible shapes fail when the model is built from the config, in one sentence."""
+    if not condition:
+        raise ValueError(message)
+
+
+def conv(c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A bias-free 'same' convolution (BN follows every conv here)."""
+    return nn.Conv2d(c_in, c_out, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+
+
+def conv_bn_relu(c_in: int, c_out: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1) -> list[nn.Module]:
+    return [conv(c_in, c_out, kernel_size, stride, groups), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
 class Standard(nn.Sequential):
-    """y = ReLU(BN(W * x)), W a dense 3x3 kernel of shape (C_out, C_in, 3, 3)."""
+    """y = ReLU(BN(W * x)), W a dense 3x3 kernel (C_out, C_in, 3, 3)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__(
-            nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-        )
+        super().__init__(*conv_bn_relu(c_in, c_out, 3, stride))
 
 
-class Separable(nn.Sequential):
-    """y = ReLU(BN(P (D * x))): depthwise 3x3 D (groups = C_in), then pointwise 1x1 P.
+class Grouped(nn.Sequential):
+    """y = ReLU(BN(P (G * x))), G a 3x3 kernel (C_in -> C_in) in ``groups`` groups.
+
+    groups = 1: a dense 3x3 then 1x1; groups = C_in: ``Separable``. Sweeping ``groups`` traces
+    the continuum between them. ``groups`` is the same for every unit of a backbone (as
+    ResNeXt's cardinality), so it must divide every unit's C_in.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, groups: int = 1):
+        check(groups >= 1 and c_in % groups == 0,
+              f"model.block.groups must divide the unit's input channels; groups={groups} "
+              f"does not divide C_in={c_in} (choose a divisor of model.width)")
+        super().__init__(conv(c_in, c_in, 3, stride, groups), *conv_bn_relu(c_in, c_out, 1))
+
+
+class Separable(Grouped):
+    """y = ReLU(BN(P (D * x))): depthwise 3x3 (groups = C_in), then pointwise 1x1.
 
     Nothing sits between D and P (Xception; the paper's baseline).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__(
-            nn.Conv2d(c_in, c_in, 3, stride, padding=1, groups=c_in, bias=False),  # depthwise
-            nn.Conv2d(c_in, c_out, 1, bias=False),  # pointwise
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-        )
+        super().__init__(c_in, c_out, stride, groups=c_in)
+
+
+class SeparableAct(nn.Sequential):
+    """y = ReLU(BN(P act(BN(D * x)))): Xception sec. 4.7's ablation, a nonlinearity between
+    the depthwise and the pointwise convolution (``mid_act``: relu or elu)."""
+
+    ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, mid_act: str = "relu"):
+        check(mid_act in self.ACTIVATIONS, f"model.block.mid_act must be one of "
+              f"{', '.join(self.ACTIVATIONS)}; got '{mid_act}'")
+        super().__init__(conv(c_in, c_in, 3, stride, groups=c_in), nn.BatchNorm2d(c_in),
+                         self.ACTIVATIONS[mid_act](inplace=True), *conv_bn_relu(c_in, c_out, 1))
+
+
+class Equivalent(nn.Module):
+    """``Separable`` written as C_in single-channel towers (Fig. 4's control for noise):
+    tower i convolves channel i with its own 3x3 filter, the towers are concatenated, then 1x1.
+
+        y = ReLU(BN(P concat_i(d_i * x_i)))
+
+    The towers are real modules (each initialised as a 1-channel conv, fan-in 9, the same
+    distribution as a depthwise filter); the forward pass runs them as one grouped conv,
+    which computes exactly the same thing.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.stride = stride
+        self.towers = nn.ModuleList(conv(1, 1, 3, stride) for _ in range(c_in))
+        self.pointwise = nn.Sequential(*conv_bn_relu(c_in, c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        filters = torch.cat([tower.weight for tower in self.towers])  # (C_in, 1, 3, 3)
+        x = F.conv2d(x, filters, stride=self.stride, padding=1, groups=len(self.towers))
+        return self.pointwise(x)
+
+
+class Hybrid(nn.Module):
+    """The paper's hypothesised reading: a ResNeXt aggregated transformation with cardinality
+    = C_in. Path i takes channel i through its own 3x3 filter d_i and a 1x1 projection p_i to
+    C_out; the paths are summed, and an identity shortcut is added where shapes allow:
+
+        y = ReLU(BN(sum_i p_i (d_i * x_i)) + x)
+
+    sum_i p_i (d_i * x_i) is P (D * x) with P's column i = p_i: one depthwise conv and one 1x1,
+    exactly. What differs from ``Separable`` is the shortcut and the initialisation: each path
+    is initialised as a ResNeXt path is, by its own fan-in (9 for d_i, 1 for p_i), where a
+    pointwise conv's fan-in is C_in. ``residual=False`` is the form the paper calls ResNeXt
+    "if we remove the identity connection"; it computes the same function as ``Separable``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = True):
+        super().__init__()
+        self.depthwise = conv(c_in, c_in, 3, stride, groups=c_in)  # the d_i, fan-in 9
+        self.project = conv(c_in, c_out, 1)  # column i is p_i
+        # PyTorch's default conv init is U(-b, b) with b = 1/sqrt(fan-in); a path's p_i has fan-in 1
+        nn.init.uniform_(self.project.weight, -1.0, 1.0)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.shortcut = residual and c_in == c_out and stride == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.project(self.depthwise(x)))
+        return F.relu(y + x if self.shortcut else y)
+
+
+class ReformulatedInception(nn.Sequential):
+    """Chollet's re-formulated simplified Inception module: a 1x1, then the output channels
+    split into ``towers`` non-overlapping segments, each convolved by its own 3x3:
+
+        y = ReLU(BN(G * ReLU(BN(P x)))),  G a 3x3 kernel in ``towers`` groups
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, towers: int = 4):
+        check(towers >= 1 and c_out % towers == 0,
+              f"model.block.towers must divide the unit's output channels; towers={towers} "
+              f"does not divide C_out={c_out}")
+        super().__init__(*conv_bn_relu(c_in, c_out, 1), *conv_bn_relu(c_out, c_out, 3, stride, towers))
+
+
+class Inception(nn.Module):
+    """GoogLeNet's Inception module (Szegedy et al. 2015, Fig. 2b), four parallel branches,
+    each conv followed by BN-ReLU, concatenated to C_out:
+
+        1x1                      C_out/4 channels
+        1x1 (3/4 of it) -> 3x3   C_out/2
+        1x1 (1/2 of it) -> 5x5   C_out/8
+        3x3 max-pool -> 1x1      the rest (C_out/8)
+
+    the split of GoogLeNet's inception (3a) block (64, 128, 32, 32 of 256; reductions 96, 16).
+    With stride 2, each branch's last spatial op (or its 1x1) has the stride.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        check(c_out >= 8, f"an inception unit needs C_out >= 8 to split into four branches; "
+              f"got C_out={c_out}")
+        c1, c3, c5 = c_out // 4, c_out // 2, c_out // 8
+        r3, r5 = max(1, 3 * c3 // 4), max(1, c5 // 2)
+        self.branches = nn.ModuleList(nn.Sequential(*layers) for layers in [
+            conv_bn_relu(c_in, c1, 1, stride),
+            conv_bn_relu(c_in, r3, 1) + conv_bn_relu(r3, c3, 3, stride),
+            conv_bn_relu(c_in, r5, 1) + conv_bn_relu(r5, c5, 5, stride),
+            [nn.MaxPool2d(3, stride, 1), *conv_bn_relu(c_in, c_out - c1 - c3 - c5, 1)],
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+
+class ResNeXt(nn.Module):
+    """ResNeXt bottleneck, form (c) (Xie et al. 2017, Fig. 3c): 1x1 to ``cardinality`` x
+    ``bottleneck_width`` channels, grouped 3x3 (``cardinality`` groups), 1x1 to C_out:
+
+        y = ReLU(BN(P2 ReLU(BN(G * ReLU(BN(P1 x))))) + S x)
+
+    S is the identity when shapes allow, else a 1x1 projection with BN.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, cardinality: int = 32,
+                 bottleneck_width: int = 4):
+        super().__init__()
+        check(cardinality >= 1 and bottleneck_width >= 1,
+              f"model.block.cardinality and model.block.bottleneck_width must be >= 1; got "
+              f"cardinality={cardinality}, bottleneck_width={bottleneck_width}")
+        d = cardinality * bottleneck_width
+        self.residual = nn.Sequential(*conv_bn_relu(c_in, d, 1),
+                                      *conv_bn_relu(d, d, 3, stride, cardinality),
+                                      conv(d, c_out, 1), nn.BatchNorm2d(c_out))
+        self.shortcut = (nn.Identity() if c_in == c_out and stride == 1 else
+                         nn.Sequential(conv(c_in, c_out, 1, stride), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.residual(x) + self.shortcut(x))

@@ -1,0 +1,47 @@
+"""``python -m hybrid_exp.docs``: regenerate the generated tables in docs/variants.md.
+
+The table lists every ``model=`` preset at its default size, with its parameter count and
+multiply-adds measured on the built network, so the numbers can never drift from the code.
+"""
+import re
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from hybrid_exp.__main__ import config_dir
+from hybrid_exp.module import complexity
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "variants.md"
+START, END = "<!-- generated: python -m hybrid_exp.docs -->", "<!-- end of generated table -->"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
+
+
+def table() -> str:
+    rows = ["| `model=` | backbone | unit (`model/block`) | params | multiply-adds (32x32) |",
+            "| --- | --- | --- | ---: | ---: |"]
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        for name in presets():
+            cfg = compose("config", overrides=[f"model={name}"], return_hydra_config=True)
+            block = cfg.hydra.runtime.choices["model/block"]
+            net = instantiate(cfg.model)
+            counts = complexity(net)
+            rows.append(f"| `{name}` | {type(net).__name__.lower()} | `{block}` | "
+                        f"{counts['params']:,} | {counts['mult_adds']:,} |")
+    return "\n".join(rows)
+
+
+def render(text: str) -> str:
+    """``text`` with the part between the markers replaced by a freshly generated table."""
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"{DOC} lacks the markers {START} ... {END}")
+    return pattern.sub(lambda _: f"{START}\n{table()}\n{END}", text)
+
+
+if __name__ == "__main__":
+    DOC.write_text(render(DOC.read_text()))
+    print(f"wrote {DOC}")

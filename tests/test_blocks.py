@@ -1,0 +1,182 @@
+"""The zoo's math: each unit against a first-principles reference, with mapped weights."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from hybrid_exp import blocks
+from hybrid_exp.blocks import Equivalent, Grouped, Hybrid, Separable, SeparableAct
+
+UNITS = {"standard": blocks.Standard, "separable": Separable, "equivalent": Equivalent,
+         "hybrid": Hybrid, "inception": blocks.Inception,
+         "reformulated_inception": blocks.ReformulatedInception, "resnext": blocks.ResNeXt,
+         "separable_act": SeparableAct, "grouped": Grouped}
+
+
+def bn_relu(y: torch.Tensor) -> torch.Tensor:
+    """BN in training mode with its initial affine (1, 0), then ReLU."""
+    return F.relu(F.batch_norm(y, None, None, training=True, eps=1e-5))
+
+
+def separable_reference(x, depthwise, pointwise, stride=1):
+    """y = ReLU(BN(P (D * x))), written with functional convs."""
+    return bn_relu(F.conv2d(F.conv2d(x, depthwise, stride=stride, padding=1, groups=x.shape[1]),
+                            pointwise))
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Equivalences hold to float tolerance; float64 keeps float32 rounding out of the way."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture
+def x():
+    return torch.randn(4, 8, 10, 10)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_separable_is_depthwise_then_pointwise(x, stride):
+    unit = Separable(8, 12, stride)
+    depthwise, pointwise = unit[0].weight, unit[1].weight
+    assert depthwise.shape == (8, 1, 3, 3) and pointwise.shape == (12, 8, 1, 1)
+    torch.testing.assert_close(unit(x), separable_reference(x, depthwise, pointwise, stride))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_equivalent_equals_separable_tower_by_tower(x, stride):
+    unit = Equivalent(8, 12, stride)
+    towers = torch.cat([F.conv2d(x[:, i:i + 1], tower.weight, stride=stride, padding=1)
+                        for i, tower in enumerate(unit.towers)], dim=1)  # the literal towers
+    pointwise = unit.pointwise[0].weight
+    torch.testing.assert_close(unit(x), bn_relu(F.conv2d(towers, pointwise)))
+    depthwise = torch.cat([tower.weight for tower in unit.towers])
+    torch.testing.assert_close(unit(x), separable_reference(x, depthwise, pointwise, stride))
+
+    separable = Separable(8, 12, stride)  # mapped weights: the very same function
+    with torch.no_grad():
+        separable[0].weight.copy_(depthwise)
+        separable[1].weight.copy_(pointwise)
+    torch.testing.assert_close(unit(x), separable(x))
+
+
+@pytest.mark.parametrize("c_out, stride", [(8, 1), (12, 2)])  # (8, 1): a shortcut would fit
+def test_hybrid_without_shortcut_equals_separable_path_by_path(x, c_out, stride):
+    unit = Hybrid(8, c_out, stride, residual=False)
+    d, p = unit.depthwise.weight, unit.project.weight  # (C_in, 1, 3, 3), (C_out, C_in, 1, 1)
+    paths = [F.conv2d(F.conv2d(x[:, i:i + 1], d[i:i + 1], stride=stride, padding=1), p[:, i:i + 1])
+             for i in range(8)]  # path i: channel i -> its 3x3 -> its 1x1 projection to C_out
+    torch.testing.assert_close(unit(x), bn_relu(torch.stack(paths).sum(0)))
+    torch.testing.assert_close(unit(x), separable_reference(x, d, p, stride))
+
+
+def test_hybrid_adds_an_identity_shortcut_where_shapes_allow(x):
+    unit = Hybrid(8, 8, 1)
+    d, p = unit.depthwise.weight, unit.project.weight
+    pre = F.batch_norm(F.conv2d(F.conv2d(x, d, padding=1, groups=8), p), None, None, training=True)
+    torch.testing.assert_close(unit(x), F.relu(pre + x))
+    assert not Hybrid(8, 12, 1).shortcut and not Hybrid(8, 8, 2).shortcut
+
+
+def test_hybrid_paths_are_initialised_by_their_own_fan_in():
+    torch.manual_seed(0)
+    hybrid, separable = Hybrid(256, 256), Separable(256, 256)
+    # U(-b, b) has std b / sqrt(3): b = 1 (fan-in 1) for a path's projection, 1/16 for a pointwise
+    assert hybrid.project.weight.abs().max() <= 1
+    assert hybrid.project.weight.std().item() == pytest.approx(3 ** -0.5, rel=0.02)
+    assert separable[1].weight.std().item() == pytest.approx(3 ** -0.5 / 16, rel=0.02)
+    assert hybrid.depthwise.weight.abs().max() <= 1 / 3  # fan-in 9, as a depthwise filter
+
+
+def test_equivalent_towers_have_the_depthwise_init_distribution():
+    torch.manual_seed(0)
+    towers = torch.cat([t.weight for t in Equivalent(512, 8).towers]).flatten()
+    depthwise = Separable(512, 8)[0].weight.flatten()
+    assert towers.abs().max() <= 1 / 3 and depthwise.abs().max() <= 1 / 3
+    assert towers.std().item() == pytest.approx(depthwise.std().item(), rel=0.05)
+
+
+def test_grouped_spans_dense_to_separable(x):
+    depthwise_end = Grouped(8, 12, groups=8)
+    torch.testing.assert_close(
+        depthwise_end(x), separable_reference(x, depthwise_end[0].weight, depthwise_end[1].weight))
+    dense_end = Grouped(8, 12, groups=1)
+    w3, w1 = dense_end[0].weight, dense_end[1].weight
+    assert w3.shape == (8, 8, 3, 3)  # a dense 3x3 ...
+    torch.testing.assert_close(dense_end(x), bn_relu(F.conv2d(F.conv2d(x, w3, padding=1), w1)))
+    middle = Grouped(8, 12, groups=4)
+    assert middle[0].weight.shape == (8, 2, 3, 3)  # ... through 4 groups of 2 channels
+
+
+@pytest.mark.parametrize("mid_act, act", [("relu", F.relu), ("elu", F.elu)])
+def test_separable_act_puts_bn_and_the_activation_between(x, mid_act, act):
+    unit = SeparableAct(8, 12, mid_act=mid_act)
+    d, p = unit[0].weight, unit[3].weight
+    mid = act(F.batch_norm(F.conv2d(x, d, padding=1, groups=8), None, None, training=True))
+    torch.testing.assert_close(unit(x), bn_relu(F.conv2d(mid, p)))
+
+
+def test_reformulated_inception_convolves_disjoint_segments(x):
+    unit = blocks.ReformulatedInception(8, 12, towers=4)
+    mid = bn_relu(F.conv2d(x, unit[0].weight))  # 1x1 -> (12 channels)
+    w = unit[3].weight  # (12, 3, 3, 3): each tower sees its own 3 channels only
+    segments = [F.conv2d(mid[:, 3 * t:3 * t + 3], w[3 * t:3 * t + 3], padding=1) for t in range(4)]
+    torch.testing.assert_close(unit(x), bn_relu(torch.cat(segments, 1)))
+
+
+def test_inception_branches_follow_googlenet_split(x):
+    unit = blocks.Inception(8, 64)
+    widths = [branch(x).shape[1] for branch in unit.branches]
+    assert widths == [16, 32, 8, 8]
+    assert [m.kernel_size for m in unit.branches[2] if isinstance(m, torch.nn.Conv2d)] == [(1, 1), (5, 5)]
+    assert isinstance(unit.branches[3][0], torch.nn.MaxPool2d)
+    torch.testing.assert_close(unit(x), torch.cat([b(x) for b in unit.branches], 1))
+
+
+def test_resnext_is_a_bottleneck_with_a_projection_shortcut_when_shapes_change(x):
+    unit = blocks.ResNeXt(8, 16, stride=2, cardinality=4, bottleneck_width=2)
+    grouped = unit.residual[3]
+    assert (grouped.in_channels, grouped.groups, grouped.stride) == (8, 4, (2, 2))
+    assert isinstance(unit.shortcut[0], torch.nn.Conv2d)
+    assert isinstance(blocks.ResNeXt(8, 8).shortcut, torch.nn.Identity)
+    out = unit(x)
+    expected = F.relu(unit.residual(x) + unit.shortcut(x))
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("name", UNITS)
+@pytest.mark.parametrize("c_in, c_out, stride", [(8, 8, 1), (8, 16, 2), (16, 8, 1), (12, 24, 2)])
+def test_every_unit_maps_shapes(name, c_in, c_out, stride):
+    out = UNITS[name](c_in, c_out, stride)(torch.randn(2, c_in, 8, 8))
+    assert out.shape == (2, c_out, 8 // stride, 8 // stride)
+
+
+@pytest.mark.parametrize("model", ["separable", "standard", "equivalent", "hybrid", "inception",
+                                   "reformulated_inception", "resnext", "separable_act",
+                                   "separable_elu", "grouped"])
+def test_every_preset_trains_a_step_in_the_stacked_backbone(make_cfg, model):
+    net = instantiate(make_cfg(f"model={model}", "model.width=16", "model.depth=1").model)
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss = F.cross_entropy(net(torch.randn(8, 3, 32, 32)), torch.arange(8))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()) if b.grad is not None)
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=grouped", "model.block.groups=3"],
+     "groups must divide the unit's input channels; groups=3 does not divide C_in=64"),
+    (["model=reformulated_inception", "model.block.towers=5"],
+     "towers must divide the unit's output channels; towers=5 does not divide C_out=64"),
+    (["model=resnext", "model.block.cardinality=0"], "cardinality and model.block.bottleneck_width must be >= 1"),
+    (["model=separable_act", "model.block.mid_act=tanh"], "mid_act must be one of relu, elu; got 'tanh'"),
+    (["model=inception", "model.width=4"], "needs C_out >= 8"),
+])
+def test_impossible_shapes_fail_when_the_config_is_read(make_cfg, overrides, message):
+    with pytest.raises(Exception, match=message):
+        instantiate(make_cfg(*overrides).model)

@@ -1,0 +1,63 @@
+"""The zoo from the command line: the card's command, the experiment presets, the docs table."""
+import subprocess
+import sys
+
+from analysis import load_runs
+from hybrid_exp import docs
+from tests.conftest import TINY
+
+SYNTHETIC = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128",
+             *TINY, "trainer.max_epochs=1"]
+
+
+def hybrid_exp(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "hybrid_exp", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_the_cards_command_runs_on_real_cifar10(tmp_path, cifar10_root):
+    run = hybrid_exp("-m", "model=inception,resnext,hybrid", "seed=range(1)", "experiment=quick",
+                     f"data.root={cifar10_root}", "data.train_subset=2000", "data.val_size=200",
+                     "data.eval_size=500", *TINY, "trainer.max_epochs=3", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(runs.run_name) == ["hybrid-seed0", "inception-seed0", "resnext-seed0"]
+    assert (runs.status == "FINISHED").all() and (runs["test/error"] < 85).all(), runs
+
+
+def test_fig4_preset_runs_the_six_setups_into_its_own_experiment(tmp_path):
+    run = hybrid_exp("-m", "experiment=fig4", "seed=0", *SYNTHETIC, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = load_runs("fig4", f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(runs.model) == sorted(["separable", "inception", "resnext",
+                                         "reformulated_inception", "equivalent", "hybrid"])
+    assert (runs.status == "FINISHED").all()
+    assert runs.config_hash.nunique() == 6  # six distinct setups, all on the paper's protocol
+    assert set(runs.block) == set(runs.model)
+
+
+def test_cardinality_and_nonlinearity_presets_sweep_their_setups(tmp_path):
+    run = hybrid_exp("-m", "experiment=cardinality", "model.block.groups=1,16", "seed=0",
+                     *SYNTHETIC, cwd=tmp_path)  # the command line narrows the preset's sweep
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = load_runs("cardinality", f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(runs) == 2 and runs.params.nunique() == 2 and set(runs.model) == {"grouped"}
+
+    run = hybrid_exp("-m", "experiment=nonlinearity", "seed=0", *SYNTHETIC, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = load_runs("nonlinearity", f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(runs.model) == ["separable", "separable_act", "separable_elu"]
+
+
+def test_impossible_shape_fails_in_one_sentence_before_any_run(tmp_path):
+    run = hybrid_exp("model=grouped", "model.block.groups=3", *SYNTHETIC, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "groups=3 does not divide C_in=16 (choose a divisor of model.width)" in run.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started, nothing is RUNNING
+
+
+def test_docs_table_is_generated_from_the_code():
+    text = docs.DOC.read_text()
+    assert docs.render(text) == text, "docs/variants.md is stale: run python -m hybrid_exp.docs"
+    for name in docs.presets():
+        assert f"| `{name}` |" in text

@@ -2,7 +2,7 @@
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-TAGS = ("model", "block", "backbone", "seed", "config_hash", "git_sha", "error")
+TAGS = ("setup", "model", "block", "backbone", "seed", "config_hash", "git_sha", "error")
 
 
 def load_runs(experiment: str, tracking_uri: str = "sqlite:///mlflow.db") -> pd.DataFrame:

@@ -2,13 +2,19 @@
 
 A backbone builds each unit as ``block(c_in, c_out, stride)``; the config group
 ``model/block`` picks the class (``_target_`` + ``_partial_``), so a new unit is one class
-here plus one YAML file. Notation below: ``*`` is convolution, ``D`` a depthwise 3x3 kernel
+here plus one YAML file. ``act`` is the unit's activation (a module class, called with
+``inplace=True``): ReLU by default; a backbone may pass its own (DarkNet: leaky ReLU 0.1).
+Notation below: ``*`` is convolution, ``D`` a depthwise 3x3 kernel
 (one 3x3 filter per channel), ``P`` a pointwise 1x1 kernel (C_out x C_in), BN batch norm.
 Equations, sources and the choices our reading of the paper had to make: docs/variants.md.
 """
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Activation = Callable[..., nn.Module]
 
 
 def check(condition: bool, message: str) -> None:
@@ -22,16 +28,16 @@ def conv(c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int =
     return nn.Conv2d(c_in, c_out, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1) -> list[nn.Module]:
-    return [conv(c_in, c_out, kernel_size, stride, groups), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+def conv_bn_act(c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                act: Activation = nn.ReLU) -> list[nn.Module]:
+    return [conv(c_in, c_out, kernel_size, stride, groups), nn.BatchNorm2d(c_out), act(inplace=True)]
 
 
 class Standard(nn.Sequential):
     """y = ReLU(BN(W * x)), W a dense 3x3 kernel (C_out, C_in, 3, 3)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__(*conv_bn_relu(c_in, c_out, 3, stride))
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
+        super().__init__(*conv_bn_act(c_in, c_out, 3, stride, act=act))
 
 
 class Grouped(nn.Sequential):
@@ -42,11 +48,12 @@ class Grouped(nn.Sequential):
     ResNeXt's cardinality), so it must divide every unit's C_in.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, groups: int = 1):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, groups: int = 1,
+                 act: Activation = nn.ReLU):
         check(groups >= 1 and c_in % groups == 0,
               f"model.block.groups must divide the unit's input channels; groups={groups} "
               f"does not divide C_in={c_in} (choose a divisor of model.width)")
-        super().__init__(conv(c_in, c_in, 3, stride, groups), *conv_bn_relu(c_in, c_out, 1))
+        super().__init__(conv(c_in, c_in, 3, stride, groups), *conv_bn_act(c_in, c_out, 1, act=act))
 
 
 class Separable(Grouped):
@@ -55,8 +62,8 @@ class Separable(Grouped):
     Nothing sits between D and P (Xception; the paper's baseline).
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__(c_in, c_out, stride, groups=c_in)
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
+        super().__init__(c_in, c_out, stride, groups=c_in, act=act)
 
 
 class SeparableAct(nn.Sequential):
@@ -65,11 +72,12 @@ class SeparableAct(nn.Sequential):
 
     ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, mid_act: str = "relu"):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, mid_act: str = "relu",
+                 act: Activation = nn.ReLU):
         check(mid_act in self.ACTIVATIONS, f"model.block.mid_act must be one of "
               f"{', '.join(self.ACTIVATIONS)}; got '{mid_act}'")
         super().__init__(conv(c_in, c_in, 3, stride, groups=c_in), nn.BatchNorm2d(c_in),
-                         self.ACTIVATIONS[mid_act](inplace=True), *conv_bn_relu(c_in, c_out, 1))
+                         self.ACTIVATIONS[mid_act](inplace=True), *conv_bn_act(c_in, c_out, 1, act=act))
 
 
 class Equivalent(nn.Module):
@@ -83,11 +91,11 @@ class Equivalent(nn.Module):
     which computes exactly the same thing.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
         super().__init__()
         self.stride = stride
         self.towers = nn.ModuleList(conv(1, 1, 3, stride) for _ in range(c_in))
-        self.pointwise = nn.Sequential(*conv_bn_relu(c_in, c_out, 1))
+        self.pointwise = nn.Sequential(*conv_bn_act(c_in, c_out, 1, act=act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         filters = torch.cat([tower.weight for tower in self.towers])  # (C_in, 1, 3, 3)
@@ -109,18 +117,20 @@ class Hybrid(nn.Module):
     "if we remove the identity connection"; it computes the same function as ``Separable``.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = True):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = True,
+                 act: Activation = nn.ReLU):
         super().__init__()
         self.depthwise = conv(c_in, c_in, 3, stride, groups=c_in)  # the d_i, fan-in 9
         self.project = conv(c_in, c_out, 1)  # column i is p_i
         # PyTorch's default conv init is U(-b, b) with b = 1/sqrt(fan-in); a path's p_i has fan-in 1
         nn.init.uniform_(self.project.weight, -1.0, 1.0)
         self.bn = nn.BatchNorm2d(c_out)
+        self.act = act(inplace=True)
         self.shortcut = residual and c_in == c_out and stride == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.project(self.depthwise(x)))
-        return F.relu(y + x if self.shortcut else y)
+        return self.act(y + x if self.shortcut else y)
 
 
 class ReformulatedInception(nn.Sequential):
@@ -130,11 +140,13 @@ class ReformulatedInception(nn.Sequential):
         y = ReLU(BN(G * ReLU(BN(P x)))),  G a 3x3 kernel in ``towers`` groups
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, towers: int = 4):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, towers: int = 4,
+                 act: Activation = nn.ReLU):
         check(towers >= 1 and c_out % towers == 0,
               f"model.block.towers must divide the unit's output channels; towers={towers} "
               f"does not divide C_out={c_out}")
-        super().__init__(*conv_bn_relu(c_in, c_out, 1), *conv_bn_relu(c_out, c_out, 3, stride, towers))
+        super().__init__(*conv_bn_act(c_in, c_out, 1, act=act),
+                         *conv_bn_act(c_out, c_out, 3, stride, towers, act))
 
 
 class Inception(nn.Module):
@@ -150,17 +162,17 @@ class Inception(nn.Module):
     With stride 2, each branch's last spatial op (or its 1x1) has the stride.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
         super().__init__()
         check(c_out >= 8, f"an inception unit needs C_out >= 8 to split into four branches; "
               f"got C_out={c_out}")
         c1, c3, c5 = c_out // 4, c_out // 2, c_out // 8
         r3, r5 = max(1, 3 * c3 // 4), max(1, c5 // 2)
         self.branches = nn.ModuleList(nn.Sequential(*layers) for layers in [
-            conv_bn_relu(c_in, c1, 1, stride),
-            conv_bn_relu(c_in, r3, 1) + conv_bn_relu(r3, c3, 3, stride),
-            conv_bn_relu(c_in, r5, 1) + conv_bn_relu(r5, c5, 5, stride),
-            [nn.MaxPool2d(3, stride, 1), *conv_bn_relu(c_in, c_out - c1 - c3 - c5, 1)],
+            conv_bn_act(c_in, c1, 1, stride, act=act),
+            conv_bn_act(c_in, r3, 1, act=act) + conv_bn_act(r3, c3, 3, stride, act=act),
+            conv_bn_act(c_in, r5, 1, act=act) + conv_bn_act(r5, c5, 5, stride, act=act),
+            [nn.MaxPool2d(3, stride, 1), *conv_bn_act(c_in, c_out - c1 - c3 - c5, 1, act=act)],
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,17 +189,18 @@ class ResNeXt(nn.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, cardinality: int = 32,
-                 bottleneck_width: int = 4):
+                 bottleneck_width: int = 4, act: Activation = nn.ReLU):
         super().__init__()
         check(cardinality >= 1 and bottleneck_width >= 1,
               f"model.block.cardinality and model.block.bottleneck_width must be >= 1; got "
               f"cardinality={cardinality}, bottleneck_width={bottleneck_width}")
         d = cardinality * bottleneck_width
-        self.residual = nn.Sequential(*conv_bn_relu(c_in, d, 1),
-                                      *conv_bn_relu(d, d, 3, stride, cardinality),
+        self.residual = nn.Sequential(*conv_bn_act(c_in, d, 1, act=act),
+                                      *conv_bn_act(d, d, 3, stride, cardinality, act),
                                       conv(d, c_out, 1), nn.BatchNorm2d(c_out))
         self.shortcut = (nn.Identity() if c_in == c_out and stride == 1 else
                          nn.Sequential(conv(c_in, c_out, 1, stride), nn.BatchNorm2d(c_out)))
+        self.act = act(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.residual(x) + self.shortcut(x))
+        return self.act(self.residual(x) + self.shortcut(x))

@@ -1,7 +1,8 @@
 """``python -m hybrid_exp.docs``: regenerate the generated tables in docs/variants.md.
 
-The table lists every ``model=`` preset at its default size, with its parameter count and
-multiply-adds measured on the built network, so the numbers can never drift from the code.
+The table lists every ``model=`` preset at its default size (and the FractalNet and DarkNet
+presets with separable units too), with parameter counts and multiply-adds measured on the built
+network, so the numbers can never drift from the code.
 """
 import re
 from pathlib import Path
@@ -21,16 +22,20 @@ def presets() -> list[str]:
 
 
 def table() -> str:
+    """Every preset with its own unit; the other backbones (Figs. 5-6) with separable units too."""
     rows = ["| `model=` | backbone | unit (`model/block`) | params | multiply-adds (32x32) |",
             "| --- | --- | --- | ---: | ---: |"]
     with initialize_config_dir(config_dir(), version_base="1.3"):
         for name in presets():
-            cfg = compose("config", overrides=[f"model={name}"], return_hydra_config=True)
-            block = cfg.hydra.runtime.choices["model/block"]
-            net = instantiate(cfg.model)
-            counts = complexity(net)
-            rows.append(f"| `{name}` | {type(net).__name__.lower()} | `{block}` | "
-                        f"{counts['params']:,} | {counts['mult_adds']:,} |")
+            for swap in ([], ["model/block=separable"]):
+                cfg = compose("config", overrides=[f"model={name}", *swap], return_hydra_config=True)
+                net = instantiate(cfg.model)
+                backbone = type(net).__name__.lower()
+                if swap and backbone == "stacked":
+                    continue  # a stacked preset with separable units is model=separable
+                counts = complexity(net)
+                rows.append(f"| `{name}` | {backbone} | `{cfg.hydra.runtime.choices['model/block']}` | "
+                            f"{counts['params']:,} | {counts['mult_adds']:,} |")
     return "\n".join(rows)
 
 

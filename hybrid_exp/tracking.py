@@ -74,13 +74,13 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
 def mlflow_run(cfg: DictConfig, tags: dict[str, str], params: dict[str, int]):
     """Create the run (params, tags, config artifact); FINISHED on success, else FAILED + reason.
 
-    Yields (client, run_id). ``tags`` must hold 'model' and 'seed'; the run is '<model>-seed<seed>'.
+    Yields (client, run_id). ``tags`` must hold 'setup' and 'seed'; the run is '<setup>-seed<seed>'.
     """
     uri, artifact_location = resolve_tracking_uri(cfg.logger.tracking_uri)
     client = MlflowClient(uri)
     exp_id = experiment_id(client, cfg.logger.experiment_name, artifact_location)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    run = client.create_run(exp_id, run_name=f"{tags['model']}-seed{tags['seed']}", tags={
+    run = client.create_run(exp_id, run_name=f"{tags['setup']}-seed{tags['seed']}", tags={
         **tags, "config_hash": config_hash(cfg), "git_sha": git_sha()})
     run_id = run.info.run_id
     try:

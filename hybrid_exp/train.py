@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train ``cfg`` (composed by Hydra) and return its final metrics (errors in %).
 
-    Names come from Hydra's choices: ``model`` (the preset) and ``block`` (``model/block``).
+    Names come from Hydra's choices: ``model`` (the preset) and ``block`` (``model/block``); the
+    ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
     """
     choices = HydraConfig.get().runtime.choices
     # Initial weights draw from (trial seed, model config): variants never share them, and
@@ -28,8 +29,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     net = instantiate(cfg.model)
     data = instantiate(cfg.data, seed=cfg.seed)
     module = Classifier(net, **cfg.optim)
-    tags = {"model": choices["model"], "block": choices["model/block"],
-            "backbone": type(net).__name__.lower(), "seed": str(cfg.seed)}
+    model, block = choices["model"], choices["model/block"]
+    tags = {"model": model, "block": block, "backbone": type(net).__name__.lower(),
+            "setup": model if block == model else f"{model}+{block}", "seed": str(cfg.seed)}
 
     with mlflow_run(cfg, tags, complexity(net)) as (client, run_id):
         tty = sys.stdout.isatty()  # a live bar on a terminal; else one log line per epoch
@@ -41,5 +43,5 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(module, datamodule=data, verbose=False)
         metrics.update(trainer.callback_metrics)
     metrics = {k: float(v) for k, v in metrics.items() if k != "step"}
-    log.info("%s-seed%s: test/error %.2f%%", tags["model"], cfg.seed, metrics["test/error"])
+    log.info("%s-seed%s: test/error %.2f%%", tags["setup"], cfg.seed, metrics["test/error"])
     return metrics

@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 TARBALL = Path(os.environ.get("CIFAR10_JPEG_TARBALL", REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
 CACHE = Path(os.environ.get("HYBRID_EXP_TEST_CACHE", Path.home() / ".cache/hybrid-exp-tests"))
 
-# A network small enough to train in seconds on 2 CPU cores, and still learn.
-TINY = ["model.width=16", "model.depth=1", "data.batch_size=64", "optim.warmup_epochs=0",
-        "trainer.max_epochs=2"]
+# Training settings for seconds-long runs on 2 CPU cores, and a stacked network that still learns.
+FAST = ["data.batch_size=64", "optim.warmup_epochs=0", "trainer.max_epochs=2"]
+TINY = ["model.width=16", "model.depth=1", *FAST]
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,10 @@ import sys
 
 from analysis import load_runs
 from hybrid_exp import docs
-from tests.conftest import TINY
+from tests.conftest import FAST, TINY
 
-SYNTHETIC = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128",
-             *TINY, "trainer.max_epochs=1"]
+SYNTHETIC_DATA = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128"]
+SYNTHETIC = [*SYNTHETIC_DATA, *TINY, "trainer.max_epochs=1"]
 
 
 def hybrid_exp(*args, cwd):
@@ -49,6 +49,19 @@ def test_cardinality_and_nonlinearity_presets_sweep_their_setups(tmp_path):
     assert sorted(runs.model) == ["separable", "separable_act", "separable_elu"]
 
 
+def test_fig5_and_fig6_presets_run_their_backbone_with_and_without_separable_units(tmp_path):
+    small = {"fig5": ("fractalnet", ["model.columns=2", "model.widths=[8,8,8,8,8]"]),
+             "fig6": ("darknet", ["model.layers='8 16 M 16 M 32 M 32 m 32'"])}
+    for experiment, (model, sizes) in small.items():
+        run = hybrid_exp("-m", f"experiment={experiment}", "seed=0", *SYNTHETIC_DATA, *FAST,
+                         "trainer.max_epochs=1", *sizes, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs = load_runs(experiment, f"sqlite:///{tmp_path}/mlflow.db")
+        assert sorted(runs.run_name) == [f"{model}+separable-seed0", f"{model}+standard-seed0"]
+        assert set(runs.backbone) == {model} and (runs.status == "FINISHED").all()
+        assert runs.set_index("block").params["standard"] > runs.set_index("block").params["separable"]
+
+
 def test_impossible_shape_fails_in_one_sentence_before_any_run(tmp_path):
     run = hybrid_exp("model=grouped", "model.block.groups=3", *SYNTHETIC, cwd=tmp_path)
     assert run.returncode != 0
@@ -61,3 +74,5 @@ def test_docs_table_is_generated_from_the_code():
     assert docs.render(text) == text, "docs/variants.md is stale: run python -m hybrid_exp.docs"
     for name in docs.presets():
         assert f"| `{name}` |" in text
+    for backbone in ("fractalnet", "darknet", "darknet19"):  # Figs. 5-6: both units listed
+        assert f"| `{backbone}` | {backbone.rstrip('19')} | `separable` |" in text

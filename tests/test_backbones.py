@@ -1,0 +1,142 @@
+"""FractalNet (drop-path, columns) and DarkNet: shapes, structure, every unit trains a step."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+from hybrid_exp.backbones import DarkNet, FractalBlock, FractalNet, join
+from hybrid_exp.blocks import Separable, Standard
+from tests.test_blocks import UNITS
+
+SMALL_FRACTAL = ["model=fractalnet", "model.columns=2", "model.widths=[8,8,16,16,16]"]
+SMALL_DARKNET = ["model=darknet", "model.layers='8 8 16 M 16 M 32 M 32 m 64'"]
+
+
+@pytest.fixture
+def instantiate_model(make_cfg):
+    return lambda *overrides: instantiate(make_cfg(*overrides).model)
+
+
+class Scale(nn.Module):
+    """A unit that multiplies by its own constant: which units ran is visible in the output."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.factor = nn.Parameter(torch.tensor(float(torch.randint(2, 100, ()))))
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def fractal_block(columns):
+    torch.manual_seed(0)
+    return FractalBlock(Scale, 1, 1, columns, dropout=0.0)
+
+
+def test_fractal_rule_in_eval_joins_every_column_by_mean():
+    block = fractal_block(3).eval()
+    (u0,), (u1a, u1b), (u2a, u2b, u2c, u2d) = [[u[0].factor for u in col] for col in block.columns]
+    x = torch.ones(1, 1, 1, 1)
+    inner = (x * u2a * u2b + x * u1a) / 2  # step 2: columns 1 and 2 meet
+    expected = (inner * u2c * u2d + inner * u1b + x * u0) / 3  # step 4: one join of all three
+    torch.testing.assert_close(block(x), expected)
+    assert [len(col) for col in block.columns] == [1, 2, 4]
+
+
+def test_global_drop_path_runs_one_column_end_to_end():
+    block = fractal_block(3)
+    x = torch.ones(1, 1, 1, 1)
+    for column in range(3):
+        product = torch.stack([u[0].factor for u in block.columns[column]]).prod()
+        torch.testing.assert_close(block(x, column=column), x * product)
+
+
+def test_local_drop_path_keeps_at_least_one_input_and_drops_at_the_rate():
+    a, b, c = torch.full((2,), 1.0), torch.full((2,), 2.0), torch.full((2,), 4.0)
+    torch.manual_seed(0)
+    outcomes = [join([a, b, c], 1.0)[0].item() for _ in range(200)]  # all dropped: one survives
+    assert set(outcomes) == {1.0, 2.0, 4.0}
+    assert join([a, b, c], 0.0)[0].item() == pytest.approx(7 / 3)  # no drop: the mean
+    kept = [join([a, b], 0.15)[0].item() for _ in range(4000)]
+    both = sum(v == 1.5 for v in kept) / len(kept)
+    assert both == pytest.approx(0.85 ** 2, abs=0.03)
+
+
+def test_network_mixes_global_and_local_batches_in_training_and_uses_all_columns_in_eval():
+    torch.manual_seed(0)
+    net = FractalNet(Scale, columns=2, widths=(1,), dropout=(0.0,), num_classes=1)
+    with torch.no_grad():
+        net.head.weight.fill_(1.0)
+        net.head.bias.zero_()
+    (u0,), (u1a, u1b) = [[u[0].factor.item() for u in col] for col in net.blocks[0].columns]
+    x = torch.ones(1, 1, 2, 2)  # Scale units ignore channel counts
+    full, col0, col1 = (u1a * u1b + u0) / 2, u0, u1a * u1b
+    assert net.eval()(x).item() == pytest.approx(full)
+    net.train()
+    seen = [round(net(x).item(), 4) for _ in range(400)]
+    # global batches give one column; local ones give the mean or (a join input dropped) one column
+    assert set(seen) <= {round(v, 4) for v in (full, col0, col1)}
+    assert seen.count(round(full, 4)) / 400 == pytest.approx(0.5 * 0.85 ** 2, abs=0.06)
+
+
+def test_one_column_is_a_plain_conv_stack():
+    torch.manual_seed(0)
+    net = FractalNet(Standard, columns=1, widths=(8, 8, 16, 16, 16)).eval()
+    units = [block.columns[0][0] for block in net.blocks]
+    assert all(len(block.columns) == 1 and len(block.columns[0]) == 1 for block in net.blocks)
+    x = torch.randn(2, 3, 32, 32)
+    y = x
+    for unit in units:
+        y = F.max_pool2d(unit(y), 2)
+    torch.testing.assert_close(net(x), net.head(y.mean(dim=(2, 3))))
+    net.train()
+    torch.manual_seed(1)
+    first = net(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(net(x), first)  # drop-path has nothing to drop in one column
+
+
+def test_fractalnet_layer_counts_and_shapes():
+    for columns, layers in [(3, 20), (4, 40)]:
+        net = FractalNet(Standard, columns=columns, widths=(8, 8, 8, 8, 8))
+        assert sum(len(block.columns[-1]) for block in net.blocks) == layers  # deepest path
+        assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_darknet_keeps_a_dense_stem_1x1_convs_and_leaky_relu_in_the_units(instantiate_model):
+    net = instantiate_model("model=darknet19", "model/block=separable")
+    stem = net.features[0]
+    assert isinstance(stem, Standard) and stem[0].in_channels == 3 and stem[0].groups == 1
+    units = [m for m in net.features if isinstance(m, Separable)]
+    assert len(units) == 11  # Darknet-19's 12 3x3 convs, less the stem
+    assert all(isinstance(u[-1], nn.LeakyReLU) and u[-1].negative_slope == 0.1 for u in units)
+    one_by_one = [m for m in net.features if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert [m.out_channels for m in one_by_one] == [64, 128, 256, 256, 512, 512]
+    x = torch.randn(2, 3, 32, 32)
+    assert net.features(x).shape == (2, 1024, 4, 4) and net(x).shape == (2, 10)
+
+
+def test_darknet_reference_ends_at_4x4(instantiate_model):
+    net = instantiate_model("model=darknet")
+    convs = [m for m in net.features.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 128, 256, 512, 1024]
+    assert net.features(torch.randn(1, 3, 32, 32)).shape == (1, 1024, 4, 4)
+
+
+def test_darknet_rejects_an_unknown_layer():
+    with pytest.raises(ValueError, match="unknown layer 'X'"):
+        DarkNet(Standard, "16 X 32")
+
+
+@pytest.mark.parametrize("backbone", [SMALL_FRACTAL, SMALL_DARKNET])
+@pytest.mark.parametrize("unit", sorted(UNITS))
+def test_every_unit_trains_a_step_in_both_backbones(instantiate_model, backbone, unit):
+    torch.manual_seed(0)
+    net = instantiate_model(*backbone, f"model/block={unit}")
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    loss = F.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.arange(4))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)

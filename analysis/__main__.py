@@ -1,0 +1,38 @@
+"""python -m analysis --experiment NAME [--tracking-uri URI] [--out DIR] [--baseline separable]
+[--control equivalent] [--margin 0.25] [--metric test/error]"""
+import argparse
+import sys
+
+from analysis.report import analyze
+from analysis.runs import AnalysisError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="The paper's table, paired statistics, noise floor, figures and report "
+                    "of one MLflow experiment of hybrid-exp runs.")
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+                        help="MLflow store (default: sqlite:///mlflow.db, the training default)")
+    parser.add_argument("--out", help="output folder (default: analysis/reports/<experiment>)")
+    parser.add_argument("--baseline", default="separable",
+                        help="setup (or unit, per backbone) the others are paired with")
+    parser.add_argument("--control", default="equivalent",
+                        help="setup computing the baseline's function: the noise floor")
+    parser.add_argument("--margin", type=float, default=0.25,
+                        help="equivalence margin of the TOST, in percentage points")
+    parser.add_argument("--metric", default="test/error", help="metric to compare (in %%)")
+    args = parser.parse_args(argv)
+    try:
+        out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
+                      args.margin, args.metric)
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'summary.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,24 @@
-"""MLflow bookkeeping: one run per training, its identity (config hash) and final status."""
+"""MLflow bookkeeping: one run per training, its identity (config hash), resume and status."""
 import contextlib
 import hashlib
 import logging
+import random
 import subprocess
+import time
 from pathlib import Path
 
-from mlflow.entities import Param
+from hydra.experimental.callback import Callback
+from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
-# Keys that say where things are or how they are logged, not what is trained.
-UNHASHED_KEYS = ("logger", "data.root", "data.download")
+# Keys that say where things are or how they are logged or launched, not what is trained.
+UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -36,15 +41,6 @@ def flatten(node, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): str(node)}
 
 
-def resolve_tracking_uri(uri: str) -> tuple[str, str | None]:
-    """(absolute tracking URI, artifact location): a SQLite store keeps artifacts beside it."""
-    if not uri.startswith("sqlite:///"):
-        return uri, None  # a server decides where artifacts go
-    db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}", (db.parent / "mlartifacts").as_uri()
-
-
 def git_sha() -> str:
     """The source checkout's commit, '+dirty' if it has uncommitted changes; 'unknown' outside git."""
     here = Path(__file__).parent
@@ -56,46 +52,131 @@ def git_sha() -> str:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The experiment's id, creating it if needed (tolerates a concurrent creator)."""
-    found = client.get_experiment_by_name(name)
+def retrying(call, *args, attempts: int = 8, **kwargs):
+    """``call(*args, **kwargs)``, retried with backoff while the store is busy (a locked SQLite
+    file under many parallel writers outlasting MLflow's own 20 s busy timeout)."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as e:
+            if e.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt * (1 + random.random()))
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+def resolve_tracking_uri(uri: str) -> tuple[str, str | None]:
+    """(absolute tracking URI, artifact location): a SQLite store keeps artifacts beside it."""
+    if not uri.startswith("sqlite:///"):
+        return uri, None  # a server decides where artifacts go
+    db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}", (db.parent / "mlartifacts").as_uri()
+
+
+def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
+    """(client, experiment id), creating the store and the experiment if needed."""
+    uri, artifact_location = resolve_tracking_uri(logger_cfg.tracking_uri)
+    client = MlflowClient(uri)
+    name = logger_cfg.experiment_name
+    found = retrying(client.get_experiment_by_name, name)
     if found is not None:
-        return found.experiment_id
+        return client, found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+        return client, client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created meanwhile by a job started outside a multirun
+        return client, retrying(client.get_experiment_by_name, name).experiment_id
+
+
+class PrepareTracking(Callback):
+    """Hydra callback: create the store and the experiment once, before any job starts, so
+    parallel jobs never race to initialise the database or create the experiment."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        connect(config.logger)
+
+
+def finished_run(client: MlflowClient, experiment_id: str, hash_: str) -> Run | None:
+    """The newest FINISHED run of this config, if any."""
+    runs = retrying(client.search_runs, [experiment_id],
+                    f"tags.config_hash = '{hash_}' and attributes.status = 'FINISHED'",
+                    max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def resumable_run(client: MlflowClient, checkpoint_dir: Path) -> str | None:
+    """The run id stored beside a checkpoint, if that run was interrupted (RUNNING after a
+    crash, KILLED after Ctrl-C); a FAILED run stays as the record of its failure."""
+    stored = checkpoint_dir / "run_id"
+    if not stored.is_file():
+        return None
+    try:
+        run = retrying(client.get_run, stored.read_text().strip())
+    except MlflowException:  # deleted from the store
+        return None
+    return run.info.run_id if run.info.status in ("RUNNING", "KILLED") else None
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg: DictConfig, tags: dict[str, str], params: dict[str, int]):
-    """Create the run (params, tags, config artifact); FINISHED on success, else FAILED + reason.
+def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: dict[str, str],
+               params: dict[str, int], resume: str | None = None):
+    """Create the run (params, tags, config artifact), or reopen ``resume``; FINISHED on
+    success, else FAILED with the reason (KILLED on Ctrl-C). Yields the run id.
 
-    Yields (client, run_id). ``tags`` must hold 'setup' and 'seed'; the run is '<setup>-seed<seed>'.
-    """
-    uri, artifact_location = resolve_tracking_uri(cfg.logger.tracking_uri)
-    client = MlflowClient(uri)
-    exp_id = experiment_id(client, cfg.logger.experiment_name, artifact_location)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    run = client.create_run(exp_id, run_name=f"{tags['setup']}-seed{tags['seed']}", tags={
-        **tags, "config_hash": config_hash(cfg), "git_sha": git_sha()})
-    run_id = run.info.run_id
+    ``tags`` must hold 'setup' and 'seed'; the run is named '<setup>-seed<seed>'."""
+    if resume:
+        run_id = resume
+        retrying(client.update_run, run_id, "RUNNING")
+    else:
+        run = retrying(client.create_run, experiment_id, run_name=f"{tags['setup']}-seed{tags['seed']}",
+                       tags={**tags, "config_hash": config_hash(cfg), "git_sha": git_sha()})
+        run_id = run.info.run_id
     try:
-        all_params = {**flatten(resolved), **{k: str(v) for k, v in params.items()}}
-        items = [Param(k, v) for k, v in sorted(all_params.items())]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(run_id, params=items[i:i + 100])
-        client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
-        yield client, run_id
+        if not resume:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            all_params = {**flatten(resolved), **{k: str(v) for k, v in params.items()}}
+            items = [Param(k, v) for k, v in sorted(all_params.items())]
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                retrying(client.log_batch, run_id, params=items[i:i + 100])
+            retrying(client.log_text, run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+        yield run_id
     except BaseException as e:  # Lightning turns Ctrl-C into SystemExit: both are KILLED
         failed = isinstance(e, Exception)
         reason = f"{type(e).__name__}: {e}"[:5000] if failed else "interrupted"
-        client.set_tag(run_id, "error", reason)
-        status = "FAILED" if failed else "KILLED"
-        client.set_terminated(run_id, status)
-        log.error("run %s %s: %s", run.info.run_name, status, reason)
+        retrying(client.set_tag, run_id, "error", reason)
+        retrying(client.set_terminated, run_id, "FAILED" if failed else "KILLED")
+        log.error("run %s-seed%s %s: %s", tags["setup"], tags["seed"],
+                  "FAILED" if failed else "KILLED", reason)
         raise
-    client.set_terminated(run_id, "FINISHED")
+    retrying(client.set_terminated, run_id, "FINISHED")
+
+
+class MLflowLogger(Logger):
+    """Lightning logger writing metrics to an existing run, retrying while the store is busy.
+
+    (Lightning's MLFlowLogger falls back to the ./mlruns file store that MLflow >= 3.13 refuses,
+    and has no retry; runs, params and status are handled by ``mlflow_run``.)"""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        super().__init__()
+        self.client, self.run_id = client, run_id
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the whole config is logged as params when the run is created
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if k != "epoch"]
+        retrying(self.client.log_batch, self.run_id, metrics=batch)

@@ -1,23 +1,48 @@
-"""One training run: build everything from the config, fit, test, record in MLflow."""
+"""One training run: build everything from the config, then skip, resume or train, and test."""
 import logging
+import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import RichProgressBar
-from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.callbacks import Checkpoint, RichProgressBar
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from hybrid_exp import tracking
 from hybrid_exp.module import Classifier, complexity
 from hybrid_exp.seeding import derive_seed
-from hybrid_exp.tracking import mlflow_run
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train ``cfg`` (composed by Hydra) and return its final metrics (errors in %).
+@dataclass
+class Result:
+    status: str  # 'finished', or 'skipped' when an equal config had already FINISHED
+    metrics: dict[str, float]  # final metrics, errors in %
+    run_id: str
+
+
+class LastCheckpoint(Checkpoint):
+    """Saves ``last.ckpt`` after every epoch, atomically (a kill mid-write leaves the previous
+    one). As a Checkpoint it runs after the module's epoch-end hook: the epoch is logged first."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        partial = self.path.with_suffix(".part")
+        trainer.save_checkpoint(partial, weights_only=False)  # optimizer and loops too
+        os.replace(partial, self.path)
+
+
+def train(cfg: DictConfig) -> Result:
+    """Train ``cfg`` (composed by Hydra). A config (its hash) with a FINISHED run in the
+    experiment is skipped unless ``rerun``; an interrupted one resumes from its last checkpoint
+    into the same MLflow run.
 
     Names come from Hydra's choices: ``model`` (the preset) and ``block`` (``model/block``); the
     ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
@@ -32,16 +57,38 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model, block = choices["model"], choices["model/block"]
     tags = {"model": model, "block": block, "backbone": type(net).__name__.lower(),
             "setup": model if block == model else f"{model}+{block}", "seed": str(cfg.seed)}
+    name = f"{tags['setup']}-seed{cfg.seed}"
 
-    with mlflow_run(cfg, tags, complexity(net)) as (client, run_id):
+    log.info("%s: CUDA_VISIBLE_DEVICES=%r", name, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    client, experiment_id = tracking.connect(cfg.logger)
+    hash_ = tracking.config_hash(cfg)
+    if not cfg.rerun and (done := tracking.finished_run(client, experiment_id, hash_)):
+        log.info("%s: skipped, this config already FINISHED as run %s (rerun=true to train "
+                 "again)", name, done.info.run_id)
+        return Result("skipped", dict(done.data.metrics), done.info.run_id)
+
+    checkpoints = Path(cfg.checkpoint_dir).expanduser().resolve() / hash_
+    resume = None if cfg.rerun else tracking.resumable_run(client, checkpoints)
+    last = checkpoints / "last.ckpt"
+    # the epoch (0-based, = MLflow step) after the checkpointed one: where training picks up
+    start = torch.load(last, weights_only=True)["epoch"] + 1 if resume and last.is_file() else None
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    with tracking.mlflow_run(client, experiment_id, cfg, tags, complexity(net), resume) as run_id:
+        (checkpoints / "run_id").write_text(run_id)
+        if start is not None:
+            log.info("%s: resuming run %s from its checkpoint: %d epochs done", name, run_id, start)
+            tracking.retrying(client.set_tag, run_id, "resumed_from_epoch", str(start))
         tty = sys.stdout.isatty()  # a live bar on a terminal; else one log line per epoch
+        # on SLURM, submitit requeues a preempted or timed-out job: Lightning must not as well
+        slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
         trainer = instantiate(
-            cfg.trainer, logger=MLFlowLogger(tracking_uri=client.tracking_uri, run_id=run_id),
-            callbacks=[RichProgressBar()] if tty else [], enable_progress_bar=tty)
-        trainer.fit(module, datamodule=data)
+            cfg.trainer, logger=tracking.MLflowLogger(client, run_id), enable_progress_bar=tty,
+            callbacks=[LastCheckpoint(checkpoints), *([RichProgressBar()] if tty else [])], **slurm)
+        trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,
+                    weights_only=True)
         metrics = dict(trainer.callback_metrics)  # the last epoch's; test() replaces them
-        trainer.test(module, datamodule=data, verbose=False)
+        trainer.test(module, datamodule=data, verbose=False, weights_only=True)
         metrics.update(trainer.callback_metrics)
     metrics = {k: float(v) for k, v in metrics.items() if k != "step"}
-    log.info("%s-seed%s: test/error %.2f%%", tags["setup"], cfg.seed, metrics["test/error"])
-    return metrics
+    log.info("%s: test/error %.2f%%", name, metrics["test/error"])
+    return Result("finished", metrics, run_id)

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from hybrid_exp.__main__ import config_dir
+from hybrid_exp.cli import config_dir
 
 REPO = Path(__file__).resolve().parent.parent
 TARBALL = Path(os.environ.get("CIFAR10_JPEG_TARBALL", REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
@@ -17,6 +17,7 @@ CACHE = Path(os.environ.get("HYBRID_EXP_TEST_CACHE", Path.home() / ".cache/hybri
 # Training settings for seconds-long runs on 2 CPU cores, and a stacked network that still learns.
 FAST = ["data.batch_size=64", "optim.warmup_epochs=0", "trainer.max_epochs=2"]
 TINY = ["model.width=16", "model.depth=1", *FAST]
+PARALLEL = "hydra.launcher.n_jobs=2"  # test grids run two jobs at a time (each its own process)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,10 @@ def make_cfg(tmp_path):
     def make(*overrides: str):
         with initialize_config_dir(config_dir(), version_base="1.3"):
             cfg = compose("config", return_hydra_config=True, overrides=[
-                f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *overrides])
+                f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                f"checkpoint_dir={tmp_path}/checkpoints", *overrides])
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path)  # where a job writes its status
         HydraConfig.instance().set_config(cfg)  # what train() reads its choices from
         with open_dict(cfg):
             del cfg.hydra

@@ -13,7 +13,7 @@ from analysis import AnalysisError, clean, load_runs
 from analysis import stats
 from analysis.report import analyze
 from analysis.runs import label_setups
-from tests.conftest import TINY
+from tests.conftest import PARALLEL, TINY
 
 BASE = [10.0, 11.0, 12.0, 13.0, 14.0]  # separable, seeds 0-4
 INCEPTION = [11.0, 10.5, 13.0, 12.0, 15.0]  # deltas 1, -0.5, 1, -1, 1
@@ -211,7 +211,7 @@ def test_command_on_a_real_grid(tmp_path, cifar10_root):
     grid = subprocess.run(
         [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,equivalent,inception",
          "seed=0,1", f"data.root={cifar10_root}", "data.train_subset=1000", "data.val_size=200",
-         "data.eval_size=500", *TINY, "trainer.max_epochs=1"],
+         "data.eval_size=500", *TINY, "trainer.max_epochs=1", PARALLEL],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert grid.returncode == 0, grid.stderr[-3000:]
     run = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "hybrid-exp"],

@@ -4,14 +4,14 @@ import subprocess
 import sys
 
 from analysis import load_runs
-from tests.conftest import TINY
+from tests.conftest import PARALLEL, TINY
 
 
 def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10_root):
     run = subprocess.run(
         [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,standard", "seed=0,1",
          "experiment=quick", f"data.root={cifar10_root}", "data.train_subset=2000",
-         "data.val_size=200", "data.eval_size=500", *TINY, "trainer.max_epochs=3"],
+         "data.val_size=200", "data.eval_size=500", *TINY, "trainer.max_epochs=3", PARALLEL],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")  # the default store

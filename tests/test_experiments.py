@@ -2,16 +2,18 @@
 import subprocess
 import sys
 
+import pytest
+
 from analysis import load_runs
 from hybrid_exp import docs
-from tests.conftest import FAST, TINY
+from tests.conftest import FAST, PARALLEL, TINY
 
 SYNTHETIC_DATA = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128"]
 SYNTHETIC = [*SYNTHETIC_DATA, *TINY, "trainer.max_epochs=1"]
 
 
 def hybrid_exp(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "hybrid_exp", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "hybrid_exp", *args, PARALLEL], cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -36,6 +38,7 @@ def test_fig4_preset_runs_the_six_setups_into_its_own_experiment(tmp_path):
     assert set(runs.block) == set(runs.model)
 
 
+@pytest.mark.slow
 def test_cardinality_and_nonlinearity_presets_sweep_their_setups(tmp_path):
     run = hybrid_exp("-m", "experiment=cardinality", "model.block.groups=1,16", "seed=0",
                      *SYNTHETIC, cwd=tmp_path)  # the command line narrows the preset's sweep
@@ -49,6 +52,7 @@ def test_cardinality_and_nonlinearity_presets_sweep_their_setups(tmp_path):
     assert sorted(runs.model) == ["separable", "separable_act", "separable_elu"]
 
 
+@pytest.mark.slow
 def test_fig5_and_fig6_presets_run_their_backbone_with_and_without_separable_units(tmp_path):
     small = {"fig5": ("fractalnet", ["model.columns=2", "model.widths=[8,8,8,8,8]"]),
              "fig6": ("darknet", ["model.layers='8 16 M 16 M 32 M 32 m 32'"])}

@@ -20,7 +20,7 @@ def test_wheel_carries_the_configs_and_runs_from_them(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    job = subprocess.run([sys.executable, "-c", "import hybrid_exp.__main__ as m; print(m.config_dir())"],
+    job = subprocess.run([sys.executable, "-c", "import hybrid_exp.cli as m; print(m.config_dir())"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert job.stdout.strip() == str(site / "hybrid_exp" / "conf")
     shown = subprocess.run([sys.executable, "-m", "hybrid_exp", "model=standard", "--cfg", "job"],

@@ -1,0 +1,153 @@
+"""``hydra/launcher=gpus``: run a grid's jobs in parallel on one machine, one per slot.
+
+Slots are ``gpus`` x ``runs_per_gpu`` (each job sees only its GPU through CUDA_VISIBLE_DEVICES,
+set in a fresh process before CUDA starts), or ``n_jobs`` CPU slots without GPUs (the cores
+split among them). A job claims a free slot by an exclusive ``flock`` on the slot's lock file:
+the kernel releases it when the job's process ends, however it ends, so a crashed job cannot
+leak its slot, and grids launched side by side share the slots instead of oversubscribing.
+"""
+import fcntl
+import getpass
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Sequence
+
+import cloudpickle
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from hydra_plugins.hybrid_exp_launcher.summary import log_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GPULauncherConf:
+    _target_: str = "hydra_plugins.hybrid_exp_launcher.gpus.GPULauncher"
+    gpus: Any = None  # None: every visible GPU; N: the first N; [ids]: these
+    runs_per_gpu: int = 1  # jobs sharing one GPU (small nets cannot fill an H100 alone)
+    n_jobs: int = 1  # parallel jobs when there is no GPU; the CPU cores are split among them
+    lock_dir: Any = None  # None: <tmp>/hybrid_exp-slots-<user>
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="gpus", node=GPULauncherConf,
+                             provider="hybrid_exp")
+
+
+def visible_gpus() -> list[str]:
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch  # only to count devices; the parent never initialises a CUDA context
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def make_slots(gpus, runs_per_gpu: int, n_jobs: int) -> list[tuple[str, str]]:
+    """(lock name, CUDA_VISIBLE_DEVICES) per slot; the device is '' on a CPU slot."""
+    visible = visible_gpus()
+    if gpus is None:
+        devices = visible
+    elif isinstance(gpus, int):
+        devices = visible[:gpus]
+    else:
+        devices = [str(g) for g in gpus]
+    if devices:
+        return [(f"gpu{d}-{k}", d) for d in devices for k in range(runs_per_gpu)]
+    return [(f"cpu-{k}", "") for k in range(n_jobs)]
+
+
+def claim(slots: list[tuple[str, str]], lock_dir: Path) -> tuple[int, str]:
+    """Block until one of ``slots`` is ours: (open lock file descriptor, its device)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        for name, device in slots:
+            fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd, device  # held until this process exits
+            except BlockingIOError:
+                os.close(fd)
+        time.sleep(0.5)  # every slot busy, e.g. with another grid's jobs
+
+
+def run_in_slot(idx: int, job: bytes, slots: list[tuple[str, str]], lock_dir: Path, threads: int,
+                result) -> None:
+    """A job's process: claim a slot, pin its GPU and threads, run the job, send its result.
+
+    ``job`` is the cloudpickled (overrides, Hydra context, config, task, Hydra state), unpacked
+    only once the environment is pinned: nothing can have initialised CUDA before."""
+    _, device = claim(slots, lock_dir)
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(job)
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    result.send_bytes(cloudpickle.dumps(run_job(
+        hydra_context=hydra_context, task_function=task_function, config=sweep_config,
+        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")))
+
+
+class GPULauncher(Launcher):
+    def __init__(self, gpus=None, runs_per_gpu: int = 1, n_jobs: int = 1, lock_dir=None):
+        if runs_per_gpu < 1 or n_jobs < 1:
+            raise ValueError(f"hydra.launcher.runs_per_gpu and hydra.launcher.n_jobs must be >= 1; "
+                             f"got runs_per_gpu={runs_per_gpu}, n_jobs={n_jobs}")
+        self.gpus, self.runs_per_gpu, self.n_jobs = gpus, runs_per_gpu, n_jobs
+        self.lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"hybrid_exp-slots-{getpass.getuser()}")
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        slots = make_slots(self.gpus, self.runs_per_gpu, self.n_jobs)
+        threads = max(1, (os.cpu_count() or 1) // len(slots))
+        log.info("Launching %d jobs on %d slots (%s), %d CPU threads each", len(job_overrides),
+                 len(slots), ", ".join(device or "cpu" for _, device in slots), threads)
+        spawn = multiprocessing.get_context("spawn")  # a fresh process: CUDA not yet initialised
+        state = Singleton.get_state()
+        pending = list(enumerate(job_overrides, start=initial_job_idx))
+        running, results = {}, {}
+        while pending or running:
+            while pending and len(running) < len(slots):
+                idx, overrides = pending.pop(0)
+                reader, writer = spawn.Pipe(duplex=False)
+                job = cloudpickle.dumps((overrides, self.hydra_context, self.config,
+                                         self.task_function, state))  # closures included
+                process = spawn.Process(target=run_in_slot, args=(
+                    idx, job, slots, self.lock_dir, threads, writer))
+                process.start()
+                writer.close()
+                running[reader] = (idx, overrides, process)
+            for reader in wait(list(running)):  # a result arrived, or the process ended
+                idx, overrides, process = running.pop(reader)
+                try:
+                    results[idx] = cloudpickle.loads(reader.recv_bytes())
+                except EOFError:  # died without a result: killed, out of memory, ...
+                    process.join()
+                    results[idx] = JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
+                                             _return_value=RuntimeError(
+                                                 f"job process ended with exit code {process.exitcode}"))
+                process.join()
+        ordered = [results[idx] for idx in sorted(results)]
+        log_summary(ordered)
+        return ordered

@@ -1,0 +1,33 @@
+"""The grid summary: finished / skipped / failed, naming the failed configs."""
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.utils import JobReturn, JobStatus
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "job_status.json"  # written by hybrid_exp.cli.task into each job's output dir
+
+
+def outcome(job: JobReturn) -> tuple[str, str]:
+    """('finished' | 'skipped' | 'failed', reason) of one job."""
+    output_dir = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
+    status = Path(output_dir or "/nonexistent") / STATUS_FILE
+    if status.is_file():
+        recorded = json.loads(status.read_text())
+        return recorded["status"], recorded.get("error", "")
+    if job.status == JobStatus.COMPLETED:
+        return "finished", ""
+    return "failed", f"{type(job._return_value).__name__}: {job._return_value}"
+
+
+def log_summary(jobs: Sequence[JobReturn]) -> dict[str, int]:
+    outcomes = [outcome(job) for job in jobs]
+    counts = {kind: sum(o == kind for o, _ in outcomes) for kind in ("finished", "skipped", "failed")}
+    log.info("Grid summary: %d finished, %d skipped, %d failed (of %d jobs)", counts["finished"],
+             counts["skipped"], counts["failed"], len(jobs))
+    for job, (kind, reason) in zip(jobs, outcomes):
+        if kind == "failed":
+            log.error("  FAILED %s: %s", " ".join(job.overrides or []), reason)
+    return counts

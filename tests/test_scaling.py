@@ -1,0 +1,172 @@
+"""Grids that survive crashes and never run twice: launcher, resume, idempotency, concurrency."""
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from analysis import load_runs
+from hybrid_exp import tracking
+from hybrid_exp.train import train
+from hydra_plugins.hybrid_exp_launcher.gpus import claim, make_slots
+from tests.conftest import TINY
+
+SMALL = ["data=synthetic", "data.train_subset=1024", "data.val_size=128", "data.eval_size=128",
+         "model.width=8", "model.depth=1", "data.batch_size=64", "optim.warmup_epochs=0"]
+
+
+def grid(*args, cwd, **kwargs):
+    return subprocess.run([sys.executable, "-m", "hybrid_exp", "-m", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def test_killed_grid_relaunched_finishes_each_config_once_resuming_from_checkpoints(tmp_path):
+    command = [sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=6",
+               "seed=range(6)", "hydra.launcher.n_jobs=2"]
+    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in job.stdout:  # part-way: the first jobs are in their third epoch
+        if "epoch 3/6" in line:
+            break
+    os.killpg(job.pid, signal.SIGKILL)  # the whole process group: launcher and its jobs
+    job.wait()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    interrupted = load_runs("hybrid-exp", uri)
+    assert (interrupted.status == "RUNNING").sum() >= 1  # killed mid-training
+
+    relaunch = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    runs = load_runs("hybrid-exp", uri)
+    assert len(runs) == 6 and (runs.status == "FINISHED").all()  # one run per config, no duplicate
+    assert runs.config_hash.nunique() == 6
+    client = MlflowClient(uri)
+    resumed = [client.get_run(r) for r in runs.run_id]
+    resumed = [r for r in resumed if "resumed_from_epoch" in r.data.tags]
+    assert resumed, "a run killed after its first epoch resumes from its checkpoint"
+    for run in resumed:
+        start = int(run.data.tags["resumed_from_epoch"])
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/error")]
+        assert 1 <= start < 6 and sorted(steps) == list(range(6))  # continuous, in the same run
+        assert run.info.run_id in interrupted.run_id.values
+    assert "Grid summary:" in relaunch.stderr + relaunch.stdout
+
+
+def test_relaunch_skips_finished_configs_and_rerun_trains_again(make_cfg):
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
+    first = train(cfg)
+    again = train(cfg)
+    assert (first.status, again.status) == ("finished", "skipped")
+    assert again.run_id == first.run_id and again.metrics["test/error"] == first.metrics["test/error"]
+    forced = train(make_cfg(*SMALL, "trainer.max_epochs=1", "rerun=true"))
+    assert forced.status == "finished" and forced.run_id != first.run_id
+    assert len(load_runs("hybrid-exp", cfg.logger.tracking_uri)) == 2
+
+
+def test_failing_job_among_good_ones_gives_the_summary_and_exit_status(tmp_path):
+    run = grid(*SMALL, "trainer.max_epochs=1", "optim.lr=0.1,1e30", "hydra.launcher.n_jobs=2",
+               cwd=tmp_path)
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert "Grid summary: 1 finished, 0 skipped, 1 failed (of 2 jobs)" in output
+    assert "FAILED" in output and "optim.lr=1e+30: Diverged" in output and "non-finite loss" in output
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").set_index("status")
+    assert sorted(runs.index) == ["FAILED", "FINISHED"]
+
+
+def writer(uri: str, experiment_id: str, index: int, steps: int) -> None:
+    """One of many parallel jobs writing a run, params and metrics to one SQLite store."""
+    client = MlflowClient(uri)
+    cfg = OmegaConf.create({"seed": index, "logger": {"tracking_uri": uri},
+                            "knobs": {f"k{i}": i for i in range(30)}})
+    with tracking.mlflow_run(client, experiment_id, cfg, {"setup": "w", "seed": str(index)},
+                             {"params": index}) as run_id:
+        logger = tracking.MLflowLogger(client, run_id)
+        for step in range(steps):
+            logger.log_metrics({f"m{j}": step * j for j in range(5)}, step=step)
+
+
+def test_eight_parallel_writers_lose_nothing_in_the_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client, experiment_id = tracking.connect(OmegaConf.create(
+        {"tracking_uri": uri, "experiment_name": "load"}))  # created once, before the jobs
+    spawn = multiprocessing.get_context("spawn")
+    jobs = [spawn.Process(target=writer, args=(uri, experiment_id, i, 25)) for i in range(8)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=600)
+    assert [job.exitcode for job in jobs] == [0] * 8
+    runs = client.search_runs([experiment_id])
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert len(run.data.params) == 1 + 1 + 30 + 1  # seed, tracking_uri, knobs, params
+        for j in range(5):
+            history = client.get_metric_history(run.info.run_id, f"m{j}")
+            assert sorted((m.step, m.value) for m in history) == [(s, s * j) for s in range(25)]
+
+
+def test_a_crashed_job_cannot_leak_its_slot(tmp_path):
+    slots = [("cpu-0", ""), ("cpu-1", "")]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path\n"
+        "from hydra_plugins.hybrid_exp_launcher.gpus import claim\n"
+        f"claim([('cpu-0', '')], Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    fd, _ = claim(slots, tmp_path)  # cpu-0 is taken: we get cpu-1
+    assert os.readlink(f"/proc/self/fd/{fd}").endswith("cpu-1.lock")
+    os.close(fd)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    started = time.time()
+    fd, _ = claim([("cpu-0", "")], tmp_path)  # the kernel released the dead job's lock
+    assert time.time() - started < 2
+    os.close(fd)
+
+
+def test_slots_pin_gpus_and_split_runs_per_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert make_slots(None, 2, 1) == [("gpu2-0", "2"), ("gpu2-1", "2"), ("gpu3-0", "3"), ("gpu3-1", "3")]
+    assert make_slots(1, 1, 1) == [("gpu2-0", "2")]
+    assert make_slots([5], 1, 1) == [("gpu5-0", "5")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert make_slots(None, 1, 3) == [("cpu-0", ""), ("cpu-1", ""), ("cpu-2", "")]
+
+
+def test_each_job_sees_only_its_gpu(tmp_path):
+    run = grid(*SMALL, "trainer.max_epochs=1", "trainer.accelerator=cpu", "seed=0,1",
+               "hydra.launcher.gpus=[0,1]", f"hydra.launcher.lock_dir={tmp_path}/locks", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs = "".join(p.read_text() for p in tmp_path.glob("multirun/*/*/*/*.log"))
+    logs += run.stdout + run.stderr
+    assert "separable-seed0: CUDA_VISIBLE_DEVICES=" in logs
+    assert {"'0'", "'1'"} == {line.rsplit("=", 1)[1].strip() for line in logs.splitlines()
+                              if ": CUDA_VISIBLE_DEVICES=" in line}
+
+
+def test_submitit_local_grid_of_two(tmp_path):
+    run = grid(*SMALL, "trainer.max_epochs=1", "seed=0,1", "hydra/launcher=submitit_local",
+               "hydra.launcher.timeout_min=10", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(runs.run_name) == ["separable-seed0", "separable-seed1"]
+    assert (runs.status == "FINISHED").all()
+
+
+def test_slurm_preset_asks_for_one_gpu_per_job_and_requeues(make_cfg):
+    from hydra import compose, initialize_config_dir
+    from hybrid_exp.cli import config_dir
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                           "hydra.launcher.account=lab"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hybrid_exp_launcher.slurm.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node) == (1, 1)
+    assert (launcher.partition, launcher.account) == ("gpu", "lab")
+    assert launcher.max_num_timeout > 0 and launcher.array_parallelism > 0 and launcher.timeout_min > 0

@@ -16,22 +16,25 @@ def config_dir() -> str:
     return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
 
 
-def task(cfg: DictConfig) -> float:
+def task(cfg: DictConfig) -> float | list[float]:
     """One job: train (or skip, or resume); record the outcome beside the job's outputs.
 
-    Returns the objective, ``cfg.objective`` (``val/error`` for sweeps; ``test/error`` if the
-    run has no validation split)."""
+    Returns the objective, ``cfg.objective`` (a metric, or a list of them for several
+    objectives; ``test/error`` stands in for ``val/error`` when there is no validation split)."""
     from hybrid_exp.train import train  # imported late: `--help` and config errors stay fast
 
     status = Path(HydraConfig.get().runtime.output_dir) / STATUS_FILE
     try:
         result = train(cfg)
     except Exception as e:
-        status.write_text(json.dumps({"status": "failed", "error": f"{type(e).__name__}: {e}"}))
+        pruned = type(e).__name__ == "TrialPruned"
+        status.write_text(json.dumps({"status": "pruned" if pruned else "failed",
+                                      "error": f"{type(e).__name__}: {e}"}))
         raise
     status.write_text(json.dumps({"status": result.status, "run_id": result.run_id,
                                   "metrics": result.metrics}))
-    return result.metrics.get(cfg.objective, result.metrics["test/error"])
+    value = lambda key: result.metrics.get(key, result.metrics["test/error"])
+    return value(cfg.objective) if isinstance(cfg.objective, str) else [value(k) for k in cfg.objective]
 
 
 register()

@@ -49,6 +49,7 @@ class Classifier(pl.LightningModule):
         self.sums: dict[str, torch.Tensor] = {}  # stage -> (loss sum, errors) on the device
         self.counts: dict[str, int] = {}  # stage -> images
         self.first_bad_step: torch.Tensor | None = None  # -1 while every loss is finite
+        self.val_metrics: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -83,19 +84,22 @@ class Classifier(pl.LightningModule):
         self.first_bad_step = torch.tensor(-1, device=self.device)
         self.epoch_start = time.perf_counter()
 
+    def on_validation_epoch_end(self) -> None:
+        # logged as validation ends, so callbacks there (Optuna pruning) see this epoch's values
+        self.val_metrics = self.summarize("val")
+        self.log_dict({**self.val_metrics, "step": float(self.current_epoch)})  # step = epoch
+
     def on_train_epoch_end(self) -> None:
         if (bad_step := int(self.first_bad_step)) >= 0:
             raise Diverged(f"training diverged: non-finite loss at epoch {self.current_epoch}, "
                            f"step {bad_step}; lower optim.lr or check the data")
         images = self.counts["train"]
-        train = self.summarize("train")
         seconds = time.perf_counter() - self.epoch_start
-        metrics = {**train, **(self.summarize("val") if "val" in self.sums else {}),
-                   "lr": self.optimizers().param_groups[0]["lr"], "epoch_seconds": seconds,
-                   "images_per_second": images / seconds}
+        metrics = {**self.summarize("train"), "lr": self.optimizers().param_groups[0]["lr"],
+                   "epoch_seconds": seconds, "images_per_second": images / seconds}
         self.log_dict({**metrics, "step": float(self.current_epoch)})  # MLflow step = epoch
-        log.info("epoch %d/%d  %s", self.current_epoch + 1, self.trainer.max_epochs,
-                 "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        log.info("epoch %d/%d  %s", self.current_epoch + 1, self.trainer.max_epochs, "  ".join(
+            f"{k} {v:.4g}" for k, v in {**metrics, **self.val_metrics}.items()))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({**self.summarize("test"), "step": float(self.current_epoch)})

@@ -4,6 +4,8 @@ import hashlib
 import logging
 import random
 import subprocess
+
+import optuna
 import time
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from pytorch_lightning.utilities import rank_zero_only
 log = logging.getLogger(__name__)
 
 # Keys that say where things are or how they are logged or launched, not what is trained.
-UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective")
+UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
+                 "optuna")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -116,7 +119,8 @@ def resumable_run(client: MlflowClient, checkpoint_dir: Path) -> str | None:
         run = retrying(client.get_run, stored.read_text().strip())
     except MlflowException:  # deleted from the store
         return None
-    return run.info.run_id if run.info.status in ("RUNNING", "KILLED") else None
+    interrupted = run.info.status in ("RUNNING", "KILLED") and "pruned" not in run.data.tags
+    return run.info.run_id if interrupted else None
 
 
 @contextlib.contextmanager
@@ -143,9 +147,10 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
             retrying(client.log_text, run_id, OmegaConf.to_yaml(resolved), "config.yaml")
         yield run_id
     except BaseException as e:  # Lightning turns Ctrl-C into SystemExit: both are KILLED
-        failed = isinstance(e, Exception)
-        reason = f"{type(e).__name__}: {e}"[:5000] if failed else "interrupted"
-        retrying(client.set_tag, run_id, "error", reason)
+        pruned = isinstance(e, optuna.TrialPruned)  # stopped early by the Optuna pruner
+        failed = isinstance(e, Exception) and not pruned
+        reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else "interrupted"
+        retrying(client.set_tag, run_id, "pruned" if pruned else "error", reason)
         retrying(client.set_terminated, run_id, "FAILED" if failed else "KILLED")
         log.error("run %s-seed%s %s: %s", tags["setup"], tags["seed"],
                   "FAILED" if failed else "KILLED", reason)

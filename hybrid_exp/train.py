@@ -1,15 +1,17 @@
 """One training run: build everything from the config, then skip, resume or train, and test."""
+import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Checkpoint, RichProgressBar
+from pytorch_lightning.callbacks import Callback, Checkpoint, RichProgressBar
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from hybrid_exp import tracking
@@ -24,6 +26,30 @@ class Result:
     status: str  # 'finished', or 'skipped' when an equal config had already FINISHED
     metrics: dict[str, float]  # final metrics, errors in %
     run_id: str
+
+
+class OptunaPruning(Callback):
+    """Reports val/error to the job's Optuna trial each epoch (through the study's storage, so
+    across processes and machines) and stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        epoch, value = trainer.current_epoch, float(trainer.callback_metrics["val/error"])
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned by Optuna at epoch {epoch} (val/error {value:.2f})")
+
+
+def optuna_trial(cfg: DictConfig) -> optuna.Trial | None:
+    """The trial this job runs, when an Optuna sweep launched it."""
+    trial = cfg.get("optuna") or {}
+    if trial.get("trial_id") is None:
+        return None
+    pruner = instantiate(json.loads(trial.pruner)) if trial.get("pruner") else None  # the sweep's
+    study = optuna.load_study(study_name=trial.study_name, storage=trial.storage, pruner=pruner)
+    return optuna.Trial(study, trial.trial_id)
 
 
 class LastCheckpoint(Checkpoint):
@@ -58,6 +84,12 @@ def train(cfg: DictConfig) -> Result:
     tags = {"model": model, "block": block, "backbone": type(net).__name__.lower(),
             "setup": model if block == model else f"{model}+{block}", "seed": str(cfg.seed)}
     name = f"{tags['setup']}-seed{cfg.seed}"
+    trial = optuna_trial(cfg)
+    prunable = trial is not None and len(trial.study.directions) == 1  # Optuna: one objective
+    if trial:
+        tags.update({"optuna.study_name": trial.study.study_name, "optuna.trial_number": str(trial.number)})
+        if cfg.optuna.parent_run_id:
+            tags["mlflow.parentRunId"] = cfg.optuna.parent_run_id  # nested under the study's run
 
     log.info("%s: CUDA_VISIBLE_DEVICES=%r", name, os.environ.get("CUDA_VISIBLE_DEVICES"))
     client, experiment_id = tracking.connect(cfg.logger)
@@ -83,7 +115,8 @@ def train(cfg: DictConfig) -> Result:
         slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
         trainer = instantiate(
             cfg.trainer, logger=tracking.MLflowLogger(client, run_id), enable_progress_bar=tty,
-            callbacks=[LastCheckpoint(checkpoints), *([RichProgressBar()] if tty else [])], **slurm)
+            callbacks=[LastCheckpoint(checkpoints), *([RichProgressBar()] if tty else []),
+                       *([OptunaPruning(trial)] if prunable else [])], **slurm)
         trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,
                     weights_only=True)
         metrics = dict(trainer.callback_metrics)  # the last epoch's; test() replaces them

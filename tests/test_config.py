@@ -18,7 +18,7 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group", ["data", "model", "model/block", "trainer", "optim", "logger",
-                                   "experiment"])
+                                   "experiment", "hparams_search"])
 def test_every_option_of_every_group_composes(make_cfg, group):
     assert options(group), f"conf/{group} is empty"
     for option in options(group):

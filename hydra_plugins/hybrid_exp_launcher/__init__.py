@@ -1,13 +1,16 @@
-"""Hydra launchers of hybrid-exp: ``hydra/launcher=gpus`` (one machine), ``hydra/launcher=slurm``."""
+"""Hydra plugins of hybrid-exp: launchers ``gpus`` (one machine) and ``slurm`` here, the sweeper
+``optuna`` in hydra_plugins.hybrid_exp_sweeper."""
 
 
 def register() -> None:
-    """Make the launchers known to Hydra. Its plugin scan finds them in a wheel install but not
+    """Make the plugins known to Hydra. Its plugin scan finds them in a wheel install but not
     through the import hook of an editable (`pip install -e`) one."""
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.hybrid_exp_launcher import gpus, slurm
+    from hydra_plugins.hybrid_exp_sweeper import optuna_sweeper
 
     Plugins.instance().register(gpus.GPULauncher)
+    Plugins.instance().register(optuna_sweeper.OptunaSweeper)
     if slurm.Submitit is not None:
         Plugins.instance().register(slurm.SlurmLauncher)

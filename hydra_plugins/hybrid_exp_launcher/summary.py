@@ -11,7 +11,7 @@ STATUS_FILE = "job_status.json"  # written by hybrid_exp.cli.task into each job'
 
 
 def outcome(job: JobReturn) -> tuple[str, str]:
-    """('finished' | 'skipped' | 'failed', reason) of one job."""
+    """('finished' | 'skipped' | 'pruned' | 'failed', reason) of one job."""
     output_dir = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
     status = Path(output_dir or "/nonexistent") / STATUS_FILE
     if status.is_file():
@@ -24,9 +24,11 @@ def outcome(job: JobReturn) -> tuple[str, str]:
 
 def log_summary(jobs: Sequence[JobReturn]) -> dict[str, int]:
     outcomes = [outcome(job) for job in jobs]
-    counts = {kind: sum(o == kind for o, _ in outcomes) for kind in ("finished", "skipped", "failed")}
-    log.info("Grid summary: %d finished, %d skipped, %d failed (of %d jobs)", counts["finished"],
-             counts["skipped"], counts["failed"], len(jobs))
+    kinds = ("finished", "skipped", "pruned", "failed")
+    counts = {kind: sum(o == kind for o, _ in outcomes) for kind in kinds}
+    log.info("Grid summary: %d finished, %d skipped, %s%d failed (of %d jobs)", counts["finished"],
+             counts["skipped"], f"{counts['pruned']} pruned, " if counts["pruned"] else "",
+             counts["failed"], len(jobs))
     for job, (kind, reason) in zip(jobs, outcomes):
         if kind == "failed":
             log.error("  FAILED %s: %s", " ".join(job.overrides or []), reason)

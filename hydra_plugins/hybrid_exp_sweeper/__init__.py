@@ -1,0 +1,1 @@
+"""``hydra/sweeper=optuna``: Optuna (>= 4) studies as Hydra sweeps."""

@@ -1,0 +1,189 @@
+"""Optuna studies as Hydra sweeps, with hydra-optuna-sweeper's config surface, on Optuna >= 4.
+
+The study lives in its storage (a SQLite file by default): rerunning the same command finds it
+and runs only the trials still missing up to ``n_trials``. Trials are launched ``n_jobs`` at a
+time through the configured launcher (``hydra/launcher=gpus``: in parallel, one GPU each). Each
+job receives its trial (``++optuna.storage/study_name/trial_id``) and reports to the storage,
+so pruning works across processes and machines.
+"""
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL)
+
+
+def distribution(override: Override) -> optuna.distributions.BaseDistribution:
+    """An Optuna distribution from a sweep in Hydra's grammar: choice(...), range(a,b[,step]),
+    interval(a,b), with tags log and int: tag(log, interval(a,b)), tag(int, interval(a,b))."""
+    sweep = override.value()
+    if isinstance(sweep, ChoiceSweep) or override.is_discrete_sweep() and not isinstance(sweep, RangeSweep):
+        return optuna.distributions.CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(sweep, RangeSweep):
+        values = list(override.sweep_iterator())
+        kind = (optuna.distributions.IntDistribution if all(isinstance(v, int) for v in values)
+                else optuna.distributions.FloatDistribution)
+        return kind(values[0], values[-1], step=sweep.step)
+    if isinstance(sweep, IntervalSweep):  # Hydra reads its bounds as floats: tag(int, ...) for ints
+        log_scale = "log" in sweep.tags
+        if "int" in sweep.tags:
+            return optuna.distributions.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
+        return optuna.distributions.FloatDistribution(sweep.start, sweep.end, log=log_scale)
+    raise ValueError(f"hydra.sweeper.params: cannot search '{override.input_line}'; use "
+                     f"choice(...), range(a,b[,step]), interval(a,b) or tag(log, interval(a,b))")
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+                 direction: Any = "minimize",
+                 storage: str | None = None, study_name: str | None = None, n_trials: int = 20,
+                 n_jobs: int = 2, max_failure_rate: float = 0.0, params: dict | None = None):
+        self.sampler, self.pruner = sampler, pruner  # built by Hydra from their _target_ configs
+        self.directions = [direction] if isinstance(direction, str) else list(direction)
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.params = dict(params or {})
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        # a job prunes with its own copy of the pruner: it gets the pruner's config, as JSON
+        self.pruner_json = json.dumps(OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True))
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def search_space(self, arguments: list[str]) -> tuple[dict, list[str]]:
+        """({key: distribution}, fixed overrides) from hydra.sweeper.params and the command line."""
+        parser = OverridesParser.create()
+        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + arguments)
+        space, fixed = {}, []
+        for override in overrides:
+            if override.is_sweep_override():
+                space[override.get_key_element()] = distribution(override)
+            else:
+                fixed.append(override.input_line)
+        return space, fixed
+
+    def check_objective(self) -> None:
+        """Tune on validation, never on the test subset (hybrid-exp's configs)."""
+        objective = self.config.get("objective")
+        objectives = [objective] if isinstance(objective, str) else list(objective or [])
+        if any(str(o).startswith("test/") for o in objectives):
+            raise ValueError(f"objective={objective} tunes on the test subset; use val/error")
+        if "data" in self.config and self.config.data.get("val_size", 1) == 0:
+            raise ValueError("an Optuna sweep tunes on the validation split, but data.val_size=0 "
+                             "holds none out: set data.val_size (e.g. 5000)")
+
+    def sweep(self, arguments: list[str]) -> None:
+        self.check_objective()
+        space, fixed = self.search_space(arguments)
+        if not space:
+            raise ValueError("nothing to search: give hydra.sweeper.params or sweeps on the command "
+                             "line, e.g. optim.lr='tag(log, interval(0.01, 0.5))'")
+        storage = self.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+        name = self.study_name or self.default_study_name(space, fixed)
+        study = optuna.create_study(
+            study_name=name, storage=storage, load_if_exists=True, directions=self.directions,
+            sampler=self.sampler, pruner=self.pruner)
+        done = sum(t.state in DONE for t in study.trials)
+        log.info("Study %s in %s: %d of %d trials done", name, storage, done, self.n_trials)
+        sampler_cfg = self.config.hydra.sweeper.sampler
+        if done and sampler_cfg.get("seed") is not None:
+            # a resumed sweep must not replay the trials its seed drew the first time
+            study.sampler = instantiate(sampler_cfg, seed=sampler_cfg.seed + done)
+        parent = self.parent_run(name)
+        failures = 0
+        while done < self.n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            batch = [fixed + [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                              for k, v in trial.params.items()]
+                     + [f"++optuna.storage='{storage}'", f"++optuna.study_name='{name}'",
+                        f"++optuna.trial_id={trial._trial_id}", f"++optuna.pruner='{self.pruner_json}'",
+                        f"++optuna.parent_run_id={parent or 'null'}"] for trial in trials]
+            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            for trial, job in zip(trials, returns):
+                failures += self.tell(study, trial, job)
+            done += len(trials)
+            if failures > self.max_failure_rate * done:
+                raise RuntimeError(f"{failures} of {done} trials failed, more than "
+                                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+        self.report(study, storage, fixed)
+        if parent:
+            self.tracking_client.set_terminated(parent, "FINISHED")
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, job) -> int:
+        """Record a job's outcome in the study; 1 if the trial failed."""
+        if job.status == JobStatus.COMPLETED:
+            values = job.return_value if isinstance(job.return_value, Sequence) else [job.return_value]
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                study.tell(trial, values)
+                return 0
+            reason = f"non-finite objective {values}"
+        elif isinstance(job._return_value, optuna.TrialPruned):
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            log.info("trial %d pruned", trial.number)
+            return 0
+        else:
+            reason = f"{type(job._return_value).__name__}: {job._return_value}"
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        log.warning("trial %d failed: %s", trial.number, reason)
+        return 1
+
+    def default_study_name(self, space: dict, fixed: list[str]) -> str:
+        """Stable across reruns of the same command: the experiment plus the search itself."""
+        experiment = OmegaConf.select(self.config, "logger.experiment_name") or self.config.hydra.job.name
+        digest = hashlib.sha256(repr((sorted(map(str, space.items())), sorted(fixed))).encode())
+        return f"{experiment}-{digest.hexdigest()[:8]}"
+
+    def parent_run(self, name: str) -> str | None:
+        """The MLflow run that holds the study's trials (hybrid-exp configs only)."""
+        if OmegaConf.select(self.config, "logger.tracking_uri") is None:
+            return None
+        from hybrid_exp import tracking
+
+        client, experiment_id = tracking.connect(self.config.logger)
+        self.tracking_client = client
+        found = client.search_runs([experiment_id], f"tags.`hybrid_exp.kind` = 'study' and "
+                                                    f"tags.`optuna.study_name` = '{name}'")
+        if found:
+            client.update_run(found[0].info.run_id, "RUNNING")
+            return found[0].info.run_id
+        run = client.create_run(experiment_id, run_name=f"study-{name}", tags={
+            "hybrid_exp.kind": "study", "optuna.study_name": name})
+        return run.info.run_id
+
+    def report(self, study: optuna.Study, storage: str, fixed: list[str]) -> None:
+        """optimization_results.yaml and best.yaml (an experiment preset) in the sweep dir."""
+        out = Path(self.config.hydra.sweep.dir)
+        out.mkdir(parents=True, exist_ok=True)
+        results = {"name": "optuna", "study_name": study.study_name, "storage": storage}
+        if len(self.directions) == 1:
+            best = study.best_trial
+            results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+            chosen = best.params
+        else:
+            results["solutions"] = [{"params": t.params, "values": t.values, "trial": t.number}
+                                    for t in study.best_trials]
+            chosen = study.best_trials[0].params
+        OmegaConf.save(OmegaConf.create(results), out / "optimization_results.yaml")
+        preset = OmegaConf.from_dotlist([f"{k}={v}" for k, v in chosen.items()])
+        (out / "best.yaml").write_text("# @package _global_\n# best trial of study "
+                                       f"{study.study_name}; copy to conf/experiment/\n"
+                                       + OmegaConf.to_yaml(preset))
+        log.info("Best: %s -> %s", results.get("best_params") or "Pareto front",
+                 out / "optimization_results.yaml")

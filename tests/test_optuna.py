@@ -1,0 +1,135 @@
+"""hydra/sweeper=optuna: persistent, resumable, pruning, parallel, failure-tolerant sweeps."""
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from mlflow.tracking import MlflowClient
+
+from analysis import load_runs
+from hydra_plugins.hybrid_exp_sweeper.optuna_sweeper import distribution
+
+SWEEP = ["hydra/sweeper=optuna", "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2",
+         "hydra.sweeper.sampler.seed=0", "model.width=8", "model.depth=1", "data.batch_size=64",
+         "optim.warmup_epochs=0"]
+SYNTHETIC = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=64"]
+
+
+def sweep(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "hybrid_exp", "-m", *SWEEP, *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def trials(tmp_path):
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    return study, study.trials
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("interval(0.1, 0.5)", optuna.distributions.FloatDistribution(0.1, 0.5)),
+    ("tag(log, interval(1e-5, 1e-3))", optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)),
+    ("tag(int, interval(1, 8))", optuna.distributions.IntDistribution(1, 8)),
+    ("range(16, 65, 16)", optuna.distributions.IntDistribution(16, 64, step=16)),
+    ("choice(32, 64, 96)", optuna.distributions.CategoricalDistribution([32, 64, 96])),
+    ("separable,hybrid", optuna.distributions.CategoricalDistribution(["separable", "hybrid"])),
+])
+def test_search_space_follows_hydras_grammar(text, expected):
+    (override,) = OverridesParser.create().parse_overrides([f"key={text}"])
+    assert distribution(override) == expected
+
+
+@pytest.mark.slow
+def test_sweep_on_real_cifar10_is_tracked_and_resumes_running_only_missing_trials(tmp_path, cifar10_root):
+    real = [f"data.root={cifar10_root}", "data.train_subset=500", "data.val_size=200",
+            "data.eval_size=200", "trainer.max_epochs=2", "optim.lr=tag(log, interval(0.01, 0.3))",
+            "optim.weight_decay=tag(log, interval(1e-5, 1e-3))"]
+    first = sweep(*real, "hydra.sweeper.n_trials=6", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study, done = trials(tmp_path)
+    assert [t.state.name for t in done] == ["COMPLETE"] * 6
+    results = yaml.safe_load(next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text())
+    assert results["best_value"] == study.best_value and set(results["best_params"]) == {
+        "optim.lr", "optim.weight_decay"}
+    best = next(tmp_path.glob("multirun/*/*/best.yaml")).read_text()
+    assert best.startswith("# @package _global_") and "optim:" in best
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = load_runs("hybrid-exp", uri)
+    assert len(runs) == 6 and (runs.status == "FINISHED").all()
+    client = MlflowClient(uri)
+    tags = [client.get_run(r).data.tags for r in runs.run_id]
+    assert sorted(int(t["optuna.trial_number"]) for t in tags) == list(range(6))
+    parents = {t["mlflow.parentRunId"] for t in tags}
+    assert len(parents) == 1
+    parents_id = parents.pop()
+    assert client.get_run(parents_id).data.tags["optuna.study_name"] == study.study_name
+
+    resumed = sweep(*real, "hydra.sweeper.n_trials=8", cwd=tmp_path)  # the same command, more trials
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, done = trials(tmp_path)
+    assert len(done) == 8 and all(t.state.name == "COMPLETE" for t in done)
+    assert "6 of 8 trials done" in resumed.stderr + resumed.stdout
+    assert len(load_runs("hybrid-exp", uri)) == 8  # exactly 2 new trials ran
+    assert len({tuple(t.params.values()) for t in done}) == 8  # none replayed an earlier one
+    assert client.get_run(parents_id).info.status == "FINISHED"
+
+
+def test_pruner_stops_hopeless_trials_through_the_storage(tmp_path, cifar10_root):
+    run = sweep(f"data.root={cifar10_root}", "data.train_subset=500", "data.val_size=200",
+                "data.eval_size=200", "trainer.max_epochs=3", "optim.lr=choice(0.2,0.00001)",
+                "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=4",
+                "rerun=true",  # a repeated config trains again (else it reuses its stored result)
+                "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                "+hydra.sweeper.pruner.upper=85.0", "+hydra.sweeper.pruner.n_warmup_steps=1",
+                cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _, done = trials(tmp_path)
+    states = {t.params["optim.lr"]: t.state.name for t in done}
+    assert states == {0.2: "COMPLETE", 0.00001: "PRUNED"}, [(t.params, t.state) for t in done]
+    pruned = [t for t in done if t.state.name == "PRUNED"]
+    assert all(t.last_step == 1 for t in pruned)  # reported epochs 0 and 1, then stopped
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    killed = runs[runs.status == "KILLED"]
+    assert len(killed) == len(pruned)
+    assert all("pruned by Optuna at epoch 1" in client.get_run(r).data.tags["pruned"] for r in killed.run_id)
+
+
+def test_failing_trial_fails_the_trial_not_the_sweep_up_to_max_failure_rate(tmp_path):
+    (tmp_path / "tolerant").mkdir()
+    (tmp_path / "strict").mkdir()
+    tolerant = sweep(*SYNTHETIC, "trainer.max_epochs=1", "optim.lr=choice(0.1,1e30)",
+                     "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=4",
+                     "hydra.sweeper.max_failure_rate=0.9", cwd=tmp_path / "tolerant")
+    assert tolerant.returncode == 0, tolerant.stderr[-3000:]
+    _, done = trials(tmp_path / "tolerant")
+    assert {t.state.name for t in done} == {"COMPLETE", "FAIL"}
+    assert all(t.params["optim.lr"] == 1e30 for t in done if t.state.name == "FAIL")
+
+    strict = sweep(*SYNTHETIC, "trainer.max_epochs=1", "optim.lr=choice(1e30)",
+                   "hydra.sweeper.n_trials=4", cwd=tmp_path / "strict")
+    assert strict.returncode != 0
+    assert "trials failed, more than hydra.sweeper.max_failure_rate=0.0" in strict.stderr
+    _, done = trials(tmp_path / "strict")
+    assert len(done) == 2  # stopped after the first batch
+
+
+def test_several_objectives_give_a_pareto_front(tmp_path):
+    run = sweep(*SYNTHETIC, "trainer.max_epochs=1", "optim.lr=tag(log, interval(0.01, 0.3))",
+                "objective=[val/error,val/loss]", "hydra.sweeper.direction=[minimize,minimize]",
+                "hydra/sweeper/sampler=nsgaii", "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    study, done = trials(tmp_path)
+    assert all(len(t.values) == 2 for t in done)
+    results = yaml.safe_load(next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text())
+    assert {s["trial"] for s in results["solutions"]} == {t.number for t in study.best_trials}
+
+
+def test_tuning_without_a_validation_split_stops_with_a_clear_message(tmp_path):
+    run = sweep(*SYNTHETIC, "data.val_size=0", "hparams_search=separable_optuna", cwd=tmp_path)
+    assert run.returncode != 0
+    assert "data.val_size=0 holds none out: set data.val_size" in run.stderr
+    assert not (tmp_path / "optuna.db").exists()

@@ -77,6 +77,7 @@ def test_sweep_on_real_cifar10_is_tracked_and_resumes_running_only_missing_trial
     assert client.get_run(parents_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_pruner_stops_hopeless_trials_through_the_storage(tmp_path, cifar10_root):
     run = sweep(f"data.root={cifar10_root}", "data.train_subset=500", "data.val_size=200",
                 "data.eval_size=200", "trainer.max_epochs=3", "optim.lr=choice(0.2,0.00001)",
@@ -117,6 +118,7 @@ def test_failing_trial_fails_the_trial_not_the_sweep_up_to_max_failure_rate(tmp_
     assert len(done) == 2  # stopped after the first batch
 
 
+@pytest.mark.slow
 def test_several_objectives_give_a_pareto_front(tmp_path):
     run = sweep(*SYNTHETIC, "trainer.max_epochs=1", "optim.lr=tag(log, interval(0.01, 0.3))",
                 "objective=[val/error,val/loss]", "hydra.sweeper.direction=[minimize,minimize]",

@@ -135,3 +135,20 @@ def test_tuning_without_a_validation_split_stops_with_a_clear_message(tmp_path):
     assert run.returncode != 0
     assert "data.val_size=0 holds none out: set data.val_size" in run.stderr
     assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("group, option", [
+    *[("sampler", s) for s in ("tpe", "random", "cmaes", "qmc", "gp", "nsgaii")],
+    *[("pruner", p) for p in ("none", "median", "hyperband")]])
+def test_every_sampler_and_pruner_preset_builds(group, option):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from hybrid_exp.cli import config_dir
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/sweeper=optuna", f"hydra/sweeper/{group}={option}"],
+                      return_hydra_config=True)
+    built = instantiate(cfg.hydra.sweeper[group])
+    base = optuna.samplers.BaseSampler if group == "sampler" else optuna.pruners.BasePruner
+    assert isinstance(built, base)

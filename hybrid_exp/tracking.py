@@ -164,9 +164,13 @@ class MLflowLogger(Logger):
     (Lightning's MLFlowLogger falls back to the ./mlruns file store that MLflow >= 3.13 refuses,
     and has no retry; runs, params and status are handled by ``mlflow_run``.)"""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, resumed: bool = False):
         super().__init__()
         self.client, self.run_id = client, run_id
+        # A resumed run replays the epoch that was under way when it was killed; points already
+        # logged for it are kept, not doubled: one point per metric and epoch.
+        self.last_step = {key: max(m.step for m in retrying(client.get_metric_history, run_id, key))
+                          for key in retrying(client.get_run, run_id).data.metrics} if resumed else {}
 
     @property
     def name(self) -> str:
@@ -183,5 +187,8 @@ class MLflowLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if k != "epoch"]
-        retrying(self.client.log_batch, self.run_id, metrics=batch)
+        step = step or 0
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if k != "epoch" and step > self.last_step.get(k, -1)]
+        if batch:
+            retrying(self.client.log_batch, self.run_id, metrics=batch)

@@ -114,7 +114,8 @@ def train(cfg: DictConfig) -> Result:
         # on SLURM, submitit requeues a preempted or timed-out job: Lightning must not as well
         slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
         trainer = instantiate(
-            cfg.trainer, logger=tracking.MLflowLogger(client, run_id), enable_progress_bar=tty,
+            cfg.trainer, logger=tracking.MLflowLogger(client, run_id, resumed=bool(resume)),
+            enable_progress_bar=tty,
             callbacks=[LastCheckpoint(checkpoints), *([RichProgressBar()] if tty else []),
                        *([OptunaPruning(trial)] if prunable else [])], **slurm)
         trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,

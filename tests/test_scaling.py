@@ -56,6 +56,22 @@ def test_killed_grid_relaunched_finishes_each_config_once_resuming_from_checkpoi
     assert "Grid summary:" in relaunch.stderr + relaunch.stdout
 
 
+def test_a_resumed_run_logs_each_epoch_once(tmp_path):
+    """Killed after logging epoch 2 but before its checkpoint: the replayed epoch 2 is not doubled."""
+    client, experiment_id = tracking.connect(OmegaConf.create(
+        {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment_name": "resume"}))
+    run_id = client.create_run(experiment_id).info.run_id
+    first = tracking.MLflowLogger(client, run_id)
+    for epoch in range(3):
+        first.log_metrics({"val/error": 50.0 - epoch}, step=epoch)
+    resumed = tracking.MLflowLogger(client, run_id, resumed=True)  # from the checkpoint of epoch 1
+    for epoch in range(2, 5):
+        resumed.log_metrics({"val/error": 50.0 - epoch, "train/loss": 1.0}, step=epoch)
+    history = client.get_metric_history(run_id, "val/error")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [2, 3, 4]
+
+
 def test_relaunch_skips_finished_configs_and_rerun_trains_again(make_cfg):
     cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
     first = train(cfg)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -14,7 +13,6 @@ from analysis import load_runs
 from hybrid_exp import tracking
 from hybrid_exp.train import train
 from hydra_plugins.hybrid_exp_launcher.gpus import claim, make_slots
-from tests.conftest import TINY
 
 SMALL = ["data=synthetic", "data.train_subset=1024", "data.val_size=128", "data.eval_size=128",
          "model.width=8", "model.depth=1", "data.batch_size=64", "optim.warmup_epochs=0"]

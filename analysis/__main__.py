@@ -1,6 +1,7 @@
 """python -m analysis --experiment NAME [--tracking-uri URI] [--out DIR] [--baseline separable]
 [--control equivalent] [--margin 0.25] [--metric test/error]"""
 import argparse
+import os
 import sys
 
 from analysis.report import analyze
@@ -13,8 +14,10 @@ def main(argv: list[str] | None = None) -> int:
         description="The paper's table, paired statistics, noise floor, figures and report "
                     "of one MLflow experiment of hybrid-exp runs.")
     parser.add_argument("--experiment", required=True, help="MLflow experiment name")
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
-                        help="MLflow store (default: sqlite:///mlflow.db, the training default)")
+    parser.add_argument("--tracking-uri",
+                        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///mlflow.db: the training default)")
     parser.add_argument("--out", help="output folder (default: analysis/reports/<experiment>)")
     parser.add_argument("--baseline", default="separable",
                         help="setup (or unit, per backbone) the others are paired with")

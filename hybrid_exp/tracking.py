@@ -4,10 +4,12 @@ import hashlib
 import logging
 import random
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import optuna
-import time
-from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, Run
@@ -79,12 +81,46 @@ def resolve_tracking_uri(uri: str) -> tuple[str, str | None]:
     return f"sqlite:///{db}", (db.parent / "mlartifacts").as_uri()
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be used: not reachable, or it refuses our credentials."""
+
+
+LOCAL_HINT = "or log locally with logger.tracking_uri=sqlite:///mlflow.db"
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail at once, in one sentence, when a tracking server is down. Mid-run, MLflow's client
+    retries for minutes (a server restart loses nothing); at start that would only hide a typo."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({reason}): start "
+                                  f"it (docker compose up -d, see docs/tracking.md) {LOCAL_HINT}") from None
+
+
+def get_experiment(client: MlflowClient, name: str):
+    """The experiment called ``name`` or None; a server that wants a login says so plainly."""
+    try:
+        return retrying(client.get_experiment_by_name, name)
+    except MlflowException as e:
+        if e.error_code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            raise
+        raise TrackingUnavailable(
+            f"MLflow tracking server {client.tracking_uri} refused access ({e.error_code}): export "
+            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (see docs/tracking.md) "
+            f"{LOCAL_HINT}") from None
+
+
 def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     """(client, experiment id), creating the store and the experiment if needed."""
     uri, artifact_location = resolve_tracking_uri(logger_cfg.tracking_uri)
+    check_server(uri)
     client = MlflowClient(uri)
     name = logger_cfg.experiment_name
-    found = retrying(client.get_experiment_by_name, name)
+    found = get_experiment(client, name)
     if found is not None:
         return client, found.experiment_id
     try:
@@ -98,7 +134,10 @@ class PrepareTracking(Callback):
     parallel jobs never race to initialise the database or create the experiment."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        connect(config.logger)
+        try:
+            connect(config.logger)
+        except TrackingUnavailable as e:  # Hydra would only warn and start every job anyway
+            raise SystemExit(str(e)) from None
 
 
 def finished_run(client: MlflowClient, experiment_id: str, hash_: str) -> Run | None:

@@ -58,3 +58,15 @@ def test_unknown_choice_lists_the_valid_ones(override, listed):
                          text=True, timeout=120)
     assert run.returncode != 0
     assert "Available options" in run.stderr and listed in run.stderr
+
+
+@pytest.mark.parametrize("environment, expected", [(None, "sqlite:///mlflow.db"),
+                                                   ("http://127.0.0.1:5000", "http://127.0.0.1:5000")])
+def test_mlflow_tracking_uri_from_the_environment_is_the_default(monkeypatch, environment, expected):
+    from hydra import compose, initialize_config_dir
+    if environment:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", environment)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        assert compose("config").logger.tracking_uri == expected

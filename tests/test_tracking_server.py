@@ -1,0 +1,398 @@
+"""The shared tracking server: docker-compose.yml, and the same programs run natively (there is
+no Docker engine here): a real PostgreSQL, `mlflow server` with the compose file's own arguments,
+grids logging over HTTP, runs read back through MLflow's REST API."""
+import base64
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from hybrid_exp.copy_runs import COPIED_FROM, copy_runs
+from hybrid_exp.tracking import TrackingUnavailable, check_server
+from tests.conftest import PARALLEL, REPO, TINY
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+PASSWORD = "test-only-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} against ``env``."""
+    def one(match):
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if name in env:
+            return env[name]
+        if op == ":-":
+            return arg
+        raise KeyError(f"{name} unset: {arg}")
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", one, value)
+
+
+# ---------------------------------------------------------------------------- compose file
+
+
+def test_compose_file_defines_the_services_bound_to_loopback_without_secrets():
+    assert set(SERVICES) == {"postgres", "mlflow", "mlflow-auth", "trainer"}
+    assert re.fullmatch(r"postgres:\d+", SERVICES["postgres"]["image"])  # pinned major version
+    assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
+    assert set(COMPOSE["volumes"]) >= {"pgdata", "mlartifacts"}
+    for name in ("postgres", "mlflow", "mlflow-auth"):
+        assert SERVICES[name]["healthcheck"]["test"], name
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        for key, value in service.get("environment", {}).items():
+            if re.search("PASSWORD|SECRET", key):  # only ever from .env
+                assert re.fullmatch(r"\$\{\w+:[-?][^}]*\}", value), f"{name}.{key} is a literal"
+        uri = service.get("environment", {}).get("MLFLOW_BACKEND_STORE_URI")
+        if uri:
+            assert re.search(r":\$\{POSTGRES_PASSWORD:\?[^}]*\}@postgres:5432/", uri)
+
+    server = SERVICES["mlflow"]
+    assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert server["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    args = server["entrypoint"]
+    assert args[:2] == ["mlflow", "server"] and "--serve-artifacts" in args
+    assert args[args.index("--artifacts-destination") + 1] == "/mlartifacts"
+    assert "mlartifacts:/mlartifacts" in server["volumes"]
+    assert "--allowed-hosts" in args
+    auth = SERVICES["mlflow-auth"]
+    assert auth["entrypoint"] == args and auth["command"] == ["--app-name", "basic-auth"]
+    assert auth["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_AUTH_ADMIN_PASSWORD:?")
+    assert {"open"} == set(server["profiles"]) and {"auth"} == set(auth["profiles"])
+    gpus = SERVICES["trainer"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpus["capabilities"] == ["gpu"] and SERVICES["trainer"]["profiles"] == ["trainer"]
+
+    dockerfile = (REPO / "docker/mlflow/Dockerfile").read_text()
+    version = re.search(r'"mlflow\[auth\]==(\d+)\.(\d+)\.(\d+)"', dockerfile).groups()
+    assert tuple(map(int, version)) >= (3, 16, 1)  # basic auth without a default admin password
+    assert re.search(r'"psycopg\[binary\]==[\d.]+"', dockerfile)
+
+
+def test_env_example_holds_placeholders_and_env_is_ignored():
+    example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    for key, value in example.items():
+        if re.search("PASSWORD|SECRET", key):
+            assert value in ("", "change-me"), key
+    needed = set(re.findall(r"\$\{(\w+):\?", (REPO / "docker-compose.yml").read_text()))
+    assert needed <= set(example)  # every required variable is explained there
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO)
+    assert ignored.returncode == 0, ".env must be git-ignored"
+
+
+# ---------------------------------------------------------------------------- failing fast
+
+
+def test_unreachable_server_fails_in_seconds_with_one_sentence(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=r"is unreachable .*docker compose up -d"):
+        check_server(uri)
+    assert time.monotonic() - start < 5
+
+    job = subprocess.run([sys.executable, "-m", "hybrid_exp", "-m", "model=separable", "seed=0,1",
+                          f"logger.tracking_uri={uri}", *TINY], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert job.returncode != 0
+    assert f"MLflow tracking server {uri} is unreachable" in job.stderr
+    assert not list(tmp_path.rglob("job_status.json"))  # stopped before any job started
+
+
+# ---------------------------------------------------------------------------- native servers
+
+
+def postgres_bin() -> Path:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not installed:
+        pytest.fail("PostgreSQL not installed: apt-get install postgresql-15 (.ci/run does this)")
+    return installed[-1].parent
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL on a free loopback port; yields a function that creates a database
+    and returns its SQLAlchemy URI. As root, the server runs as an unprivileged user."""
+    bin_dir = postgres_bin()
+    as_user = []
+    root = Path(tempfile.mkdtemp(prefix="hybrid-exp-pg-"))
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        user = "postgres" if "postgres" in {u.pw_name for u in pwd.getpwall()} else "nobody"
+        as_user = ["runuser", "-u", user, "--"]
+        shutil.chown(root, user)
+    (root / "pw").write_text(PASSWORD)
+    if as_user:
+        shutil.chown(root / "pw", as_user[2])
+    port = free_port()
+    run = lambda *args: subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True)
+    run(bin_dir / "initdb", "-D", root / "data", "-U", "hybrid", "--auth=scram-sha-256",
+        f"--pwfile={root / 'pw'}", "-E", "UTF8", "--no-sync")
+    run(bin_dir / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "start", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+    base = f"postgresql://hybrid:{PASSWORD}@127.0.0.1:{port}"
+
+    def database(name: str) -> str:
+        import psycopg  # the driver the compose image installs
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"{base}/{name}"
+
+    yield database
+    run(bin_dir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class MlflowServer:
+    """`mlflow server` started natively with the compose service's arguments and environment;
+    only the bind address, port and artifact folder differ (a container's are fixed)."""
+
+    def __init__(self, service: str, backend_uri: str, folder: Path, env: dict[str, str] = {}):
+        spec = SERVICES[service]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.artifacts = folder / "mlartifacts"
+        local = {"--host": "127.0.0.1", "--port": str(self.port),
+                 "--artifacts-destination": str(self.artifacts)}
+        args = [interpolate(a, {}) for a in spec["entrypoint"] + spec.get("command", [])]
+        for flag, value in local.items():
+            args[args.index(flag) + 1] = value
+        args[0] = str(Path(sys.executable).parent / "mlflow")
+        self.args = args
+        self.env = {**os.environ, **env, "MLFLOW_BACKEND_STORE_URI": backend_uri}
+        self.log = folder / "server.log"
+        self.process = None
+
+    def start(self) -> "MlflowServer":
+        self.process = subprocess.Popen(self.args, env=self.env, start_new_session=True,
+                                        stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                check_server(self.url, timeout=2)
+                return self
+            except TrackingUnavailable:
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                time.sleep(0.3)
+        raise TimeoutError(f"mlflow server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:  # SIGTERM: what `docker restart` sends
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def rest(self, method: str, endpoint: str, body: dict | None = None, auth: str | None = None):
+        """MLflow's REST API, spoken directly (no MLflow client code involved)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}/api/2.0/mlflow/{endpoint}", data=data,
+                                         method=method, headers={"Content-Type": "application/json"})
+        if auth:
+            request.add_header("Authorization", auth)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+
+    def runs(self, experiment: str = "hybrid-exp") -> list[dict]:
+        try:
+            found = self.rest("GET", f"experiments/get-by-name?experiment_name={experiment}")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:  # not created yet
+                return []
+            raise
+        return self.rest("POST", "runs/search",
+                         {"experiment_ids": [found["experiment"]["experiment_id"]]}).get("runs", [])
+
+    def history(self, run_id: str, key: str) -> list[int]:
+        points = self.rest("GET", f"metrics/get-history?run_id={run_id}&metric_key={key}")
+        return sorted(m["step"] for m in points.get("metrics", []))
+
+
+@pytest.fixture(scope="module")
+def server(postgres, tmp_path_factory):
+    """One server for the tests that leave it running; each logs to its own experiment."""
+    started = MlflowServer("mlflow", postgres("shared"), tmp_path_factory.mktemp("server")).start()
+    yield started
+    started.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def new_server(postgres, tmp_path):
+    """start(service, env) -> a server of this test's own, on a fresh database; killed after."""
+    started = []
+
+    def start(service: str = "mlflow", env: dict[str, str] = {}) -> MlflowServer:
+        folder = tmp_path / f"server{len(started)}"
+        folder.mkdir()
+        database = postgres(f"{tmp_path.name}_{len(started)}".lower())
+        started.append(MlflowServer(service, database, folder, env).start())
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.stop(signal.SIGKILL)
+
+
+def job(cwd: Path, *overrides: str, env: dict[str, str] = {}, multirun: bool = True):
+    return subprocess.run([sys.executable, "-m", "hybrid_exp", *(["-m"] if multirun else []),
+                           *overrides], cwd=cwd, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+def tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def test_grid_logs_over_http_to_postgres_with_artifacts_on_the_server(server, tmp_path, cifar10_root):
+    work = tmp_path / "work"
+    work.mkdir()
+    grid = job(work, "model=separable", "seed=0,1", f"logger.tracking_uri={server.url}",
+               f"data.root={cifar10_root}", "data.train_subset=512", "data.val_size=128",
+               "data.eval_size=256", *TINY, PARALLEL)
+    assert grid.returncode == 0, grid.stderr[-3000:]
+
+    runs = server.runs()
+    assert sorted(tags(r)["seed"] for r in runs) == ["0", "1"]
+    for run in runs:
+        assert run["info"]["status"] == "FINISHED"
+        assert server.history(run["info"]["run_id"], "val/error") == [0, 1]  # one point per epoch
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert params["model.width"] == "16"
+        # config.yaml went through the server into its artifact store, not to a local folder
+        listed = server.rest("GET", f"artifacts/list?run_id={run['info']['run_id']}")
+        assert [f["path"] for f in listed["files"]] == ["config.yaml"]
+        assert list(server.artifacts.glob(f"*/{run['info']['run_id']}/artifacts/config.yaml"))
+    assert not (work / "mlartifacts").exists() and not (work / "mlflow.db").exists()
+
+    again = job(work, "model=separable", "seed=0,1", f"logger.tracking_uri={server.url}",
+                f"data.root={cifar10_root}", "data.train_subset=512", "data.val_size=128",
+                "data.eval_size=256", *TINY, PARALLEL)
+    assert again.returncode == 0 and len(server.runs()) == 2  # finished configs are skipped
+
+
+@pytest.mark.slow
+def test_server_restart_mid_run_loses_no_metric(new_server, tmp_path, cifar10_root):
+    server = new_server()
+    epochs, log = 8, tmp_path / "train.log"
+    training = subprocess.Popen(
+        [sys.executable, "-m", "hybrid_exp", f"logger.tracking_uri={server.url}",
+         f"data.root={cifar10_root}", "data.train_subset=2048", "data.val_size=256",
+         "data.eval_size=256", *TINY, f"trainer.max_epochs={epochs}"],
+        cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not (runs := server.runs()) or not server.history(runs[0]["info"]["run_id"], "val/error"):
+        assert training.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    server.stop()  # mid-run: an epoch is logged, more are to come
+    time.sleep(5)  # epochs finish while the server is down
+    server.start()
+    assert training.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert "Retrying" in log.read_text()  # the client did meet the server down, and waited
+
+    (run,) = server.runs()
+    assert run["info"]["status"] == "FINISHED"
+    for key in ("val/error", "train/loss", "lr"):
+        assert server.history(run["info"]["run_id"], key) == list(range(epochs)), key
+
+
+@pytest.mark.slow
+def test_auth_profile_requires_a_login(new_server, tmp_path, cifar10_root):
+    ini = (REPO / "docker/mlflow/basic_auth.ini").read_text()
+    users_db = tmp_path / "basic_auth.db"
+    (tmp_path / "basic_auth.ini").write_text(
+        re.sub(r"(?m)^database_uri = .*$", f"database_uri = sqlite:///{users_db}", ini))
+    server = new_server("mlflow-auth", env={
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key"})
+    overrides = [f"logger.tracking_uri={server.url}", f"data.root={cifar10_root}",
+                 "data.train_subset=256", "data.val_size=0", "data.eval_size=128",
+                 *TINY, "trainer.max_epochs=1"]
+    refused = job(tmp_path, *overrides, multirun=False)
+    assert refused.returncode != 0
+    assert "refused access (UNAUTHENTICATED): export MLFLOW_TRACKING_USERNAME" in refused.stderr
+
+    login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+    done = job(tmp_path, *overrides, env=login, multirun=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    basic = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    found = server.rest("GET", "experiments/get-by-name?experiment_name=hybrid-exp", auth=basic)
+    runs = server.rest("POST", "runs/search", {"experiment_ids": [found["experiment"]["experiment_id"]]},
+                       auth=basic)["runs"]
+    assert [r["info"]["status"] for r in runs] == ["FINISHED"]
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        server.rest("GET", "experiments/get-by-name?experiment_name=hybrid-exp")
+
+
+def test_copy_runs_moves_a_local_store_onto_the_server(server, tmp_path):
+    local = f"sqlite:///{tmp_path / 'local/mlflow.db'}"
+    client = MlflowClient(local)
+    experiment = client.create_experiment("copied", artifact_location=(tmp_path / "local/art").as_uri())
+    study = client.create_run(experiment, run_name="study", tags={"hybrid_exp.kind": "study"}).info.run_id
+    trial = client.create_run(experiment, run_name="separable-seed0",
+                              tags={"mlflow.parentRunId": study, "config_hash": "abc", "seed": "0"}).info.run_id
+    client.log_param(trial, "optim.lr", "0.1")
+    for epoch in range(3):
+        client.log_metric(trial, "val/error", 50.0 - epoch, step=epoch)
+    client.log_text(trial, "seed: 0\n", "config.yaml")
+    client.set_terminated(trial, "FINISHED")
+    client.set_terminated(study, "FINISHED")
+
+    assert copy_runs(local, server.url) == 2
+    runs = {r["info"]["run_name"]: r for r in server.runs("copied")}
+    copied = runs["separable-seed0"]
+    assert tags(copied)[COPIED_FROM] == trial and tags(copied)["config_hash"] == "abc"
+    assert tags(copied)["mlflow.parentRunId"] == runs["study"]["info"]["run_id"]  # still nested
+    assert copied["info"]["status"] == "FINISHED"
+    assert server.history(copied["info"]["run_id"], "val/error") == [0, 1, 2]
+    assert {p["key"]: p["value"] for p in copied["data"]["params"]} == {"optim.lr": "0.1"}
+    remote = MlflowClient(server.url)
+    assert Path(remote.download_artifacts(copied["info"]["run_id"], "config.yaml", str(tmp_path))
+                ).read_text() == "seed: 0\n"
+
+    assert copy_runs(local, server.url) == 0  # rerun: nothing copied twice
+    assert len(server.runs("copied")) == 2
+    missing = subprocess.run([sys.executable, "-m", "hybrid_exp.copy_runs", "--from",
+                              f"sqlite:///{tmp_path}/nothing.db", "--to", server.url],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "no SQLite store at" in missing.stderr
+
+
+@pytest.mark.slow
+def test_optuna_sweep_keeps_its_study_in_postgresql(postgres, server, tmp_path):
+    storage = postgres("optuna").replace("postgresql://", "postgresql+psycopg://")
+    run = job(tmp_path, "hydra/sweeper=optuna", "hydra.sweeper.n_jobs=2", PARALLEL,
+              f"hydra.sweeper.storage='{storage}'", "hydra.sweeper.n_trials=2",
+              "hydra.sweeper.sampler.seed=0", "optim.lr=tag(log, interval(0.01, 0.3))",
+              "data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=64",
+              *TINY, "trainer.max_epochs=1", f"logger.tracking_uri={server.url}",
+              "logger.experiment_name=tuned")
+    assert run.returncode == 0, run.stderr[-3000:]
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert len(server.runs("tuned")) == 3  # the study's parent run and its two trials

@@ -27,7 +27,8 @@ def task(cfg: DictConfig) -> float | list[float]:
     try:
         result = train(cfg)
     except Exception as e:
-        pruned = type(e).__name__ == "TrialPruned"
+        import optuna  # already loaded by train
+        pruned = isinstance(e, optuna.TrialPruned)
         status.write_text(json.dumps({"status": "pruned" if pruned else "failed",
                                       "error": f"{type(e).__name__}: {e}"}))
         raise

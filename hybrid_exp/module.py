@@ -26,6 +26,25 @@ def complexity(net: nn.Module) -> dict[str, int]:
             "mult_adds": counter.get_total_flops() // 2}  # one multiply-add = 2 FLOPs
 
 
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """Lightning precision for ``auto``: bf16 autocast when training on a GPU that has bf16,
+    fp32 otherwise (CPUs)."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def prepare_network(net: nn.Module, channels_last: bool, compile: bool) -> nn.Module:
+    """The network in the layout it trains in: NHWC weights (the batches are NHWC in memory),
+    compiled in place (state_dict keys unchanged, so checkpoints work either way)."""
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if compile:
+        net.compile()
+    return net
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     """LR factor: linear warmup over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < warmup_steps:

@@ -21,9 +21,10 @@ from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
-# Keys that say where things are or how they are logged or launched, not what is trained.
+# Keys that say where things are, or how they are logged, launched or executed: not what is
+# trained (precision stays hashed: bf16 and fp32 runs are different experiments).
 UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
-                 "optuna")
+                 "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last")
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import Callback, Checkpoint, RichProgressBar
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from hybrid_exp import tracking
-from hybrid_exp.module import Classifier, complexity
+from hybrid_exp.module import Classifier, complexity, prepare_network, resolve_precision
 from hybrid_exp.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,15 @@ def train(cfg: DictConfig) -> Result:
     # equal model configs reproduce them (the data streams derive from the seed alone).
     torch.manual_seed(derive_seed(cfg.seed, "init", OmegaConf.to_yaml(cfg.model, resolve=True)))
     net = instantiate(cfg.model)
+    size = complexity(net)  # before compiling: counted on the plain network
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    net = prepare_network(net, trainer_args.pop("channels_last"), trainer_args.pop("compile"))
+    trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
     data = instantiate(cfg.data, seed=cfg.seed)
     module = Classifier(net, **cfg.optim)
     model, block = choices["model"], choices["model/block"]
     tags = {"model": model, "block": block, "backbone": type(net).__name__.lower(),
+            "precision": trainer_args["precision"],
             "setup": model if block == model else f"{model}+{block}", "seed": str(cfg.seed)}
     name = f"{tags['setup']}-seed{cfg.seed}"
     trial = optuna_trial(cfg)
@@ -105,7 +110,7 @@ def train(cfg: DictConfig) -> Result:
     # the epoch (0-based, = MLflow step) after the checkpointed one: where training picks up
     start = torch.load(last, weights_only=True)["epoch"] + 1 if resume and last.is_file() else None
     checkpoints.mkdir(parents=True, exist_ok=True)
-    with tracking.mlflow_run(client, experiment_id, cfg, tags, complexity(net), resume) as run_id:
+    with tracking.mlflow_run(client, experiment_id, cfg, tags, size, resume) as run_id:
         (checkpoints / "run_id").write_text(run_id)
         if start is not None:
             log.info("%s: resuming run %s from its checkpoint: %d epochs done", name, run_id, start)
@@ -114,7 +119,7 @@ def train(cfg: DictConfig) -> Result:
         # on SLURM, submitit requeues a preempted or timed-out job: Lightning must not as well
         slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
         trainer = instantiate(
-            cfg.trainer, logger=tracking.MLflowLogger(client, run_id, resumed=bool(resume)),
+            trainer_args, logger=tracking.MLflowLogger(client, run_id, resumed=bool(resume)),
             enable_progress_bar=tty,
             callbacks=[LastCheckpoint(checkpoints), *([RichProgressBar()] if tty else []),
                        *([OptunaPruning(trial)] if prunable else [])], **slurm)

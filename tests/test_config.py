@@ -39,6 +39,8 @@ def test_block_override_equals_the_matching_preset(make_cfg):
 def test_config_hash_ignores_paths_and_logging_but_not_training_keys(make_cfg):
     base = config_hash(make_cfg())
     assert config_hash(make_cfg("data.root=/elsewhere", "logger.experiment_name=other")) == base
+    assert config_hash(make_cfg("trainer.compile=true", "trainer.channels_last=false")) == base
+    assert config_hash(make_cfg("trainer.precision=bf16-mixed")) != base
     assert config_hash(make_cfg("optim.lr=0.05")) != base
     assert config_hash(make_cfg("seed=1")) != base
 

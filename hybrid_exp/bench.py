@@ -1,0 +1,253 @@
+"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--json FILE]
+
+Training throughput (images/s) of hybrid-exp's fast path against the pipeline people usually
+write, for each model, in one process on one machine, alternating between the two so that both
+share the machine's noise:
+
+- fast: the whole uint8 training set on the device, crop + flip for a whole batch at once there
+  (``data.Batches``), NHWC weights, bf16 autocast where the GPU has it (``trainer.precision=auto``),
+  optionally ``torch.compile``; the loss is never read back during training.
+- conventional: a torch DataLoader with worker processes doing per-image CPU augmentation (pad,
+  random crop, flip, to float, normalise: torchvision's RandomCrop(32, 4) + RandomHorizontalFlip
+  + ToTensor + Normalize), pinned memory on a GPU, a host-to-device copy per batch, fp32 NCHW,
+  and the running loss read each step (``loss.item()``) as training scripts do.
+
+Both run the same network, loss and SGD step, without Lightning (whose loop adds the same small
+per-step cost to both). The table gives the ratio fast/conventional (JSON ``ratio``), peak GPU
+memory while each pipeline trained (both networks and the fast path's dataset stay resident
+throughout; on a CPU, the process's peak RSS), and the projected device-hours of the paper's
+protocol: Figs. 4, 5 and 6 (experiment=fig4, fig5, fig6), 10 seeds each, training steps only
+(evaluation adds about 4%).
+"""
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset
+
+from hybrid_exp.cli import config_dir
+from hybrid_exp.data import MEAN, STD, Batches, CIFAR10, load_cifar10
+from hybrid_exp.module import prepare_network, resolve_precision
+
+PROTOCOL = ("fig4", "fig5", "fig6")
+SEEDS = 10  # trials per setup in the protocol
+
+
+class AugmentedImages(Dataset):
+    """Per-image CPU augmentation, as torchvision's transforms do it: (3, 32, 32) float."""
+
+    def __init__(self, images, labels, pad: int = 4):
+        self.images, self.labels, self.pad = images, labels, pad  # (N, H, W, C) uint8 arrays
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        image = torch.from_numpy(self.images[i]).permute(2, 0, 1)  # (C, H, W) uint8
+        _, h, w = image.shape
+        top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()  # torch RNG: seeded per worker
+        image = F.pad(image, (self.pad,) * 4)[:, top:top + h, left:left + w]
+        if torch.rand(()) < 0.5:
+            image = image.flip(2)
+        return (image.float() / 255 - self.mean) / self.std, int(self.labels[i])
+
+
+def conventional_loader(images, labels, batch_size: int, workers: int, pin: bool,
+                        seed: int = 0) -> DataLoader:
+    return DataLoader(AugmentedImages(images, labels), batch_size=batch_size, shuffle=True,
+                      drop_last=True, num_workers=workers, pin_memory=pin,
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+class ConventionalCIFAR10(CIFAR10):
+    """``data=cifar10`` with the conventional training pipeline instead of the fast one (same
+    splits, same evaluation): the reference the fast path's accuracy is tested against."""
+
+    def __init__(self, workers: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.workers = workers
+
+    def train_dataloader(self) -> DataLoader:
+        images, labels = self.splits["train"]
+        pin = images.is_cuda
+        return conventional_loader(images.cpu().numpy(), labels.cpu().numpy(), self.batch_size,
+                                   self.workers, pin, seed=self.seed)
+
+
+def setup_overrides(setup: str) -> list[str]:
+    """'fractalnet+separable' -> model=fractalnet model/block=separable; 'hybrid' -> model=hybrid."""
+    model, _, block = setup.partition("+")
+    return [f"model={model}", *([f"model/block={block}"] if block else [])]
+
+
+def protocol() -> dict[str, int]:
+    """{setup: training images over the whole protocol}: Figs. 4-6, SEEDS seeds each."""
+    images = {}
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        for experiment in PROTOCOL:
+            cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+            (key, values), = cfg.hydra.sweeper.params.items()
+            model = cfg.hydra.runtime.choices["model"]
+            per_run = cfg.trainer.max_epochs * (50000 - cfg.data.val_size)
+            for value in str(values).split(","):
+                setup = value if key == "model" else f"{model}+{value}"
+                images[setup] = images.get(setup, 0) + SEEDS * per_run
+    return images
+
+
+def network(setup: str, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=setup_overrides(setup))
+    torch.manual_seed(seed)
+    return instantiate(cfg.model).to(device)
+
+
+class Pipeline:
+    """One training setup to time: a network, its optimiser and an endless batch stream."""
+
+    def __init__(self, net, batches, precision: str, read_loss: bool, device: torch.device):
+        self.net, self.batches, self.read_loss, self.device = net, batches, read_loss, device
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if precision == "bf16-mixed" else contextlib.nullcontext())
+        self.images, self.seconds, self.peak_mb = 0, 0.0, 0.0
+
+    def step(self) -> int:
+        x, y = next(self.batches)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self.autocast:
+            loss = F.cross_entropy(self.net(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.read_loss:
+            loss.item()
+        return len(y)
+
+    def run(self, seconds: float) -> None:
+        """Train for about ``seconds``; the time counts until the device has finished."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.images += self.step()
+        sync()
+        self.seconds += time.perf_counter() - start
+        if self.device.type == "cuda":
+            self.peak_mb = max(self.peak_mb, torch.cuda.max_memory_allocated() / 2**20)
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+def endless(batches):
+    while True:
+        yield from batches
+
+
+def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int,
+          batch_size: int = 128, compile: bool = False, rounds: int = 2) -> dict:
+    x_train, y_train = arrays[0], arrays[1]
+    precision = resolve_precision("auto", accelerator=device.type)  # bf16 on GPUs that have it
+    fast_batches = Batches(torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device),
+                           batch_size, augment_seed=0)
+    fast = Pipeline(prepare_network(network(setup, device), True, compile), endless(fast_batches),
+                    precision, read_loss=False, device=device)
+    loader = conventional_loader(x_train, y_train, batch_size, workers, pin=device.type == "cuda")
+    conventional = Pipeline(network(setup, device), endless(loader), "32-true", read_loss=True,
+                            device=device)
+    for pipeline in (fast, conventional):  # warm-up: worker start, cudnn autotuning, compiling
+        for _ in range(3):
+            pipeline.step()
+    for _ in range(rounds):  # alternate, so slow drifts of the machine hit both
+        for pipeline in (fast, conventional):
+            pipeline.run(seconds / rounds)
+    return {"setup": setup, "device": device.type, "precision": precision, "compile": compile,
+            "workers": workers, "batch_size": batch_size,
+            "fast_images_per_s": fast.rate, "conventional_images_per_s": conventional.rate,
+            "ratio": fast.rate / conventional.rate,
+            "fast_peak_memory_mb": fast.peak_mb or None,
+            "conventional_peak_memory_mb": conventional.peak_mb or None}
+
+
+def project(results: list[dict]) -> dict:
+    """Device-hours of the protocol at the measured rates (training steps only)."""
+    needed = protocol()
+    rates = {r["setup"]: r for r in results}
+    covered = [s for s in needed if s in rates]
+    hours = lambda key: sum(needed[s] / rates[s][key] for s in covered) / 3600
+    return {"setups_measured": len(covered), "setups_in_protocol": len(needed),
+            "complete": len(covered) == len(needed),
+            "fast_device_hours": hours("fast_images_per_s"),
+            "conventional_device_hours": hours("conventional_images_per_s")}
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m hybrid_exp.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(protocol()),
+                        help="setups: a model preset, or <model>+<block> (default: every setup "
+                             "of Figs. 4-6)")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seconds", type=float, default=10, help="timed seconds per pipeline and model")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="DataLoader workers of the conventional pipeline (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's network")
+    parser.add_argument("--data-root", default="data/cifar10", help="CIFAR-10, either layout")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible to torch")
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # as trainer.benchmark=true does in training
+    arrays = load_cifar10(args.data_root)
+    results = []
+    print(f"{'setup':<28} {'fast img/s':>11} {'conv. img/s':>11} {'ratio':>6} {'peak MB':>8}")
+    for setup in args.models:
+        r = bench(setup, arrays, device, args.seconds, args.workers, args.batch_size, args.compile)
+        results.append(r)
+        peak = f"{r['fast_peak_memory_mb']:.0f}" if r["fast_peak_memory_mb"] else "-"
+        print(f"{setup:<28} {r['fast_images_per_s']:>11.0f} {r['conventional_images_per_s']:>11.0f} "
+              f"{r['ratio']:>5.2f}x {peak:>8}")
+    projection = project(results)
+    share = "" if projection["complete"] else (
+        f" (only the {projection['setups_measured']} of {projection['setups_in_protocol']} "
+        "protocol setups measured)")
+    print(f"Figs. 4-6 protocol, {SEEDS} seeds, training only{share}: "
+          f"{projection['fast_device_hours']:.1f} device-hours fast, "
+          f"{projection['conventional_device_hours']:.1f} conventional")
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report = {"machine": machine(device), "seconds": args.seconds, "results": results,
+              "ratio": statistics.geometric_mean(r["ratio"] for r in results),
+              "process_peak_rss_mb": peak_rss, "protocol": projection}
+    print(f"ratio (geometric mean): {report['ratio']:.2f}x on {report['machine']}; "
+          f"process peak RSS {peak_rss:.0f} MB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The fast path: its augmentation against the conventional per-image one, the compute knobs,
+the benchmark command, and accuracy parity with the conventional pipeline."""
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hybrid_exp.bench import AugmentedImages, protocol
+from hybrid_exp.data import MEAN, STD, Batches, crop_flip
+from hybrid_exp.module import prepare_network, resolve_precision
+from hybrid_exp.train import train
+from tests.conftest import TINY
+
+
+def test_per_image_augmentation_draws_the_same_crops_and_flips_as_the_batched_one():
+    """Every conventional sample is one of the 9 x 9 x 2 crops/flips crop_flip can produce."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (20, 32, 32, 3), dtype=torch.uint8)
+    dataset = AugmentedImages(images.numpy(), torch.arange(20).numpy())
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    seen_offsets, seen_flips = set(), set()
+    for i in range(20):
+        x, label = dataset[i]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and label == i
+        pixels = ((x * std + mean) * 255).round().to(torch.uint8).permute(1, 2, 0)  # (H, W, C)
+        matches = [(r, c, f) for r in range(9) for c in range(9) for f in (False, True)
+                   if torch.equal(crop_flip(images[i:i + 1], torch.tensor([[r, c]]),
+                                            torch.tensor([f]))[0], pixels)]
+        assert matches, f"sample {i} is no crop/flip of its image"
+        seen_offsets.add(matches[0][:2])
+        seen_flips.add(matches[0][2])
+    assert len(seen_offsets) > 5 and seen_flips == {False, True}  # it does augment
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_augmentation_stream_is_the_same_on_cpu_and_gpu():
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.arange(64)
+    on_cpu = list(Batches(images, labels, 16, augment_seed=3))
+    on_gpu = list(Batches(images.cuda(), labels.cuda(), 16, augment_seed=3))
+    for (x, y), (gx, gy) in zip(on_cpu, on_gpu):
+        assert torch.equal(y, gy.cpu())
+        torch.testing.assert_close(x, gx.cpu())
+
+
+def test_precision_auto_is_fp32_on_cpu_and_explicit_values_pass_through():
+    expected = ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                else "32-true")
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("auto", accelerator="cpu") == "32-true"
+    assert resolve_precision("16-mixed") == "16-mixed"
+
+
+def test_prepared_network_is_channels_last_and_keeps_its_checkpoint_keys():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    keys = list(net.state_dict())
+    prepared = prepare_network(net, channels_last=True, compile=True)
+    assert prepared[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(prepared.state_dict()) == keys  # compiled in place: checkpoints still load
+
+
+def test_protocol_counts_the_paper_figures():
+    images = protocol()
+    assert len(images) == 10  # Fig. 4: 6 setups; Figs. 5, 6: 2 each
+    assert {"separable", "hybrid", "fractalnet+standard", "darknet+separable"} <= set(images)
+    assert images["separable"] == 10 * 190 * 45000  # seeds x epochs x training images
+
+
+def test_bench_command_times_both_pipelines_and_projects_the_protocol(tmp_path, cifar10_root):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp.bench", "--models", "separable",
+                          "--seconds", "2", "--workers", "1", "--data-root", str(cifar10_root),
+                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (result,) = report["results"]
+    assert result["fast_images_per_s"] > 0 and result["conventional_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["fast_images_per_s"] / result["conventional_images_per_s"])
+    assert report["ratio"] == pytest.approx(result["ratio"])
+    projection = report["protocol"]
+    assert (projection["setups_measured"], projection["complete"]) == (1, False)
+    assert projection["conventional_device_hours"] / projection["fast_device_hours"] == \
+        pytest.approx(result["ratio"])
+    assert "separable" in run.stdout and "ratio" in run.stdout and report["machine"]
+
+
+@pytest.mark.slow
+def test_fast_path_reaches_the_accuracy_of_the_conventional_pipeline(make_cfg, cifar10_root):
+    """Same subset, same seeds, same network: test error within noise of each other."""
+    common = [f"data.root={cifar10_root}", "data.train_subset=2000", "data.val_size=0",
+              "data.eval_size=2000", *TINY, "trainer.max_epochs=4"]
+    errors = {pipeline: [train(make_cfg(f"data={pipeline}", *common, f"seed={seed}",
+                                        "logger.experiment_name=" + pipeline)).metrics["test/error"]
+                         for seed in range(3)]
+              for pipeline in ("cifar10", "cifar10_conventional")}
+    fast, conventional = errors["cifar10"], errors["cifar10_conventional"]
+    assert max(fast + conventional) < 75  # both learn (chance: 90%)
+    spread = statistics.stdev(fast + conventional)
+    assert abs(statistics.mean(fast) - statistics.mean(conventional)) < 3 * spread + 1, errors
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_and_matches_the_plain_one(make_cfg):
+    fast = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=64",
+            *TINY, "trainer.max_epochs=1"]
+    plain = train(make_cfg(*fast)).metrics
+    compiled = train(make_cfg(*fast, "trainer.compile=true", "rerun=true")).metrics
+    assert compiled["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-2)

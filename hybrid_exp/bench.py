@@ -1,4 +1,4 @@
-"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--json FILE]
+"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--pack 1,2,4,8] [--json FILE]
 
 Training throughput (images/s) of hybrid-exp's fast path against the pipeline people usually
 write, for each model, in one process on one machine, alternating between the two so that both
@@ -17,7 +17,8 @@ per-step cost to both). The table gives the ratio fast/conventional (JSON ``rati
 memory while each pipeline trained (both networks and the fast path's dataset stay resident
 throughout; on a CPU, the process's peak RSS), and the projected device-hours of the paper's
 protocol: Figs. 4, 5 and 6 (experiment=fig4, fig5, fig6), 10 seeds each, training steps only
-(evaluation adds about 4%).
+(evaluation adds about 4%). ``--pack`` also times several fast-path runs sharing the device at
+once, each its own process (``hydra.launcher.runs_per_gpu``), and gives the aggregate images/s.
 """
 import argparse
 import contextlib
@@ -183,6 +184,49 @@ def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int
             "conventional_peak_memory_mb": conventional.peak_mb or None}
 
 
+def packed_run(setup: str, data_root: str, device: str, seconds: float, threads: int,
+               batch_size: int, start, results) -> None:
+    """One of several runs sharing a device (a spawned process): the fast path, timed from a
+    common start so the runs overlap fully."""
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    x_train, y_train, _, _ = load_cifar10(data_root)
+    batches = Batches(torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device),
+                      batch_size, augment_seed=0)
+    pipeline = Pipeline(prepare_network(network(setup, device), True, False), endless(batches),
+                        resolve_precision("auto", accelerator=device.type), False, device)
+    for _ in range(3):
+        pipeline.step()
+    start.wait()
+    pipeline.run(seconds)
+    results.put((pipeline.images, pipeline.seconds))
+
+
+def packing(setup: str, data_root: str, device: torch.device, seconds: float, runs: list[int],
+            batch_size: int = 128) -> list[dict]:
+    """Aggregate fast-path images/s with n runs at once on one device, for each n in ``runs``
+    (what hydra.launcher.runs_per_gpu does); CPU threads are split between the runs, as the
+    launcher splits them."""
+    context = torch.multiprocessing.get_context("spawn")
+    rows = []
+    for n in runs:
+        start, results = context.Barrier(n), context.Queue()
+        threads = max(1, (os.cpu_count() or 1) // n)
+        workers = [context.Process(target=packed_run, args=(setup, data_root, device.type, seconds,
+                                                            threads, batch_size, start, results))
+                   for _ in range(n)]
+        for worker in workers:
+            worker.start()
+        done = [results.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        rate = sum(images for images, _ in done) / max(elapsed for _, elapsed in done)
+        rows.append({"runs": n, "images_per_s": rate, "per_run_images_per_s": rate / n})
+    for row in rows:
+        row["scaling"] = row["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
 def project(results: list[dict]) -> dict:
     """Device-hours of the protocol at the measured rates (training steps only)."""
     needed = protocol()
@@ -215,6 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's network")
     parser.add_argument("--data-root", default="data/cifar10", help="CIFAR-10, either layout")
+    parser.add_argument("--pack", type=lambda text: [int(n) for n in text.split(",")],
+                        help="also time N fast-path runs at once on the device for each N in "
+                             "this list, e.g. 1,2,4,8 (the first model only)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -243,6 +290,11 @@ def main(argv: list[str] | None = None) -> dict:
               "process_peak_rss_mb": peak_rss, "protocol": projection}
     print(f"ratio (geometric mean): {report['ratio']:.2f}x on {report['machine']}; "
           f"process peak RSS {peak_rss:.0f} MB")
+    if args.pack:
+        report["packing"] = packing(args.models[0], args.data_root, device, args.seconds, args.pack,
+                                    args.batch_size)
+        print(f"{args.models[0]}, runs at once on one {device.type}: " + ", ".join(
+            f"{r['runs']}: {r['images_per_s']:.0f} img/s ({r['scaling']:.2f}x)" for r in report["packing"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -69,11 +69,12 @@ def test_protocol_counts_the_paper_figures():
     assert images["separable"] == 10 * 190 * 45000  # seeds x epochs x training images
 
 
-def test_bench_command_times_both_pipelines_and_projects_the_protocol(tmp_path, cifar10_root):
+def test_bench_command_times_both_pipelines_packing_and_projects_the_protocol(tmp_path, cifar10_root):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "hybrid_exp.bench", "--models", "separable",
                           "--seconds", "2", "--workers", "1", "--data-root", str(cifar10_root),
-                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+                          "--pack", "1,2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     (result,) = report["results"]
@@ -85,6 +86,9 @@ def test_bench_command_times_both_pipelines_and_projects_the_protocol(tmp_path, 
     assert projection["conventional_device_hours"] / projection["fast_device_hours"] == \
         pytest.approx(result["ratio"])
     assert "separable" in run.stdout and "ratio" in run.stdout and report["machine"]
+    one, two = report["packing"]  # two runs at once, each its own process
+    assert (one["runs"], two["runs"], one["scaling"]) == (1, 2, 1.0)
+    assert two["images_per_s"] > 0 and two["per_run_images_per_s"] == pytest.approx(two["images_per_s"] / 2)
 
 
 @pytest.mark.slow

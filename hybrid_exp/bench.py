@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import resource
+from pathlib import Path
 import statistics
 import time
 
@@ -35,7 +36,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
 from hybrid_exp.cli import config_dir
-from hybrid_exp.data import MEAN, STD, Batches, CIFAR10, load_cifar10
+from hybrid_exp.data import MEAN, STD, Batches, CIFAR10, DataError, load_cifar10
 from hybrid_exp.module import prepare_network, resolve_precision
 
 PROTOCOL = ("fig4", "fig5", "fig6")
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="DataLoader workers of the conventional pipeline (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's network")
-    parser.add_argument("--data-root", default="data/cifar10", help="CIFAR-10, either layout")
+    parser.add_argument("--data-root", default="data/cifar10",
+                        help="CIFAR-10, either layout; downloaded there (md5-checked) if missing")
     parser.add_argument("--pack", type=lambda text: [int(n) for n in text.split(",")],
                         help="also time N fast-path runs at once on the device for each N in "
                              "this list, e.g. 1,2,4,8 (the first model only)")
@@ -266,9 +268,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible to torch")
+    known = lambda group: sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+    for setup in args.models:
+        model, _, block = setup.partition("+")
+        if model not in known("model") or (block and block not in known("model/block")):
+            parser.error(f"unknown setup '{setup}': give a model preset ({', '.join(known('model'))}), "
+                         f"optionally +<block> ({', '.join(known('model/block'))})")
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # as trainer.benchmark=true does in training
-    arrays = load_cifar10(args.data_root)
+    try:
+        arrays = load_cifar10(args.data_root, download_missing=True)  # as training does
+    except DataError as e:
+        parser.error(f"{e} (--data-root)")
     results = []
     print(f"{'setup':<28} {'fast img/s':>11} {'conv. img/s':>11} {'ratio':>6} {'peak MB':>8}")
     for setup in args.models:

@@ -113,3 +113,12 @@ def test_compiled_training_runs_and_matches_the_plain_one(make_cfg):
     plain = train(make_cfg(*fast)).metrics
     compiled = train(make_cfg(*fast, "trainer.compile=true", "rerun=true")).metrics
     assert compiled["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-2)
+
+
+def test_bench_names_the_valid_setups_for_an_unknown_one(capsys):
+    from hybrid_exp.bench import main
+    with pytest.raises(SystemExit) as stopped:
+        main(["--models", "separable", "fractalnet+nope"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "unknown setup 'fractalnet+nope'" in error and "hybrid" in error and "standard" in error

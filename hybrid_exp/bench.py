@@ -119,6 +119,7 @@ class Pipeline:
 
     def __init__(self, net, batches, precision: str, read_loss: bool, device: torch.device):
         self.net, self.batches, self.read_loss, self.device = net, batches, read_loss, device
+        self.precision = precision
         self.optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if precision == "bf16-mixed" else contextlib.nullcontext())
@@ -160,14 +161,19 @@ def endless(batches):
         yield from batches
 
 
+def fast_pipeline(setup: str, x_train, y_train, device: torch.device, batch_size: int,
+                  compile: bool = False) -> Pipeline:
+    """The training path of ``python -m hybrid_exp``: device-resident data, NHWC, bf16 on GPUs."""
+    batches = Batches(torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device),
+                      batch_size, augment_seed=0)
+    return Pipeline(prepare_network(network(setup, device), True, compile), endless(batches),
+                    resolve_precision("auto", accelerator=device.type), read_loss=False, device=device)
+
+
 def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int,
           batch_size: int = 128, compile: bool = False, rounds: int = 2) -> dict:
     x_train, y_train = arrays[0], arrays[1]
-    precision = resolve_precision("auto", accelerator=device.type)  # bf16 on GPUs that have it
-    fast_batches = Batches(torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device),
-                           batch_size, augment_seed=0)
-    fast = Pipeline(prepare_network(network(setup, device), True, compile), endless(fast_batches),
-                    precision, read_loss=False, device=device)
+    fast = fast_pipeline(setup, x_train, y_train, device, batch_size, compile)
     loader = conventional_loader(x_train, y_train, batch_size, workers, pin=device.type == "cuda")
     conventional = Pipeline(network(setup, device), endless(loader), "32-true", read_loss=True,
                             device=device)
@@ -177,7 +183,7 @@ def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int
     for _ in range(rounds):  # alternate, so slow drifts of the machine hit both
         for pipeline in (fast, conventional):
             pipeline.run(seconds / rounds)
-    return {"setup": setup, "device": device.type, "precision": precision, "compile": compile,
+    return {"setup": setup, "device": device.type, "precision": fast.precision, "compile": compile,
             "workers": workers, "batch_size": batch_size,
             "fast_images_per_s": fast.rate, "conventional_images_per_s": conventional.rate,
             "ratio": fast.rate / conventional.rate,
@@ -192,10 +198,7 @@ def packed_run(setup: str, data_root: str, device: str, seconds: float, threads:
     torch.set_num_threads(threads)
     device = torch.device(device)
     x_train, y_train, _, _ = load_cifar10(data_root)
-    batches = Batches(torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device),
-                      batch_size, augment_seed=0)
-    pipeline = Pipeline(prepare_network(network(setup, device), True, False), endless(batches),
-                        resolve_precision("auto", accelerator=device.type), False, device)
+    pipeline = fast_pipeline(setup, x_train, y_train, device, batch_size)
     for _ in range(3):
         pipeline.step()
     start.wait()

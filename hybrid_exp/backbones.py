@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid_exp.blocks import Standard, conv_bn_act
+from hybrid_exp.fusion import channels
+from hybrid_exp.seeding import derive_seed
 
 Block = Callable[..., nn.Module]  # block(c_in, c_out, stride) -> module
 
@@ -39,58 +41,115 @@ class Stacked(nn.Module):
         return self.head(x.mean(dim=(2, 3)))  # global average pooling
 
 
+class MemberDropout(nn.Module):
+    """Dropout whose masks come from the caller's generators, one per member of a fused array
+    (one for an unfused network), so each member draws exactly the masks it would alone."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        B, _, H, W = x.shape
+        keep = torch.cat([torch.empty(B, x.shape[1] // len(generators), H, W, device=x.device)
+                          .bernoulli_(1 - self.p, generator=g) for g in generators], dim=1)
+        return x * keep / (1 - self.p)
+
+
 class FractalBlock(nn.Module):
     """One FractalNet block of C columns (Larsson et al. 2016): column i has 2**i units.
 
     The fractal rule f_1(z) = unit(z), f_{C+1}(z) = join(f_C(f_C(z)), unit(z)) unrolled: the
     deepest column runs a unit at every step, column i every 2**(C-1-i) steps, and the columns
-    that finish a unit at the same step meet in one join (the element-wise mean of all of them,
-    as in the paper's Fig. 1: the block ends in a join of C inputs) and continue from it.
+    that finish a unit at the same step meet in one join (a weighted mean of all of them, as in
+    the paper's Fig. 1: the block ends in a join of C inputs) and continue from it.
     """
 
     def __init__(self, block: Block, c_in: int, c_out: int, columns: int, dropout: float):
         super().__init__()
         unit = lambda first: nn.Sequential(block(c_in if first else c_out, c_out, stride=1),
-                                           nn.Dropout(dropout))
+                                           MemberDropout(dropout))
         self.columns = nn.ModuleList(nn.ModuleList(unit(k == 0) for k in range(2**i))
                                      for i in range(columns))
 
-    def forward(self, x: torch.Tensor, column: int | None = None,
-                local_drop: float = 0.0) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W)
-        if column is not None:  # global drop-path: this column alone
-            for unit in self.columns[column]:
-                x = unit(x)
-            return x
+    def forward(self, x: torch.Tensor, paths: "DropPath") -> torch.Tensor:
+        # (B, M*C_in, H, W) -> (B, M*C_out, H, W)
         n = len(self.columns)
         inputs = [x] * n
         for step in range(1, 2 ** (n - 1) + 1):
             active = [i for i in range(n) if step % 2 ** (n - 1 - i) == 0]
-            outputs = [self.columns[i][step // 2 ** (n - 1 - i) - 1](inputs[i]) for i in active]
-            joined = join(outputs, local_drop)
+            outputs = []
+            for i in active:
+                layer, dropout = self.columns[i][step // 2 ** (n - 1 - i) - 1]
+                outputs.append(dropout(layer(inputs[i]), paths.generators))
+            joined = join(outputs, paths.weights(active))
             for i in active:
                 inputs[i] = joined
         return joined
 
 
-def join(inputs: list[torch.Tensor], drop: float) -> torch.Tensor:
-    """Element-wise mean; with local drop-path each input is dropped with probability ``drop``
-    (once per batch), and one random input survives if all were dropped."""
-    if drop > 0 and len(inputs) > 1:
-        keep = torch.rand(len(inputs)) >= drop
-        if not keep.any():
-            keep[torch.randint(len(inputs), ())] = True
-        inputs = [x for x, k in zip(inputs, keep) if k]
-    return torch.stack(inputs).mean(0)
+def join(inputs: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Sum of (B, M*C, H, W) inputs, input i weighted by weights[m, i] in member m's channels."""
+    members = len(weights)
+    joined = sum(channels(x, members) * w.view(1, members, 1, 1, 1)
+                 for x, w in zip(inputs, weights.to(inputs[0]).unbind(1)))
+    return joined.flatten(1, 2)
+
+
+class DropPath:
+    """One training step's drop-path draws for each member (Larsson et al. 2016): with
+    probability ``global_fraction`` one column end to end through every block (global), else
+    each join drops each input with probability ``local_drop``, and keeps one at random if it
+    dropped all (local). ``generators=None``: evaluation, every input joined.
+
+    A dropped input is weighted 0 in its join rather than skipped: every unit runs every step
+    (so the members of a fused array can take different paths in one pass). Its gradient is
+    exactly 0, BN statistics see every unit's activations, and weight decay acts on all weights.
+    """
+
+    def __init__(self, columns: int, global_fraction: float, local_drop: float, members: int,
+                 generators: list[tuple[torch.Generator, torch.Generator]] | None = None):
+        self.members = members
+        self.draws = [g for g, _ in generators] if generators else None  # CPU: path choices
+        self.generators = [g for _, g in generators] if generators else None  # device: dropout
+        self.local_drop = local_drop
+        self.column = ([int(torch.randint(columns, (), generator=g))
+                        if torch.rand((), generator=g) < global_fraction else None
+                        for g in self.draws] if generators else None)
+
+    def weights(self, active: list[int]) -> torch.Tensor:
+        """(M, len(active)) join weights, each row summing to 1."""
+        n = len(active)
+        if self.draws is None:
+            return torch.full((self.members, n), 1 / n)
+        rows = []
+        for g, column in zip(self.draws, self.column):
+            if column is not None:  # global: the chosen column alone (a join it is not in
+                keep = torch.tensor([i == column for i in active])  # feeds only dropped paths)
+                keep = keep if keep.any() else torch.ones(n, dtype=torch.bool)
+            else:
+                keep = torch.rand(n, generator=g) >= self.local_drop
+                if not keep.any():
+                    keep[torch.randint(n, (), generator=g)] = True
+            rows.append(keep.double() / keep.sum())
+        return torch.stack(rows)
 
 
 class FractalNet(nn.Module):
     """FractalNet for CIFAR (Larsson et al. 2016): fractal blocks, each followed by a 2x2
     max-pool, then a linear classifier. Every conv is the ``block`` unit.
 
-    Training draws drop-path per batch: with probability ``global_fraction`` one column end to
-    end through every block (global), else each join drops inputs with ``local_drop`` (local).
-    Evaluation uses every column. ``dropout[b]`` follows each unit of block b.
+    Training draws drop-path per batch (``DropPath``): global with probability
+    ``global_fraction``, else local with ``local_drop``. Evaluation uses every column.
+    ``dropout[b]`` follows each unit of block b. Drop-path and dropout draw from the network's
+    own stream, ``derive_seed(noise seed, training step)``: its seed is drawn from the init
+    stream and the step counts training passes, both saved in the state_dict, so a resumed run
+    continues the stream, and each member of a fused array keeps its own.
     """
+
+    members = 1  # set by fusion.fuse
 
     def __init__(self, block: Block, columns: int = 3,
                  widths: tuple[int, ...] = (64, 128, 256, 512, 512),
@@ -106,17 +165,25 @@ class FractalNet(nn.Module):
         self.blocks = nn.ModuleList(FractalBlock(block, c_in, c_out, columns, p)
                                     for c_in, c_out, p in zip(c_ins, widths, dropout))
         self.head = nn.Linear(widths[-1], num_classes)
+        self.noise_seeds, self.steps = [int(torch.randint(2**62, ()))], 0  # after every weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, classes)
-        column, local_drop = None, 0.0
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M*3, 32, 32) -> (B, M*classes)
+        generators = None
         if self.training:
-            if torch.rand(()) < self.global_fraction:
-                column = int(torch.randint(self.columns, ()))
-            else:
-                local_drop = self.local_drop
+            generators = [(torch.Generator().manual_seed(derive_seed(seed, self.steps, "path")),
+                           torch.Generator(x.device).manual_seed(derive_seed(seed, self.steps, "dropout")))
+                          for seed in self.noise_seeds]
+            self.steps += 1
+        paths = DropPath(self.columns, self.global_fraction, self.local_drop, self.members, generators)
         for block in self.blocks:
-            x = F.max_pool2d(block(x, column, local_drop), 2)  # 32 -> 16 -> 8 -> 4 -> 2 -> 1
+            x = F.max_pool2d(block(x, paths), 2)  # 32 -> 16 -> 8 -> 4 -> 2 -> 1
         return self.head(x.mean(dim=(2, 3)))
+
+    def get_extra_state(self) -> torch.Tensor:  # (M, 2): each member's noise seed and step
+        return torch.tensor([[seed, self.steps] for seed in self.noise_seeds])
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.noise_seeds, self.steps = state[:, 0].tolist(), int(state[0, 1])
 
 
 class DarkNet(nn.Module):

@@ -1,4 +1,4 @@
-"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--pack 1,2,4,8] [--json FILE]
+"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--fuse N] [--pack 1,2,4,8] [--json FILE]
 
 Training throughput (images/s) of hybrid-exp's fast path against the pipeline people usually
 write, for each model, in one process on one machine, alternating between the two so that both
@@ -17,7 +17,9 @@ per-step cost to both). The table gives the ratio fast/conventional (JSON ``rati
 memory while each pipeline trained (both networks and the fast path's dataset stay resident
 throughout; on a CPU, the process's peak RSS), and the projected device-hours of the paper's
 protocol: Figs. 4, 5 and 6 (experiment=fig4, fig5, fig6), 10 seeds each, training steps only
-(evaluation adds about 4%). ``--pack`` also times several fast-path runs sharing the device at
+(evaluation adds about 4%). ``--fuse N`` also times fused seed arrays of N members (the
+seeds of one setup as one network, hybrid_exp.fusion; what a grid runs by default) and gives
+their images/s over all members together. ``--pack`` also times several fast-path runs sharing the device at
 once, each its own process (``hydra.launcher.runs_per_gpu``), and gives the aggregate images/s.
 """
 import argparse
@@ -37,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hybrid_exp.cli import config_dir
 from hybrid_exp.data import MEAN, STD, Batches, CIFAR10, DataError, load_cifar10
+from hybrid_exp.fusion import fuse, per_member_cross_entropy
 from hybrid_exp.module import prepare_network, resolve_precision
 
 PROTOCOL = ("fig4", "fig5", "fig6")
@@ -77,13 +80,15 @@ class ConventionalCIFAR10(CIFAR10):
 
     def __init__(self, workers: int = 2, **kwargs):
         super().__init__(**kwargs)
+        if len(self.seeds) != 1:
+            raise DataError("data=cifar10_conventional trains one seed per process: add "
+                            "hydra.launcher.fuse_seeds=false to the grid, or give one seed")
         self.workers = workers
 
     def train_dataloader(self) -> DataLoader:
-        images, labels = self.splits["train"]
-        pin = images.is_cuda
-        return conventional_loader(images.cpu().numpy(), labels.cpu().numpy(), self.batch_size,
-                                   self.workers, pin, seed=self.seed)
+        images, labels, (rows,) = self.splits["train"]  # one member
+        return conventional_loader(images[rows].cpu().numpy(), labels[rows].cpu().numpy(),
+                                   self.batch_size, self.workers, images.is_cuda, seed=self.seeds[0])
 
 
 def setup_overrides(setup: str) -> list[str]:
@@ -107,20 +112,26 @@ def protocol() -> dict[str, int]:
     return images
 
 
-def network(setup: str, device: torch.device, seed: int = 0) -> torch.nn.Module:
+def network(setup: str, device: torch.device, members: int = 1) -> torch.nn.Module:
+    """The setup's network; with ``members`` > 1, a fused array of that many (seeds 0, 1, ...)."""
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=setup_overrides(setup))
-    torch.manual_seed(seed)
-    return instantiate(cfg.model).to(device)
+    nets = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        nets.append(instantiate(cfg.model))
+    return (fuse(nets) if members > 1 else nets[0]).to(device)
 
 
 class Pipeline:
     """One training setup to time: a network, its optimiser and an endless batch stream."""
 
-    def __init__(self, net, batches, precision: str, read_loss: bool, device: torch.device):
+    def __init__(self, net, batches, precision: str, read_loss: bool, device: torch.device,
+                 fused_sgd: bool = False):
         self.net, self.batches, self.read_loss, self.device = net, batches, read_loss, device
         self.precision = precision
-        self.optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                         fused=fused_sgd)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if precision == "bf16-mixed" else contextlib.nullcontext())
         self.images, self.seconds, self.peak_mb = 0, 0.0, 0.0
@@ -128,14 +139,14 @@ class Pipeline:
     def step(self) -> int:
         x, y = next(self.batches)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with self.autocast:
-            loss = F.cross_entropy(self.net(x), y)
+        with self.autocast:  # each member's mean loss, summed (one member: the plain loss)
+            loss = per_member_cross_entropy(self.net(x), y.view(len(y), -1)).sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         if self.read_loss:
             loss.item()
-        return len(y)
+        return y.numel()  # images, over every member
 
     def run(self, seconds: float) -> None:
         """Train for about ``seconds``; the time counts until the device has finished."""
@@ -162,33 +173,44 @@ def endless(batches):
 
 
 def fast_pipeline(setup: str, x_train, y_train, device: torch.device, batch_size: int,
-                  compile: bool = False) -> Pipeline:
-    """The training path of ``python -m hybrid_exp``: device-resident data, NHWC, bf16 on GPUs."""
+                  compile: bool = False, members: int = 1) -> Pipeline:
+    """The training path of ``python -m hybrid_exp``: device-resident data, NHWC, bf16 on GPUs,
+    fused SGD; with ``members`` > 1, a fused seed array, each member its own data stream."""
+    rows = torch.arange(len(x_train), device=device).expand(members, -1)
     batches = Batches(torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device),
-                      batch_size, augment_seed=0)
-    return Pipeline(prepare_network(network(setup, device), True, compile), endless(batches),
-                    resolve_precision("auto", accelerator=device.type), read_loss=False, device=device)
+                      rows, batch_size, augment_seeds=list(range(members)))
+    return Pipeline(prepare_network(network(setup, device, members), True, compile), endless(batches),
+                    resolve_precision("auto", accelerator=device.type), read_loss=False,
+                    device=device, fused_sgd=True)
 
 
 def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int,
-          batch_size: int = 128, compile: bool = False, rounds: int = 2) -> dict:
+          batch_size: int = 128, compile: bool = False, rounds: int = 2, fuse: int = 1) -> dict:
     x_train, y_train = arrays[0], arrays[1]
     fast = fast_pipeline(setup, x_train, y_train, device, batch_size, compile)
     loader = conventional_loader(x_train, y_train, batch_size, workers, pin=device.type == "cuda")
     conventional = Pipeline(network(setup, device), endless(loader), "32-true", read_loss=True,
                             device=device)
-    for pipeline in (fast, conventional):  # warm-up: worker start, cudnn autotuning, compiling
+    pipelines = {"fast": fast, "conventional": conventional}
+    if fuse > 1:
+        pipelines["fused"] = fast_pipeline(setup, x_train, y_train, device, batch_size, compile, fuse)
+    for pipeline in pipelines.values():  # warm-up: worker start, cudnn autotuning, compiling
         for _ in range(3):
             pipeline.step()
-    for _ in range(rounds):  # alternate, so slow drifts of the machine hit both
-        for pipeline in (fast, conventional):
+    for _ in range(rounds):  # alternate, so slow drifts of the machine hit every pipeline
+        for pipeline in pipelines.values():
             pipeline.run(seconds / rounds)
-    return {"setup": setup, "device": device.type, "precision": fast.precision, "compile": compile,
-            "workers": workers, "batch_size": batch_size,
-            "fast_images_per_s": fast.rate, "conventional_images_per_s": conventional.rate,
-            "ratio": fast.rate / conventional.rate,
-            "fast_peak_memory_mb": fast.peak_mb or None,
-            "conventional_peak_memory_mb": conventional.peak_mb or None}
+    result = {"setup": setup, "device": device.type, "precision": fast.precision, "compile": compile,
+              "workers": workers, "batch_size": batch_size, "fuse": fuse,
+              "fast_images_per_s": fast.rate, "conventional_images_per_s": conventional.rate,
+              "ratio": fast.rate / conventional.rate,
+              "fast_peak_memory_mb": fast.peak_mb or None,
+              "conventional_peak_memory_mb": conventional.peak_mb or None}
+    if fuse > 1:  # images/s over all members together, against one run of the fast path
+        fused = pipelines["fused"]
+        result.update({"fused_images_per_s": fused.rate, "fused_ratio": fused.rate / fast.rate,
+                       "fused_peak_memory_mb": fused.peak_mb or None})
+    return result
 
 
 def packed_run(setup: str, data_root: str, device: str, seconds: float, threads: int,
@@ -237,10 +259,13 @@ def project(results: list[dict]) -> dict:
     rates = {r["setup"]: r for r in results}
     covered = [s for s in needed if s in rates]
     hours = lambda key: sum(needed[s] / rates[s][key] for s in covered) / 3600
-    return {"setups_measured": len(covered), "setups_in_protocol": len(needed),
-            "complete": len(covered) == len(needed),
-            "fast_device_hours": hours("fast_images_per_s"),
-            "conventional_device_hours": hours("conventional_images_per_s")}
+    projection = {"setups_measured": len(covered), "setups_in_protocol": len(needed),
+                  "complete": len(covered) == len(needed),
+                  "fast_device_hours": hours("fast_images_per_s"),
+                  "conventional_device_hours": hours("conventional_images_per_s")}
+    if all("fused_images_per_s" in rates[s] for s in covered):
+        projection["fused_device_hours"] = hours("fused_images_per_s")
+    return projection
 
 
 def machine(device: torch.device) -> str:
@@ -262,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="DataLoader workers of the conventional pipeline (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's network")
+    parser.add_argument("--fuse", type=int, default=1, metavar="N",
+                        help="also time fused seed arrays of N members (images/s over all of them)")
     parser.add_argument("--data-root", default="data/cifar10",
                         help="CIFAR-10, either layout; downloaded there (md5-checked) if missing")
     parser.add_argument("--pack", type=lambda text: [int(n) for n in text.split(",")],
@@ -283,21 +310,29 @@ def main(argv: list[str] | None = None) -> dict:
         arrays = load_cifar10(args.data_root, download_missing=True)  # as training does
     except DataError as e:
         parser.error(f"{e} (--data-root)")
+    if args.fuse < 1:
+        parser.error(f"--fuse must be >= 1 (members per fused array); got {args.fuse}")
     results = []
-    print(f"{'setup':<28} {'fast img/s':>11} {'conv. img/s':>11} {'ratio':>6} {'peak MB':>8}")
+    fused_head = f" {'fused x' + str(args.fuse) + ' img/s':>17} {'vs fast':>7} {'peak MB':>8}" if args.fuse > 1 else ""
+    print(f"{'setup':<28} {'fast img/s':>11} {'conv. img/s':>11} {'ratio':>6} {'peak MB':>8}{fused_head}")
+    mb = lambda value: f"{value:.0f}" if value else "-"
     for setup in args.models:
-        r = bench(setup, arrays, device, args.seconds, args.workers, args.batch_size, args.compile)
+        r = bench(setup, arrays, device, args.seconds, args.workers, args.batch_size, args.compile,
+                  fuse=args.fuse)
         results.append(r)
-        peak = f"{r['fast_peak_memory_mb']:.0f}" if r["fast_peak_memory_mb"] else "-"
+        fused = (f" {r['fused_images_per_s']:>17.0f} {r['fused_ratio']:>6.2f}x "
+                 f"{mb(r['fused_peak_memory_mb']):>8}") if args.fuse > 1 else ""
         print(f"{setup:<28} {r['fast_images_per_s']:>11.0f} {r['conventional_images_per_s']:>11.0f} "
-              f"{r['ratio']:>5.2f}x {peak:>8}")
+              f"{r['ratio']:>5.2f}x {mb(r['fast_peak_memory_mb']):>8}{fused}")
     projection = project(results)
     share = "" if projection["complete"] else (
         f" (only the {projection['setups_measured']} of {projection['setups_in_protocol']} "
         "protocol setups measured)")
+    fused = (f", {projection['fused_device_hours']:.1f} fused x{args.fuse}"
+             if "fused_device_hours" in projection else "")
     print(f"Figs. 4-6 protocol, {SEEDS} seeds, training only{share}: "
           f"{projection['fast_device_hours']:.1f} device-hours fast, "
-          f"{projection['conventional_device_hours']:.1f} conventional")
+          f"{projection['conventional_device_hours']:.1f} conventional{fused}")
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {"machine": machine(device), "seconds": args.seconds, "results": results,
               "ratio": statistics.geometric_mean(r["ratio"] for r in results),

@@ -7,12 +7,18 @@ here plus one YAML file. ``act`` is the unit's activation (a module class, calle
 Notation below: ``*`` is convolution, ``D`` a depthwise 3x3 kernel
 (one 3x3 filter per channel), ``P`` a pointwise 1x1 kernel (C_out x C_in), BN batch norm.
 Equations, sources and the choices our reading of the paper had to make: docs/variants.md.
+
+Every unit also runs fused (hybrid_exp.fusion: the seeds of a setup as one network): built from
+convs, BN, element-wise and per-channel layers, it fuses without code of its own; channels are
+concatenated with ``cat_channels`` (within each member's block), never ``torch.cat``.
 """
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hybrid_exp.fusion import cat_channels
 
 Activation = Callable[..., nn.Module]
 
@@ -86,21 +92,42 @@ class Equivalent(nn.Module):
 
         y = ReLU(BN(P concat_i(d_i * x_i)))
 
-    The towers are real modules (each initialised as a 1-channel conv, fan-in 9, the same
-    distribution as a depthwise filter); the forward pass runs them as one grouped conv,
-    which computes exactly the same thing.
+    The towers are built as real 1-channel convs (fan-in 9, the same distribution as a depthwise
+    filter), in order, so their initial weights are what C separate modules would draw. They are
+    stored as one (C_in, 1, 3, 3) tensor, row i = tower i, and run as one grouped conv, which
+    computes exactly the same thing: one parameter tensor, as ``Separable`` has, instead of C_in
+    (the optimizer step no longer scales with the channel count). The state_dict keeps one key
+    per tower, ``towers.<i>.weight``, so checkpoints of either form load.
     """
+
+    members = 1  # set by fusion.fuse: a fused array holds each tower's weight for every member
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
         super().__init__()
-        self.stride = stride
-        self.towers = nn.ModuleList(conv(1, 1, 3, stride) for _ in range(c_in))
+        self.stride, self.towers = stride, c_in
+        self.weight = nn.Parameter(torch.cat([conv(1, 1, 3, stride).weight.detach()
+                                              for _ in range(c_in)]))  # (C_in, 1, 3, 3)
         self.pointwise = nn.Sequential(*conv_bn_act(c_in, c_out, 1, act=act))
+        self.register_state_dict_post_hook(towers_state_dict)
+        self.register_load_state_dict_pre_hook(towers_load_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        filters = torch.cat([tower.weight for tower in self.towers])  # (C_in, 1, 3, 3)
-        x = F.conv2d(x, filters, stride=self.stride, padding=1, groups=len(self.towers))
+        x = F.conv2d(x, self.weight, stride=self.stride, padding=1, groups=len(self.weight))
         return self.pointwise(x)
+
+
+def towers_state_dict(module: Equivalent, state: dict, prefix: str, local_metadata) -> None:
+    """``weight`` (M*C, 1, 3, 3) -> ``towers.<i>.weight`` (M, 1, 3, 3), i < C: tower i of each member."""
+    weight = state.pop(prefix + "weight").view(module.members, module.towers, 1, 3, 3)
+    for i in range(module.towers):
+        state[f"{prefix}towers.{i}.weight"] = weight[:, i]
+
+
+def towers_load_state_dict(module: Equivalent, state: dict, prefix: str, *args) -> None:
+    """The inverse of ``towers_state_dict``."""
+    keys = [f"{prefix}towers.{i}.weight" for i in range(module.towers)]
+    if all(key in state for key in keys):
+        state[prefix + "weight"] = torch.stack([state.pop(key) for key in keys], 1).flatten(0, 1)
 
 
 class Hybrid(nn.Module):
@@ -162,6 +189,8 @@ class Inception(nn.Module):
     With stride 2, each branch's last spatial op (or its 1x1) has the stride.
     """
 
+    members = 1  # set by fusion.fuse: the branches concatenate within each member's channels
+
     def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
         super().__init__()
         check(c_out >= 8, f"an inception unit needs C_out >= 8 to split into four branches; "
@@ -176,7 +205,7 @@ class Inception(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches], dim=1)
+        return cat_channels([branch(x) for branch in self.branches], self.members)
 
 
 class ResNeXt(nn.Module):

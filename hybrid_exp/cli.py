@@ -4,7 +4,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.hybrid_exp_launcher import register
 from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE  # read by the grid summary
@@ -16,26 +16,36 @@ def config_dir() -> str:
     return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
 
 
-def task(cfg: DictConfig) -> float | list[float]:
-    """One job: train (or skip, or resume); record the outcome beside the job's outputs.
+def task(cfg: DictConfig):
+    """One job: train (or skip, or resume) one seed, or several as a fused array (``seed`` a
+    list, as the launcher makes them); record each run's outcome beside the job's outputs.
 
     Returns the objective, ``cfg.objective`` (a metric, or a list of them for several
-    objectives; ``test/error`` stands in for ``val/error`` when there is no validation split)."""
+    objectives; ``test/error`` stands in for ``val/error`` when there is no validation split);
+    for an array, a list of them, one per seed, None for a seed that failed. A single run that
+    fails raises its error."""
     from hybrid_exp.train import train  # imported late: `--help` and config errors stay fast
 
     status = Path(HydraConfig.get().runtime.output_dir) / STATUS_FILE
     try:
-        result = train(cfg)
+        results = train(cfg)
     except Exception as e:
         import optuna  # already loaded by train
         pruned = isinstance(e, optuna.TrialPruned)
         status.write_text(json.dumps({"status": "pruned" if pruned else "failed",
                                       "error": f"{type(e).__name__}: {e}"}))
         raise
-    status.write_text(json.dumps({"status": result.status, "run_id": result.run_id,
-                                  "metrics": result.metrics}))
-    value = lambda key: result.metrics.get(key, result.metrics["test/error"])
-    return value(cfg.objective) if isinstance(cfg.objective, str) else [value(k) for k in cfg.objective]
+    status.write_text(json.dumps({"runs": [
+        {"seed": r.seed, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,
+         "error": r.error} for r in results]}))
+    value = lambda metrics, key: metrics.get(key, metrics["test/error"])
+    objective = lambda r: (None if r.status == "failed" else value(r.metrics, cfg.objective)
+                           if isinstance(cfg.objective, str) else [value(r.metrics, k) for k in cfg.objective])
+    if OmegaConf.is_list(cfg.seed):
+        return [objective(r) for r in results]
+    if results[0].status == "failed":
+        raise RuntimeError(results[0].error)
+    return objective(results[0])
 
 
 register()

@@ -215,44 +215,58 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: 
 
 
 class Batches:
-    """Minibatches of device-resident images, by index; an iterable for Lightning.
+    """Minibatches of device-resident images, by index, for the M members of a fused seed array
+    (M = 1 for one run); an iterable for Lightning. Yields x (B, M*C, H, W) float, channels_last
+    in memory, member m's images in channel block m, and labels y (B, M).
 
-    With ``augment_seed`` set it is the training stream: every epoch draws its order, crops
-    and flips from ``derive_seed(augment_seed, epoch)`` on the CPU (the same stream on any
-    device) and moves them to the device once; partial last batches are dropped.
+    ``indices`` (M, N): member m's images, as positions in ``images``. With ``augment_seeds`` (one
+    per member) it is the training stream: member m's epoch e draws its order, crops and flips
+    from ``derive_seed(augment_seeds[m], "augment", e)`` on the CPU (the same stream on any device,
+    fused or not) and moves them to the device once; partial last batches are dropped.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 augment_seed: int | None = None, start_epoch: int = 0):
-        self.images, self.labels, self.batch_size = images, labels, batch_size  # (N, H, W, C)
-        self.augment_seed, self.epoch = augment_seed, start_epoch
-        shape = (1, 3, 1, 1)
-        self.mean = torch.tensor(MEAN, device=images.device).view(shape)
-        self.std = torch.tensor(STD, device=images.device).view(shape)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+                 batch_size: int, augment_seeds: list[int] | None = None, start_epoch: int = 0):
+        self.images, self.labels, self.indices = images, labels, indices  # (N_all, H, W, C), (M, N)
+        self.batch_size, self.augment_seeds, self.epoch = batch_size, augment_seeds, start_epoch
+        members = len(indices)
+        shape = (1, members * 3, 1, 1)
+        self.mean = torch.tensor(MEAN, device=images.device).repeat(members).view(shape)
+        self.std = torch.tensor(STD, device=images.device).repeat(members).view(shape)
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.augment_seed is not None else math.ceil(n / self.batch_size)
+        n = self.indices.shape[1]
+        return n // self.batch_size if self.augment_seeds is not None else math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        n, device, train = len(self.images), self.images.device, self.augment_seed is not None
+        (M, n), device = self.indices.shape, self.images.device
+        train = self.augment_seeds is not None
         if train:
-            g = torch.Generator().manual_seed(derive_seed(self.augment_seed, "augment", self.epoch))
-            order = torch.randperm(n, generator=g).to(device)
-            offsets = torch.randint(0, 9, (n, 2), generator=g).to(device)  # 2 * pad + 1 positions
-            flips = torch.randint(0, 2, (n,), generator=g).bool().to(device)
+            draws = [self.draw(seed, n) for seed in self.augment_seeds]
+            order, offsets, flips = (torch.stack(d).to(device) for d in zip(*draws))  # (M, n, ...)
             self.epoch += 1
         else:
-            order = torch.arange(n, device=device)
+            order = torch.arange(n, device=device).expand(M, n)
+        members = torch.arange(M, device=device)[:, None]
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx]  # (B, H, W, C) uint8
+            position = order[:, i * self.batch_size:(i + 1) * self.batch_size]  # (M, B)
+            idx = self.indices[members, position]  # (M, B) rows of images
+            x = self.images[idx]  # (M, B, H, W, C) uint8
             if train:
-                x = crop_flip(x, offsets[idx], flips[idx])
-            yield self.normalize(x), self.labels[idx]
+                x = crop_flip(x.flatten(0, 1), offsets[members, position].flatten(0, 1),
+                              flips[members, position].flatten(0, 1)).view(x.shape)
+            B, H, W = x.shape[1:4]
+            yield self.normalize(x.permute(1, 2, 3, 0, 4).reshape(B, H, W, -1)), self.labels[idx].T
+
+    def draw(self, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One member's epoch: (order (n,), crop offsets (n, 2), flips (n,)), on the CPU."""
+        g = torch.Generator().manual_seed(derive_seed(seed, "augment", self.epoch))
+        order = torch.randperm(n, generator=g)
+        offsets = torch.randint(0, 9, (n, 2), generator=g)  # 2 * pad + 1 positions
+        return order, offsets, torch.randint(0, 2, (n,), generator=g).bool()
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) uint8 -> (B, C, H, W) float, channels_last in memory."""
+        """(B, H, W, M*C) uint8 -> (B, M*C, H, W) float, channels_last in memory."""
         return (x.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
 
 
@@ -260,19 +274,21 @@ class Batches:
 
 
 class ResidentData(pl.LightningDataModule):
-    """Splits a (train, test) pair of uint8 arrays and serves it from the training device.
+    """Splits a (train, test) pair of uint8 arrays and serves it from the training device, for
+    one trial seed or the seeds of a fused array (``seeds``, one per member).
 
-    The trial ``seed`` fixes the validation split, the class-balanced subset, and the order and
-    augmentation of every epoch: all variants of one trial see the same data (a paired design).
-    ``eval_seed`` alone fixes the evaluation subset of the test set: the same for every run.
+    A trial seed fixes the validation split, the class-balanced subset, and the order and
+    augmentation of every epoch: all variants of one trial see the same data (a paired design),
+    fused or not. ``eval_seed`` alone fixes the evaluation subset of the test set: the same for
+    every run. The images sit on the device once; each member's splits are index rows.
     """
 
     def __init__(self, batch_size: int = 128, val_size: int = 5000, eval_size: int = 6000,
-                 eval_seed: int = 0, train_subset: int | None = None, seed: int = 0):
+                 eval_seed: int = 0, train_subset: int | None = None, seeds: list[int] = (0,)):
         super().__init__()
         self.batch_size, self.val_size, self.eval_size = batch_size, val_size, eval_size
-        self.eval_seed, self.train_subset, self.seed = eval_seed, train_subset, seed
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.eval_seed, self.train_subset, self.seeds = eval_seed, train_subset, list(seeds)
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def load(self) -> Arrays:
         raise NotImplementedError
@@ -281,25 +297,26 @@ class ResidentData(pl.LightningDataModule):
         if self.splits:
             return
         x_train, y_train, x_test, y_test = self.load()
-        train, val = self.split_indices(y_train)
+        train, val = zip(*(self.split_indices(y_train, seed) for seed in self.seeds))
         if not 0 < self.eval_size <= len(x_test):
             raise DataError(f"data.eval_size must be in 1..{len(x_test)} (the test set); "
                             f"got {self.eval_size}")
         g = torch.Generator().manual_seed(self.eval_seed)
-        test = torch.randperm(len(x_test), generator=g)[:self.eval_size].sort().values.numpy()
+        test = torch.randperm(len(x_test), generator=g)[:self.eval_size].sort().values
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        to_device = lambda x, y, i: (torch.from_numpy(x[i]).to(device), torch.from_numpy(y[i]).to(device))
-        self.splits = {"train": to_device(x_train, y_train, train),
-                       "val": to_device(x_train, y_train, val),
-                       "test": to_device(x_test, y_test, test)}
+        rows = lambda indices: torch.from_numpy(np.stack(indices)).to(device)  # (M, N)
+        train_images = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
+        test_images = torch.from_numpy(x_test).to(device), torch.from_numpy(y_test).to(device)
+        self.splits = {"train": (*train_images, rows(train)), "val": (*train_images, rows(val)),
+                       "test": (*test_images, test.to(device).expand(len(self.seeds), -1))}
 
-    def split_indices(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(train, val) indices: val drawn by the trial seed, then a class-balanced subset."""
+    def split_indices(self, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) indices of one trial seed: val drawn by the seed, then a class-balanced subset."""
         n = len(labels)
         if not 0 <= self.val_size < n:
             raise DataError(f"data.val_size must be in 0..{n - 1} (the training set has {n} "
                             f"images); got {self.val_size}")
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "split"))
+        g = torch.Generator().manual_seed(derive_seed(seed, "split"))
         order = torch.randperm(n, generator=g).numpy()
         val, train = order[:self.val_size], order[self.val_size:]
         if self.train_subset is not None:
@@ -310,12 +327,19 @@ class ResidentData(pl.LightningDataModule):
             # class c gets train_subset // classes images (+1 for the first remainder classes)
             quota = {c: self.train_subset // len(classes) + (i < self.train_subset % len(classes))
                      for i, c in enumerate(classes)}
-            train = np.concatenate([train[labels[train] == c][:quota[c]] for c in classes])
+            per_class = {c: train[labels[train] == c] for c in classes}
+            short = [f"class {c} has {len(per_class[c])}" for c in classes if len(per_class[c]) < quota[c]]
+            if short:
+                raise DataError(f"data.train_subset={self.train_subset} cannot be class-balanced "
+                                f"({', '.join(short)} training images, below its quota of "
+                                f"{self.train_subset // len(classes)}): choose a smaller subset")
+            train = np.concatenate([per_class[c][:quota[c]] for c in classes])
         return np.sort(train), np.sort(val)
 
     def train_dataloader(self) -> Batches:
         epoch = self.trainer.current_epoch if self.trainer else 0
-        return Batches(*self.splits["train"], self.batch_size, augment_seed=self.seed, start_epoch=epoch)
+        return Batches(*self.splits["train"], self.batch_size, augment_seeds=self.seeds,
+                       start_epoch=epoch)
 
     def val_dataloader(self) -> Batches | list:
         return Batches(*self.splits["val"], self.batch_size) if self.val_size else []
@@ -342,7 +366,7 @@ class Synthetic(ResidentData):
 
     def load(self) -> Arrays:
         rng = np.random.default_rng(0)
-        n_train = (self.train_subset or 50000) + self.val_size
+        n_train = 2 * (self.train_subset or 25000) + self.val_size  # any subset balances
         images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         labels = lambda n: rng.permutation(np.arange(n) % 10)
         return images(n_train), labels(n_train), images(self.eval_size), labels(self.eval_size)

@@ -16,8 +16,6 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -149,25 +147,53 @@ def finished_run(client: MlflowClient, experiment_id: str, hash_: str) -> Run | 
     return runs[0] if runs else None
 
 
-def resumable_run(client: MlflowClient, checkpoint_dir: Path) -> str | None:
-    """The run id stored beside a checkpoint, if that run was interrupted (RUNNING after a
-    crash, KILLED after Ctrl-C); a FAILED run stays as the record of its failure."""
+def resumable_runs(client: MlflowClient, checkpoint_dir: Path) -> list[str] | None:
+    """The run ids stored beside a checkpoint (one per member, in order), if any of those runs
+    was interrupted (RUNNING after a crash, KILLED after Ctrl-C); a FAILED run stays as the
+    record of its failure, and an array whose runs all ended has nothing to resume."""
     stored = checkpoint_dir / "run_id"
     if not stored.is_file():
         return None
+    run_ids = stored.read_text().split()
     try:
-        run = retrying(client.get_run, stored.read_text().strip())
+        runs = [retrying(client.get_run, run_id) for run_id in run_ids]
     except MlflowException:  # deleted from the store
         return None
-    interrupted = run.info.status in ("RUNNING", "KILLED") and "pruned" not in run.data.tags
-    return run.info.run_id if interrupted else None
+    interrupted = lambda run: run.info.status in ("RUNNING", "KILLED") and "pruned" not in run.data.tags
+    return run_ids if any(interrupted(run) for run in runs) else None
+
+
+class TrackedRun:
+    """One training's MLflow run, as ``mlflow_run`` yields it: log a metric dict per epoch (each
+    metric and epoch once, also across a resume), or end it FAILED with a reason (a member of a
+    fused array that diverged, while the others go on)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, resumed: bool):
+        self.client, self.run_id, self.failed = client, run_id, False
+        # A resumed run replays the epoch that was under way when it was killed; points already
+        # logged for it are kept, not doubled: one point per metric and epoch.
+        self.last_step = {key: max(m.step for m in retrying(client.get_metric_history, run_id, key))
+                          for key in retrying(client.get_run, run_id).data.metrics} if resumed else {}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if step > self.last_step.get(k, -1)]
+        if batch:
+            retrying(self.client.log_batch, self.run_id, metrics=batch)
+
+    def fail(self, reason: str) -> None:
+        retrying(self.client.set_tag, self.run_id, "error", reason[:5000])
+        retrying(self.client.set_terminated, self.run_id, "FAILED")
+        self.failed = True
 
 
 @contextlib.contextmanager
 def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: dict[str, str],
                params: dict[str, int], resume: str | None = None):
     """Create the run (params, tags, config artifact), or reopen ``resume``; FINISHED on
-    success, else FAILED with the reason (KILLED on Ctrl-C). Yields the run id.
+    success (unless it was failed meanwhile), else FAILED with the reason (KILLED on Ctrl-C).
+    Yields its ``TrackedRun``.
 
     ``tags`` must hold 'setup' and 'seed'; the run is named '<setup>-seed<seed>'."""
     if resume:
@@ -185,50 +211,17 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 retrying(client.log_batch, run_id, params=items[i:i + 100])
             retrying(client.log_text, run_id, OmegaConf.to_yaml(resolved), "config.yaml")
-        yield run_id
+        tracked = TrackedRun(client, run_id, resumed=bool(resume))
+        yield tracked
     except BaseException as e:  # Lightning turns Ctrl-C into SystemExit: both are KILLED
         pruned = isinstance(e, optuna.TrialPruned)  # stopped early by the Optuna pruner
         failed = isinstance(e, Exception) and not pruned
         reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else "interrupted"
-        retrying(client.set_tag, run_id, "pruned" if pruned else "error", reason)
-        retrying(client.set_terminated, run_id, "FAILED" if failed else "KILLED")
-        log.error("run %s-seed%s %s: %s", tags["setup"], tags["seed"],
-                  "FAILED" if failed else "KILLED", reason)
+        if retrying(client.get_run, run_id).info.status != "FAILED":  # else failed by itself before
+            retrying(client.set_tag, run_id, "pruned" if pruned else "error", reason)
+            retrying(client.set_terminated, run_id, "FAILED" if failed else "KILLED")
+            log.error("run %s-seed%s %s: %s", tags["setup"], tags["seed"],
+                      "FAILED" if failed else "KILLED", reason)
         raise
-    retrying(client.set_terminated, run_id, "FINISHED")
-
-
-class MLflowLogger(Logger):
-    """Lightning logger writing metrics to an existing run, retrying while the store is busy.
-
-    (Lightning's MLFlowLogger falls back to the ./mlruns file store that MLflow >= 3.13 refuses,
-    and has no retry; runs, params and status are handled by ``mlflow_run``.)"""
-
-    def __init__(self, client: MlflowClient, run_id: str, resumed: bool = False):
-        super().__init__()
-        self.client, self.run_id = client, run_id
-        # A resumed run replays the epoch that was under way when it was killed; points already
-        # logged for it are kept, not doubled: one point per metric and epoch.
-        self.last_step = {key: max(m.step for m in retrying(client.get_metric_history, run_id, key))
-                          for key in retrying(client.get_run, run_id).data.metrics} if resumed else {}
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self.run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass  # the whole config is logged as params when the run is created
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
-        step = step or 0
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if k != "epoch" and step > self.last_step.get(k, -1)]
-        if batch:
-            retrying(self.client.log_batch, self.run_id, metrics=batch)
+    if not tracked.failed:
+        retrying(client.set_terminated, run_id, "FINISHED")

@@ -1,4 +1,7 @@
-"""One training run: build everything from the config, then skip, resume or train, and test."""
+"""One training run, or a fused array of runs: build everything from the config, then skip,
+resume or train, and test."""
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -12,10 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, Checkpoint, RichProgressBar
+from torch import nn
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from hybrid_exp import tracking
-from hybrid_exp.module import Classifier, complexity, prepare_network, resolve_precision
+from hybrid_exp.tracking import retrying
+from hybrid_exp.fusion import fuse
+from hybrid_exp.module import Classifier, Reporter, complexity, prepare_network, resolve_precision
 from hybrid_exp.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -23,9 +29,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Result:
-    status: str  # 'finished', or 'skipped' when an equal config had already FINISHED
+    seed: int
+    status: str  # 'finished', 'failed', or 'skipped' when an equal config had already FINISHED
     metrics: dict[str, float]  # final metrics, errors in %
-    run_id: str
+    run_id: str | None
+    error: str = ""
 
 
 class OptunaPruning(Callback):
@@ -36,7 +44,7 @@ class OptunaPruning(Callback):
         self.trial = trial
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        epoch, value = trainer.current_epoch, float(trainer.callback_metrics["val/error"])
+        epoch, value = trainer.current_epoch, pl_module.val_metrics[0]["val/error"]
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned by Optuna at epoch {epoch} (val/error {value:.2f})")
@@ -65,30 +73,103 @@ class LastCheckpoint(Checkpoint):
         os.replace(partial, self.path)
 
 
-def train(cfg: DictConfig) -> Result:
-    """Train ``cfg`` (composed by Hydra). A config (its hash) with a FINISHED run in the
-    experiment is skipped unless ``rerun``; an interrupted one resumes from its last checkpoint
-    into the same MLflow run.
+class MemberRuns(Reporter):
+    """The MLflow run of each member of an array (None: a member that had failed before a resume)."""
+
+    def __init__(self, runs: list[tracking.TrackedRun | None]):
+        self.runs = runs
+
+    def log(self, member: int, metrics: dict[str, float], epoch: int) -> None:
+        self.runs[member].log(metrics, epoch)
+
+    def fail(self, member: int, reason: str) -> None:
+        if self.runs[member] and not self.runs[member].failed:
+            self.runs[member].fail(reason)
+
+
+def trial_seeds(cfg: DictConfig) -> list[int]:
+    """``seed``: one trial seed, or a list of them trained as one fused array."""
+    seeds = OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed must be one seed or a list of distinct seeds; got {seeds}")
+    return sorted(seeds)  # the member order, whatever order the array was asked for in
+
+
+def member_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The config of one member: exactly the config of an unfused run of that seed."""
+    member = cfg.copy()
+    member.seed = seed
+    return member
+
+
+def array_key(hashes: list[str]) -> str:
+    """The checkpoint folder of an array: a single run keeps its config hash."""
+    if len(hashes) == 1:
+        return hashes[0]
+    return "array-" + hashlib.sha256(" ".join(hashes).encode()).hexdigest()[:16]
+
+
+def build_network(cfg: DictConfig) -> nn.Module:
+    """The network of one run. Initial weights draw from (trial seed, model config): variants
+    never share them, and equal model configs reproduce them (the data streams derive from the
+    seed alone)."""
+    torch.manual_seed(derive_seed(cfg.seed, "init", OmegaConf.to_yaml(cfg.model, resolve=True)))
+    return instantiate(cfg.model)
+
+
+def train(cfg: DictConfig) -> list[Result]:
+    """Train ``cfg`` (composed by Hydra), one Result per trial seed. Several seeds (``seed`` a
+    list) train as one fused array: one network holding every member (hybrid_exp.fusion), each
+    member exactly the run its seed would give alone, with its own MLflow run.
+
+    A config (its hash) with a FINISHED run in the experiment is skipped unless ``rerun``; only
+    the others join the array. An interrupted run or array resumes from its last checkpoint
+    into the same MLflow runs.
 
     Names come from Hydra's choices: ``model`` (the preset) and ``block`` (``model/block``); the
     ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
     """
     choices = HydraConfig.get().runtime.choices
-    # Initial weights draw from (trial seed, model config): variants never share them, and
-    # equal model configs reproduce them (the data streams derive from the seed alone).
-    torch.manual_seed(derive_seed(cfg.seed, "init", OmegaConf.to_yaml(cfg.model, resolve=True)))
-    net = instantiate(cfg.model)
-    size = complexity(net)  # before compiling: counted on the plain network
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    net = prepare_network(net, trainer_args.pop("channels_last"), trainer_args.pop("compile"))
-    trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
-    data = instantiate(cfg.data, seed=cfg.seed)
-    module = Classifier(net, **cfg.optim)
+    members = [member_config(cfg, seed) for seed in trial_seeds(cfg)]
+    client, experiment_id = tracking.connect(cfg.logger)
     model, block = choices["model"], choices["model/block"]
-    tags = {"model": model, "block": block, "backbone": type(net).__name__.lower(),
-            "precision": trainer_args["precision"],
-            "setup": model if block == model else f"{model}+{block}", "seed": str(cfg.seed)}
-    name = f"{tags['setup']}-seed{cfg.seed}"
+    setup = model if block == model else f"{model}+{block}"
+    results, todo = {}, []
+    for member in members:
+        done = None if cfg.rerun else tracking.finished_run(client, experiment_id, tracking.config_hash(member))
+        if done:
+            log.info("%s-seed%s: skipped, this config already FINISHED as run %s (rerun=true to "
+                     "train again)", setup, member.seed, done.info.run_id)
+            results[member.seed] = Result(member.seed, "skipped", dict(done.data.metrics), done.info.run_id)
+        else:
+            todo.append(member)
+    try:
+        if todo:
+            results.update({r.seed: r for r in train_array(todo, client, experiment_id, setup, model, block)})
+    except Exception as e:  # each run is FAILED with the reason already; an array reports it per seed
+        if len(members) == 1:
+            raise
+        results.update({m.seed: Result(m.seed, "failed", {}, None, f"{type(e).__name__}: {e}")
+                        for m in todo})
+    return [results[member.seed] for member in members]
+
+
+def train_array(members: list[DictConfig], client, experiment_id: str, setup: str, model: str,
+                block: str) -> list[Result]:
+    """Train ``members`` (configs that differ in their seed alone) as one network."""
+    cfg, M = members[0], len(members)
+    nets = [build_network(member) for member in members]
+    size = complexity(nets[0])  # of one member, before compiling: counted on the plain network
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    net = prepare_network(fuse(nets) if M > 1 else nets[0], trainer_args.pop("channels_last"),
+                          trainer_args.pop("compile"))
+    trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
+    data = instantiate(cfg.data, seeds=[member.seed for member in members])
+    tags = {"model": model, "block": block, "backbone": type(nets[0]).__name__.lower(),
+            "precision": trainer_args["precision"], "setup": setup}
+    name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
+    if M > 1:
+        tags["array"] = f"{M} seeds fused: {' '.join(str(m.seed) for m in members)}"
     trial = optuna_trial(cfg)
     prunable = trial is not None and len(trial.study.directions) == 1  # Optuna: one objective
     if trial:
@@ -97,37 +178,47 @@ def train(cfg: DictConfig) -> Result:
             tags["mlflow.parentRunId"] = cfg.optuna.parent_run_id  # nested under the study's run
 
     log.info("%s: CUDA_VISIBLE_DEVICES=%r", name, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    client, experiment_id = tracking.connect(cfg.logger)
-    hash_ = tracking.config_hash(cfg)
-    if not cfg.rerun and (done := tracking.finished_run(client, experiment_id, hash_)):
-        log.info("%s: skipped, this config already FINISHED as run %s (rerun=true to train "
-                 "again)", name, done.info.run_id)
-        return Result("skipped", dict(done.data.metrics), done.info.run_id)
-
-    checkpoints = Path(cfg.checkpoint_dir).expanduser().resolve() / hash_
-    resume = None if cfg.rerun else tracking.resumable_run(client, checkpoints)
+    hashes = [tracking.config_hash(member) for member in members]
+    checkpoints = Path(cfg.checkpoint_dir).expanduser().resolve() / array_key(hashes)
+    resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
     last = checkpoints / "last.ckpt"
     # the epoch (0-based, = MLflow step) after the checkpointed one: where training picks up
     start = torch.load(last, weights_only=True)["epoch"] + 1 if resume and last.is_file() else None
+    if start is None:
+        resume = None
     checkpoints.mkdir(parents=True, exist_ok=True)
-    with tracking.mlflow_run(client, experiment_id, cfg, tags, size, resume) as run_id:
-        (checkpoints / "run_id").write_text(run_id)
+    with contextlib.ExitStack() as stack:
+        runs = []
+        for m, member in enumerate(members):
+            earlier = resume[m] if resume else None
+            if earlier and retrying(client.get_run, earlier).info.status == "FAILED":
+                runs.append(None)  # failed within the array before it was interrupted
+                continue
+            runs.append(stack.enter_context(tracking.mlflow_run(
+                client, experiment_id, member, {**tags, "seed": str(member.seed)}, size, earlier)))
+        run_ids = [run.run_id if run else resume[m] for m, run in enumerate(runs)]
+        (checkpoints / "run_id").write_text("\n".join(run_ids))
+        module = Classifier(net, **cfg.optim, members=M, reporter=MemberRuns(runs))
         if start is not None:
-            log.info("%s: resuming run %s from its checkpoint: %d epochs done", name, run_id, start)
-            tracking.retrying(client.set_tag, run_id, "resumed_from_epoch", str(start))
+            log.info("%s: resuming run(s) %s from the checkpoint: %d epochs done", name,
+                     " ".join(run_ids), start)
+            for run in filter(None, runs):
+                retrying(client.set_tag, run.run_id, "resumed_from_epoch", str(start))
         tty = sys.stdout.isatty()  # a live bar on a terminal; else one log line per epoch
         # on SLURM, submitit requeues a preempted or timed-out job: Lightning must not as well
         slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
         trainer = instantiate(
-            trainer_args, logger=tracking.MLflowLogger(client, run_id, resumed=bool(resume)),
-            enable_progress_bar=tty,
+            trainer_args, logger=False, enable_progress_bar=tty,
             callbacks=[LastCheckpoint(checkpoints), *([RichProgressBar()] if tty else []),
                        *([OptunaPruning(trial)] if prunable else [])], **slurm)
         trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,
                     weights_only=True)
-        metrics = dict(trainer.callback_metrics)  # the last epoch's; test() replaces them
         trainer.test(module, datamodule=data, verbose=False, weights_only=True)
-        metrics.update(trainer.callback_metrics)
-    metrics = {k: float(v) for k, v in metrics.items() if k != "step"}
-    log.info("%s: test/error %.2f%%", name, metrics["test/error"])
-    return Result("finished", metrics, run_id)
+    results = []
+    for m, member in enumerate(members):
+        if m in module.failures:
+            results.append(Result(member.seed, "failed", {}, run_ids[m], module.failures[m]))
+        else:
+            results.append(Result(member.seed, "finished", module.metrics[m], run_ids[m]))
+            log.info("%s-seed%s: test/error %.2f%%", setup, member.seed, module.metrics[m]["test/error"])
+    return results

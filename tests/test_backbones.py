@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
-from hybrid_exp.backbones import DarkNet, FractalBlock, FractalNet, join
+from hybrid_exp.backbones import DarkNet, DropPath, FractalBlock, FractalNet
 from hybrid_exp.blocks import Separable, Standard
 from tests.test_blocks import UNITS
 
@@ -34,13 +34,19 @@ def fractal_block(columns):
     return FractalBlock(Scale, 1, 1, columns, dropout=0.0)
 
 
+def training_paths(columns, global_fraction=0.5, local_drop=0.15, seed=0):
+    """One training step's drop-path draws for one member."""
+    generators = [(torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1))]
+    return DropPath(columns, global_fraction, local_drop, 1, generators)
+
+
 def test_fractal_rule_in_eval_joins_every_column_by_mean():
     block = fractal_block(3).eval()
     (u0,), (u1a, u1b), (u2a, u2b, u2c, u2d) = [[u[0].factor for u in col] for col in block.columns]
     x = torch.ones(1, 1, 1, 1)
     inner = (x * u2a * u2b + x * u1a) / 2  # step 2: columns 1 and 2 meet
     expected = (inner * u2c * u2d + inner * u1b + x * u0) / 3  # step 4: one join of all three
-    torch.testing.assert_close(block(x), expected)
+    torch.testing.assert_close(block(x, DropPath(3, 0.5, 0.15, members=1)), expected)
     assert [len(col) for col in block.columns] == [1, 2, 4]
 
 
@@ -49,17 +55,21 @@ def test_global_drop_path_runs_one_column_end_to_end():
     x = torch.ones(1, 1, 1, 1)
     for column in range(3):
         product = torch.stack([u[0].factor for u in block.columns[column]]).prod()
-        torch.testing.assert_close(block(x, column=column), x * product)
+        paths = training_paths(3, global_fraction=1.0)
+        paths.column = [column]
+        torch.testing.assert_close(block(x, paths), x * product)
+    grads = torch.autograd.grad(block(x, paths), [u[0].factor for col in block.columns for u in col])
+    assert [g.item() != 0 for g in grads] == [False, False, False, True, True, True, True]  # dropped: 0
 
 
 def test_local_drop_path_keeps_at_least_one_input_and_drops_at_the_rate():
-    a, b, c = torch.full((2,), 1.0), torch.full((2,), 2.0), torch.full((2,), 4.0)
-    torch.manual_seed(0)
-    outcomes = [join([a, b, c], 1.0)[0].item() for _ in range(200)]  # all dropped: one survives
-    assert set(outcomes) == {1.0, 2.0, 4.0}
-    assert join([a, b, c], 0.0)[0].item() == pytest.approx(7 / 3)  # no drop: the mean
-    kept = [join([a, b], 0.15)[0].item() for _ in range(4000)]
-    both = sum(v == 1.5 for v in kept) / len(kept)
+    all_dropped = [training_paths(3, 0.0, 1.0, seed).weights([0, 1, 2]) for seed in range(100)]
+    assert all(w.sum() == 1 and (w == 1).sum() == 1 for w in all_dropped)  # one survives
+    assert {int(w.argmax()) for w in all_dropped} == {0, 1, 2}
+    torch.testing.assert_close(training_paths(3, 0.0, 0.0).weights([0, 1, 2]),
+                               torch.full((1, 3), 1 / 3, dtype=torch.float64))  # no drop: the mean
+    kept = [training_paths(2, 0.0, 0.15, seed).weights([0, 1]) for seed in range(4000)]
+    both = sum(bool((w == 0.5).all()) for w in kept) / len(kept)
     assert both == pytest.approx(0.85 ** 2, abs=0.03)
 
 
@@ -82,8 +92,8 @@ def test_network_mixes_global_and_local_batches_in_training_and_uses_all_columns
 
 def test_one_column_is_a_plain_conv_stack():
     torch.manual_seed(0)
-    net = FractalNet(Standard, columns=1, widths=(8, 8, 16, 16, 16)).eval()
-    units = [block.columns[0][0] for block in net.blocks]
+    net = FractalNet(Standard, columns=1, widths=(8, 8, 16, 16, 16), dropout=(0.0,) * 5).eval()
+    units = [block.columns[0][0][0] for block in net.blocks]  # the conv unit (then dropout)
     assert all(len(block.columns) == 1 and len(block.columns[0]) == 1 for block in net.blocks)
     x = torch.randn(2, 3, 32, 32)
     y = x
@@ -91,9 +101,7 @@ def test_one_column_is_a_plain_conv_stack():
         y = F.max_pool2d(unit(y), 2)
     torch.testing.assert_close(net(x), net.head(y.mean(dim=(2, 3))))
     net.train()
-    torch.manual_seed(1)
     first = net(x)
-    torch.manual_seed(1)
     torch.testing.assert_close(net(x), first)  # drop-path has nothing to drop in one column
 
 

@@ -48,11 +48,12 @@ def test_separable_is_depthwise_then_pointwise(x, stride):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_equivalent_equals_separable_tower_by_tower(x, stride):
     unit = Equivalent(8, 12, stride)
-    towers = torch.cat([F.conv2d(x[:, i:i + 1], tower.weight, stride=stride, padding=1)
-                        for i, tower in enumerate(unit.towers)], dim=1)  # the literal towers
+    tower_weights = [unit.state_dict()[f"towers.{i}.weight"] for i in range(8)]  # (1, 1, 3, 3) each
+    towers = torch.cat([F.conv2d(x[:, i:i + 1], w, stride=stride, padding=1)
+                        for i, w in enumerate(tower_weights)], dim=1)  # the literal towers
     pointwise = unit.pointwise[0].weight
     torch.testing.assert_close(unit(x), bn_relu(F.conv2d(towers, pointwise)))
-    depthwise = torch.cat([tower.weight for tower in unit.towers])
+    depthwise = torch.cat(tower_weights)
     torch.testing.assert_close(unit(x), separable_reference(x, depthwise, pointwise, stride))
 
     separable = Separable(8, 12, stride)  # mapped weights: the very same function
@@ -92,7 +93,7 @@ def test_hybrid_paths_are_initialised_by_their_own_fan_in():
 
 def test_equivalent_towers_have_the_depthwise_init_distribution():
     torch.manual_seed(0)
-    towers = torch.cat([t.weight for t in Equivalent(512, 8).towers]).flatten()
+    towers = Equivalent(512, 8).weight.flatten()
     depthwise = Separable(512, 8)[0].weight.flatten()
     assert towers.abs().max() <= 1 / 3 and depthwise.abs().max() <= 1 / 3
     assert towers.std().item() == pytest.approx(depthwise.std().item(), rel=0.05)

@@ -142,9 +142,11 @@ def test_crops_stay_within_the_padding():
 def test_augmentation_is_deterministic_per_seed_and_epoch():
     images = torch.randint(0, 256, (50, 32, 32, 3), dtype=torch.uint8)
     labels = torch.arange(50)
-    epoch = lambda seed, start: [b for b in Batches(images, labels, 16, seed, start)]
+    rows = torch.arange(50)[None]  # one member, every image
+    epoch = lambda seed, start: [b for b in Batches(images, labels, rows, 16, [seed], start)]
     first, again, other, next_epoch = epoch(0, 0), epoch(0, 0), epoch(1, 0), epoch(0, 1)
     assert len(first) == 3 and first[0][0].shape == (16, 3, 32, 32)  # partial batch dropped
+    assert first[0][1].shape == (16, 1)  # labels (B, members)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     assert not torch.equal(first[0][1], other[0][1])
     assert not torch.equal(first[0][1], next_epoch[0][1])
@@ -152,8 +154,8 @@ def test_augmentation_is_deterministic_per_seed_and_epoch():
 
 def test_evaluation_batches_cover_every_image_in_order():
     images = torch.randint(0, 256, (50, 32, 32, 3), dtype=torch.uint8)
-    batches = list(Batches(images, torch.arange(50), 16))
-    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(50))
+    batches = list(Batches(images, torch.arange(50), torch.arange(50)[None], 16))
+    assert torch.equal(torch.cat([y[:, 0] for _, y in batches]), torch.arange(50))
     x = batches[0][0]
     assert x.is_contiguous(memory_format=torch.channels_last)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.MEAN, data.STD))
@@ -164,19 +166,22 @@ def test_evaluation_batches_cover_every_image_in_order():
 
 
 def test_splits_are_disjoint_balanced_and_paired_by_seed(cifar10_root):
-    module = lambda seed: CIFAR10(str(cifar10_root), val_size=1000, eval_size=600,
-                                  train_subset=2000, seed=seed)
-    a, b, c = module(0), module(0), module(1)
-    for m in (a, b, c):
+    module = lambda *seeds: CIFAR10(str(cifar10_root), val_size=1000, eval_size=600,
+                                    train_subset=2000, seeds=seeds)
+    a, b, c, array = module(0), module(0), module(1), module(0, 1)
+    for m in (a, b, c, array):
         m.setup()
-    y_train, y_val = a.splits["train"][1], a.splits["val"][1]
-    assert len(y_train) == 2000 and torch.bincount(y_train).tolist() == [200] * 10
-    assert len(y_val) == 1000 and len(a.splits["test"][1]) == 600
-    assert torch.equal(a.splits["train"][0], b.splits["train"][0])  # same seed, same data
-    assert not torch.equal(a.splits["train"][0], c.splits["train"][0])  # seed draws the split
-    assert torch.equal(a.splits["test"][0], c.splits["test"][0])  # eval subset: same for all
-    train_rows = {bytes(x.numpy()) for x in a.splits["train"][0]}
-    assert not train_rows & {bytes(x.numpy()) for x in a.splits["val"][0]}
+    split = lambda m, name, member=0: m.splits[name][2][member]  # that member's image indices
+    labels = a.splits["train"][1]
+    assert len(split(a, "train")) == 2000 and torch.bincount(labels[split(a, "train")]).tolist() == [200] * 10
+    assert len(split(a, "val")) == 1000 and len(split(a, "test")) == 600
+    assert torch.equal(split(a, "train"), split(b, "train"))  # same seed, same data
+    assert not torch.equal(split(a, "train"), split(c, "train"))  # seed draws the split
+    assert torch.equal(split(a, "test"), split(c, "test"))  # eval subset: same for all
+    assert not set(split(a, "train").tolist()) & set(split(a, "val").tolist())
+    for name in ("train", "val", "test"):  # an array's member m has exactly seed m's splits
+        assert torch.equal(split(array, name, 0), split(a, name))
+        assert torch.equal(split(array, name, 1), split(c, name))
 
 
 @pytest.mark.parametrize("kwargs, message", [

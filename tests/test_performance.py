@@ -39,8 +39,9 @@ def test_per_image_augmentation_draws_the_same_crops_and_flips_as_the_batched_on
 def test_augmentation_stream_is_the_same_on_cpu_and_gpu():
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
     labels = torch.arange(64)
-    on_cpu = list(Batches(images, labels, 16, augment_seed=3))
-    on_gpu = list(Batches(images.cuda(), labels.cuda(), 16, augment_seed=3))
+    rows = torch.arange(64)[None]
+    on_cpu = list(Batches(images, labels, rows, 16, augment_seeds=[3]))
+    on_gpu = list(Batches(images.cuda(), labels.cuda(), rows.cuda(), 16, augment_seeds=[3]))
     for (x, y), (gx, gy) in zip(on_cpu, on_gpu):
         assert torch.equal(y, gy.cpu())
         torch.testing.assert_close(x, gx.cpu())
@@ -97,7 +98,7 @@ def test_fast_path_reaches_the_accuracy_of_the_conventional_pipeline(make_cfg, c
     common = [f"data.root={cifar10_root}", "data.train_subset=2000", "data.val_size=0",
               "data.eval_size=2000", *TINY, "trainer.max_epochs=4"]
     errors = {pipeline: [train(make_cfg(f"data={pipeline}", *common, f"seed={seed}",
-                                        "logger.experiment_name=" + pipeline)).metrics["test/error"]
+                                        "logger.experiment_name=" + pipeline))[0].metrics["test/error"]
                          for seed in range(3)]
               for pipeline in ("cifar10", "cifar10_conventional")}
     fast, conventional = errors["cifar10"], errors["cifar10_conventional"]
@@ -110,8 +111,8 @@ def test_fast_path_reaches_the_accuracy_of_the_conventional_pipeline(make_cfg, c
 def test_compiled_training_runs_and_matches_the_plain_one(make_cfg):
     fast = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=64",
             *TINY, "trainer.max_epochs=1"]
-    plain = train(make_cfg(*fast)).metrics
-    compiled = train(make_cfg(*fast, "trainer.compile=true", "rerun=true")).metrics
+    plain = train(make_cfg(*fast))[0].metrics
+    compiled = train(make_cfg(*fast, "trainer.compile=true", "rerun=true"))[0].metrics
     assert compiled["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-2)
 
 

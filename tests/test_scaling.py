@@ -59,12 +59,12 @@ def test_a_resumed_run_logs_each_epoch_once(tmp_path):
     client, experiment_id = tracking.connect(OmegaConf.create(
         {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment_name": "resume"}))
     run_id = client.create_run(experiment_id).info.run_id
-    first = tracking.MLflowLogger(client, run_id)
+    first = tracking.TrackedRun(client, run_id, resumed=False)
     for epoch in range(3):
-        first.log_metrics({"val/error": 50.0 - epoch}, step=epoch)
-    resumed = tracking.MLflowLogger(client, run_id, resumed=True)  # from the checkpoint of epoch 1
+        first.log({"val/error": 50.0 - epoch}, step=epoch)
+    resumed = tracking.TrackedRun(client, run_id, resumed=True)  # from the checkpoint of epoch 1
     for epoch in range(2, 5):
-        resumed.log_metrics({"val/error": 50.0 - epoch, "train/loss": 1.0}, step=epoch)
+        resumed.log({"val/error": 50.0 - epoch, "train/loss": 1.0}, step=epoch)
     history = client.get_metric_history(run_id, "val/error")
     assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [2, 3, 4]
@@ -72,11 +72,11 @@ def test_a_resumed_run_logs_each_epoch_once(tmp_path):
 
 def test_relaunch_skips_finished_configs_and_rerun_trains_again(make_cfg):
     cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
-    first = train(cfg)
-    again = train(cfg)
+    first = train(cfg)[0]
+    again = train(cfg)[0]
     assert (first.status, again.status) == ("finished", "skipped")
     assert again.run_id == first.run_id and again.metrics["test/error"] == first.metrics["test/error"]
-    forced = train(make_cfg(*SMALL, "trainer.max_epochs=1", "rerun=true"))
+    forced = train(make_cfg(*SMALL, "trainer.max_epochs=1", "rerun=true"))[0]
     assert forced.status == "finished" and forced.run_id != first.run_id
     assert len(load_runs("hybrid-exp", cfg.logger.tracking_uri)) == 2
 
@@ -86,7 +86,7 @@ def test_failing_job_among_good_ones_gives_the_summary_and_exit_status(tmp_path)
                cwd=tmp_path)
     assert run.returncode != 0
     output = run.stdout + run.stderr
-    assert "Grid summary: 1 finished, 0 skipped, 1 failed (of 2 jobs)" in output
+    assert "Grid summary: 1 finished, 0 skipped, 1 failed (of 2 configs)" in output
     assert "FAILED" in output and "optim.lr=1e+30: Diverged" in output and "non-finite loss" in output
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").set_index("status")
     assert sorted(runs.index) == ["FAILED", "FINISHED"]
@@ -98,10 +98,9 @@ def writer(uri: str, experiment_id: str, index: int, steps: int) -> None:
     cfg = OmegaConf.create({"seed": index, "logger": {"tracking_uri": uri},
                             "knobs": {f"k{i}": i for i in range(30)}})
     with tracking.mlflow_run(client, experiment_id, cfg, {"setup": "w", "seed": str(index)},
-                             {"params": index}) as run_id:
-        logger = tracking.MLflowLogger(client, run_id)
+                             {"params": index}) as run:
         for step in range(steps):
-            logger.log_metrics({f"m{j}": step * j for j in range(5)}, step=step)
+            run.log({f"m{j}": step * j for j in range(5)}, step=step)
 
 
 def test_eight_parallel_writers_lose_nothing_in_the_sqlite_store(tmp_path):

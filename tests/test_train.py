@@ -17,7 +17,7 @@ def real(cifar10_root, *overrides):
 
 def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_root):
     cfg = make_cfg(*real(cifar10_root, "trainer.max_epochs=3"))
-    metrics = train(cfg).metrics
+    metrics = train(cfg)[0].metrics
     assert metrics["test/error"] < 75, "chance is 90%: the network must clearly learn"
 
     runs = load_runs("hybrid-exp", cfg.logger.tracking_uri)
@@ -43,9 +43,9 @@ def test_seed_zero_is_reproducible_and_seed_one_differs(make_cfg):
     fast = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128",
             *TINY, "trainer.max_epochs=1"]
     learned = lambda metrics: {k: v for k, v in metrics.items() if "loss" in k or "error" in k}
-    first = learned(train(make_cfg(*fast, "seed=0")).metrics)
-    again = learned(train(make_cfg(*fast, "seed=0", "rerun=true")).metrics)  # train it again
-    other = learned(train(make_cfg(*fast, "seed=1")).metrics)
+    first = learned(train(make_cfg(*fast, "seed=0"))[0].metrics)
+    again = learned(train(make_cfg(*fast, "seed=0", "rerun=true"))[0].metrics)  # train it again
+    other = learned(train(make_cfg(*fast, "seed=1"))[0].metrics)
     assert len(first) == 6 and first == again
     assert first["train/loss"] != other["train/loss"]
 

@@ -5,6 +5,9 @@ set in a fresh process before CUDA starts), or ``n_jobs`` CPU slots without GPUs
 split among them). A job claims a free slot by an exclusive ``flock`` on the slot's lock file:
 the kernel releases it when the job's process ends, however it ends, so a crashed job cannot
 leak its slot, and grids launched side by side share the slots instead of oversubscribing.
+
+With ``fuse_seeds`` (the default), the jobs of a grid that differ only in ``seed`` run as fused
+arrays (``max_array_size`` seeds each): one job, one process, one network for all of them.
 """
 import fcntl
 import getpass
@@ -27,6 +30,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hydra_plugins.hybrid_exp_launcher.arrays import launch_arrays
 from hydra_plugins.hybrid_exp_launcher.summary import log_summary
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ class GPULauncherConf:
     runs_per_gpu: int = 1  # jobs sharing one GPU (small nets cannot fill an H100 alone)
     n_jobs: int = 1  # parallel jobs when there is no GPU; the CPU cores are split among them
     lock_dir: Any = None  # None: <tmp>/hybrid_exp-slots-<user>
+    fuse_seeds: bool = True  # jobs differing only in seed train as one fused array (one process)
+    max_array_size: int = 10  # seeds per array at most (GPU memory grows with it)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="gpus", node=GPULauncherConf,
@@ -104,11 +110,14 @@ def run_in_slot(idx: int, job: bytes, slots: list[tuple[str, str]], lock_dir: Pa
 
 
 class GPULauncher(Launcher):
-    def __init__(self, gpus=None, runs_per_gpu: int = 1, n_jobs: int = 1, lock_dir=None):
-        if runs_per_gpu < 1 or n_jobs < 1:
-            raise ValueError(f"hydra.launcher.runs_per_gpu and hydra.launcher.n_jobs must be >= 1; "
-                             f"got runs_per_gpu={runs_per_gpu}, n_jobs={n_jobs}")
+    def __init__(self, gpus=None, runs_per_gpu: int = 1, n_jobs: int = 1, lock_dir=None,
+                 fuse_seeds: bool = True, max_array_size: int = 10):
+        if min(runs_per_gpu, n_jobs, max_array_size) < 1:
+            raise ValueError(f"hydra.launcher.runs_per_gpu, n_jobs and max_array_size must be >= 1; "
+                             f"got runs_per_gpu={runs_per_gpu}, n_jobs={n_jobs}, "
+                             f"max_array_size={max_array_size}")
         self.gpus, self.runs_per_gpu, self.n_jobs = gpus, runs_per_gpu, n_jobs
+        self.array_size = max_array_size if fuse_seeds else 1
         self.lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"hybrid_exp-slots-{getpass.getuser()}")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -116,6 +125,11 @@ class GPULauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        jobs = launch_arrays(self.launch_jobs, job_overrides, initial_job_idx, self.array_size)
+        log_summary(jobs)
+        return jobs
+
+    def launch_jobs(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
@@ -148,6 +162,4 @@ class GPULauncher(Launcher):
                                              _return_value=RuntimeError(
                                                  f"job process ended with exit code {process.exitcode}"))
                 process.join()
-        ordered = [results[idx] for idx in sorted(results)]
-        log_summary(ordered)
-        return ordered
+        return [results[idx] for idx in sorted(results)]

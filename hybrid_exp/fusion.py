@@ -1,0 +1,127 @@
+"""Fused seed arrays: M networks of one setup (one per trial seed) as one network.
+
+Member m owns channel block m of every activation: (B, M*C, H, W), block m = channels
+m*C .. (m+1)*C-1. Every layer acts on each block alone, so one forward pass computes all M
+networks at once, in the kernels of one network (horizontal fusion, as HFTA, arXiv 2102.02344):
+
+- a conv with ``groups`` g becomes one conv with M*g groups over M*C channels;
+- BatchNorm over M*C channels is M independent BNs (statistics are per channel);
+- a linear layer becomes ``MemberLinear``, one matmul per member in one batched matmul;
+- element-wise and per-channel layers (activations, pooling, padding) need nothing;
+- channel concatenation goes through ``cat_channels``, which concatenates within each block.
+
+``fuse`` converts by layer type, never by unit: a new unit fuses without new code as long as it
+builds from these layers and concatenates channels with ``cat_channels``. Every fused tensor is
+its members' tensors concatenated along dim 0 (a 0-d tensor is shared: all members hold the
+same, e.g. BN's batch counter), so ``member_state`` recovers member m's state_dict, in the
+unfused network's key layout, by slicing.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cat_channels(tensors: list[torch.Tensor], members: int) -> torch.Tensor:
+    """Concatenate (B, M*C_i, H, W) tensors within each member's block: (B, M*sum C_i, H, W)."""
+    B, _, H, W = tensors[0].shape
+    blocks = [t.reshape(B, members, -1, H, W) for t in tensors]
+    return torch.cat(blocks, dim=2).reshape(B, -1, H, W)
+
+
+class MemberLinear(nn.Module):
+    """M linear layers C -> K at once: (B, M*C) -> (B, M*K).
+
+    ``weight`` (M*K, C) and ``bias`` (M*K) are the members' ``nn.Linear`` tensors stacked along
+    dim 0, so a member's slice is its linear layer's weight and bias exactly."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, members: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        self.members = members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M*C) -> (B, M*K)
+        M, B = self.members, len(x)
+        w = self.weight.view(M, -1, self.weight.shape[1])  # (M, K, C)
+        y = torch.baddbmm(self.bias.view(M, 1, -1), x.view(B, M, -1).transpose(0, 1),
+                          w.transpose(1, 2))  # (M, B, K)
+        return y.transpose(0, 1).reshape(B, -1)
+
+
+def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Member tensors along dim 0; a 0-d tensor (identical in every member) is shared."""
+    return tensors[0].clone() if tensors[0].dim() == 0 else torch.cat(tensors)
+
+
+def fuse_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
+    first, M = convs[0], len(convs)
+    fused = nn.Conv2d(M * first.in_channels, M * first.out_channels, first.kernel_size,
+                      first.stride, first.padding, first.dilation, M * first.groups,
+                      first.bias is not None, first.padding_mode,
+                      device=first.weight.device, dtype=first.weight.dtype)
+    fused.load_state_dict({k: stacked([c.state_dict()[k] for c in convs]) for k in fused.state_dict()})
+    return fused
+
+
+def fuse_batch_norm(norms: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    first = norms[0]
+    fused = nn.BatchNorm2d(len(norms) * first.num_features, first.eps, first.momentum,
+                           first.affine, first.track_running_stats,
+                           device=first.weight.device, dtype=first.weight.dtype)
+    fused.load_state_dict({k: stacked([n.state_dict()[k] for n in norms]) for k in fused.state_dict()})
+    return fused
+
+
+def fuse_linear(linears: list[nn.Linear]) -> MemberLinear:
+    return MemberLinear(stacked([l.weight.detach() for l in linears]),
+                        stacked([l.bias.detach() for l in linears]), len(linears))
+
+
+FUSERS = {nn.Conv2d: fuse_conv, nn.BatchNorm2d: fuse_batch_norm, nn.Linear: fuse_linear}
+
+
+def fuse(nets: list[nn.Module]) -> nn.Module:
+    """One module computing every network of ``nets`` (equal architectures) on its own block.
+
+    Layers in ``FUSERS`` are converted; any other module keeps its code, its children are fused,
+    its own parameters and buffers stacked, and its ``members`` attribute (if it has one: units
+    that concatenate channels, networks with per-member randomness) set to ``len(nets)``.
+    """
+    first = nets[0]
+    if type(first) in FUSERS:
+        return FUSERS[type(first)](nets)
+    fused = copy.copy(first)  # the module's code and settings; its state is rebuilt below
+    fused._parameters = {name: None if p is None else nn.Parameter(
+        stacked([n._parameters[name].detach() for n in nets]), p.requires_grad)
+        for name, p in first._parameters.items()}
+    fused._buffers = {name: None if b is None else stacked([n._buffers[name] for n in nets])
+                      for name, b in first._buffers.items()}
+    fused._modules = {name: fuse([n._modules[name] for n in nets])
+                      for name in first._modules}
+    if type(first).get_extra_state is not nn.Module.get_extra_state:  # e.g. a random stream
+        fused.set_extra_state(stacked([n.get_extra_state() for n in nets]))
+    if hasattr(fused, "members"):
+        fused.members = len(nets)
+    return fused
+
+
+def member_slices(tensor: torch.Tensor, members: int) -> list[torch.Tensor]:
+    """Views of each member's part of a fused tensor (a 0-d tensor is every member's)."""
+    return [tensor] * members if tensor.dim() == 0 else list(tensor.chunk(members))
+
+
+def member_state(state: dict[str, torch.Tensor], member: int, members: int) -> dict[str, torch.Tensor]:
+    """Member ``member``'s state_dict from a fused network's, in the unfused network's layout."""
+    return {k: member_slices(v, members)[member].clone() for k, v in state.items()}
+
+
+def channels(x: torch.Tensor, members: int) -> torch.Tensor:
+    """(B, M*C, ...) -> (B, M, C, ...): the member axis made explicit."""
+    return x.view(x.shape[0], members, -1, *x.shape[2:])
+
+
+def per_member_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each member: logits (B, M*K), labels (B, M) -> (M,)."""
+    B, M = labels.shape
+    return F.cross_entropy(logits.view(B, M, -1).transpose(1, 2), labels, reduction="none").mean(0)

@@ -1,0 +1,110 @@
+"""Fused seed arrays: every unit and backbone, fused, trains exactly as its members would alone."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybrid_exp.cli import config_dir
+from hybrid_exp.data import ResidentData, load_cifar10
+from hybrid_exp.fusion import cat_channels, fuse, member_state
+from hybrid_exp.module import Classifier, prepare_network
+from hybrid_exp.train import build_network, member_config
+from tests.test_backbones import SMALL_DARKNET, SMALL_FRACTAL
+
+SEEDS = [0, 3, 7]  # the members of the array under test
+UNITS = sorted(p.stem for p in (Path(config_dir()) / "model/block").glob("*.yaml"))
+BACKBONES = {"stacked": ["model=separable", "model.width=8", "model.depth=1"],
+             "fractalnet": SMALL_FRACTAL, "darknet": SMALL_DARKNET}
+FAST_CASES = {"separable", "standard", "inception", "equivalent"}  # the rest run in the slow suite
+
+
+@pytest.fixture(scope="module")
+def arrays(cifar10_root):
+    return load_cifar10(cifar10_root)
+
+
+class Loaded(ResidentData):
+    """Real CIFAR-10 images, read once for the module."""
+
+    def __init__(self, arrays, **kwargs):
+        super().__init__(**kwargs)
+        self.arrays = arrays
+
+    def load(self):
+        return self.arrays
+
+
+def real_data(arrays, seeds):
+    data = Loaded(arrays, batch_size=8, val_size=100, eval_size=100, train_subset=40, seeds=seeds)
+    data.setup()
+    return data
+
+
+def sgd_steps(net: torch.nn.Module, members: int, data, steps: int = 4) -> Classifier:
+    """``steps`` training steps of the platform's module and optimizer settings, in the net's dtype."""
+    module = Classifier(net, members=members)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                                weight_decay=5e-4, fused=True)
+    module.on_train_epoch_start()
+    for step, (x, y) in zip(range(steps), data.train_dataloader()):
+        loss = module.training_step((x.to(next(net.parameters()).dtype), y), step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return module
+
+
+def cases():
+    for backbone, overrides in BACKBONES.items():
+        for unit in UNITS:
+            marks = [] if unit in FAST_CASES else [pytest.mark.slow]
+            yield pytest.param(overrides, unit, marks=marks, id=f"{backbone}-{unit}")
+
+
+@pytest.mark.parametrize("backbone, unit", list(cases()))
+def test_fused_training_equals_separate_trainings_member_by_member(make_cfg, arrays, backbone, unit):
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = make_cfg(*backbone, f"model/block={unit}")
+        nets = [build_network(member_config(cfg, seed)) for seed in SEEDS]
+        fused = prepare_network(fuse([copy.deepcopy(net) for net in nets]), True, False)
+        sgd_steps(fused, len(SEEDS), real_data(arrays, SEEDS))
+        for m, (seed, net) in enumerate(zip(SEEDS, nets)):
+            sgd_steps(prepare_network(net, True, False), 1, real_data(arrays, [seed]))
+            alone, extracted = net.state_dict(), member_state(fused.state_dict(), m, len(SEEDS))
+            assert extracted.keys() == alone.keys()
+            for key, value in alone.items():
+                torch.testing.assert_close(extracted[key], value, rtol=1e-9, atol=1e-12, msg=key)
+            reloaded = build_network(member_config(cfg, seed))
+            reloaded.load_state_dict(extracted)  # today's key layout: the unfused network loads it
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_fused_unit_state_dict_keeps_the_unfused_keys_and_the_first_step_moves_every_member(make_cfg, arrays):
+    cfg = make_cfg("model=equivalent", "model.width=8", "model.depth=1")
+    nets = [build_network(member_config(cfg, seed)) for seed in SEEDS]
+    fused = fuse(nets)
+    assert fused.state_dict().keys() == nets[0].state_dict().keys()  # towers.<i>.weight included
+    assert fused.state_dict()["units.0.towers.0.weight"].shape == (3, 1, 3, 3)  # one per member
+    before = [member_state(fused.state_dict(), m, 3) for m in range(3)]
+    sgd_steps(fused, 3, real_data(arrays, SEEDS), steps=1)
+    for m in range(3):
+        after = member_state(fused.state_dict(), m, 3)
+        assert not torch.equal(after["units.0.towers.0.weight"], before[m]["units.0.towers.0.weight"])
+
+
+def test_members_start_from_the_weights_their_unfused_runs_start_from(make_cfg):
+    cfg = make_cfg("model=separable", "model.width=8", "model.depth=1", "seed=[3,0]")
+    fused = fuse([build_network(member_config(cfg, seed)) for seed in (0, 3)])
+    for m, seed in enumerate((0, 3)):
+        alone = build_network(make_cfg("model=separable", "model.width=8", "model.depth=1", f"seed={seed}"))
+        for key, value in alone.state_dict().items():
+            assert torch.equal(member_state(fused.state_dict(), m, 2)[key], value), key
+
+
+def test_cat_channels_concatenates_within_each_members_block():
+    a = torch.arange(4.0).view(1, 4, 1, 1)  # 2 members x 2 channels
+    b = torch.arange(10.0, 16.0).view(1, 6, 1, 1)  # 2 members x 3 channels
+    assert cat_channels([a, b], 2).flatten().tolist() == [0, 1, 10, 11, 12, 2, 3, 13, 14, 15]

@@ -16,6 +16,7 @@ import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -222,13 +223,16 @@ class Batches:
     ``indices`` (M, N): member m's images, as positions in ``images``. With ``augment_seeds`` (one
     per member) it is the training stream: member m's epoch e draws its order, crops and flips
     from ``derive_seed(augment_seeds[m], "augment", e)`` on the CPU (the same stream on any device,
-    fused or not) and moves them to the device once; partial last batches are dropped.
+    fused or not) and moves them to the device once; partial last batches are dropped. ``epoch``:
+    the first epoch, counted up by each pass, or a function that tells the epoch as a pass
+    starts (Lightning's current epoch: right also after a resume, which creates the loader first).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-                 batch_size: int, augment_seeds: list[int] | None = None, start_epoch: int = 0):
+                 batch_size: int, augment_seeds: list[int] | None = None,
+                 epoch: int | Callable[[], int] = 0):
         self.images, self.labels, self.indices = images, labels, indices  # (N_all, H, W, C), (M, N)
-        self.batch_size, self.augment_seeds, self.epoch = batch_size, augment_seeds, start_epoch
+        self.batch_size, self.augment_seeds, self.epoch = batch_size, augment_seeds, epoch
         members = len(indices)
         shape = (1, members * 3, 1, 1)
         self.mean = torch.tensor(MEAN, device=images.device).repeat(members).view(shape)
@@ -242,9 +246,11 @@ class Batches:
         (M, n), device = self.indices.shape, self.images.device
         train = self.augment_seeds is not None
         if train:
-            draws = [self.draw(seed, n) for seed in self.augment_seeds]
+            epoch = self.epoch() if callable(self.epoch) else self.epoch
+            draws = [self.draw(seed, epoch, n) for seed in self.augment_seeds]
             order, offsets, flips = (torch.stack(d).to(device) for d in zip(*draws))  # (M, n, ...)
-            self.epoch += 1
+            if not callable(self.epoch):
+                self.epoch += 1
         else:
             order = torch.arange(n, device=device).expand(M, n)
         members = torch.arange(M, device=device)[:, None]
@@ -258,9 +264,10 @@ class Batches:
             B, H, W = x.shape[1:4]
             yield self.normalize(x.permute(1, 2, 3, 0, 4).reshape(B, H, W, -1)), self.labels[idx].T
 
-    def draw(self, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def draw(seed: int, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One member's epoch: (order (n,), crop offsets (n, 2), flips (n,)), on the CPU."""
-        g = torch.Generator().manual_seed(derive_seed(seed, "augment", self.epoch))
+        g = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch))
         order = torch.randperm(n, generator=g)
         offsets = torch.randint(0, 9, (n, 2), generator=g)  # 2 * pad + 1 positions
         return order, offsets, torch.randint(0, 2, (n,), generator=g).bool()
@@ -337,9 +344,8 @@ class ResidentData(pl.LightningDataModule):
         return np.sort(train), np.sort(val)
 
     def train_dataloader(self) -> Batches:
-        epoch = self.trainer.current_epoch if self.trainer else 0
-        return Batches(*self.splits["train"], self.batch_size, augment_seeds=self.seeds,
-                       start_epoch=epoch)
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer else 0
+        return Batches(*self.splits["train"], self.batch_size, augment_seeds=self.seeds, epoch=epoch)
 
     def val_dataloader(self) -> Batches | list:
         return Batches(*self.splits["val"], self.batch_size) if self.val_size else []

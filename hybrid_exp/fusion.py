@@ -85,12 +85,17 @@ def fuse(nets: list[nn.Module]) -> nn.Module:
     """One module computing every network of ``nets`` (equal architectures) on its own block.
 
     Layers in ``FUSERS`` are converted; any other module keeps its code, its children are fused,
-    its own parameters and buffers stacked, and its ``members`` attribute (if it has one: units
-    that concatenate channels, networks with per-member randomness) set to ``len(nets)``.
+    its own parameters and buffers stacked (its code must then act per member, as
+    ``blocks.Equivalent``'s grouped conv over ``len(weight)`` groups does), and its ``members``
+    attribute (if it has one: units that concatenate channels, networks with per-member
+    randomness) set to ``len(nets)``. A torch layer with parameters but no rule is refused.
     """
     first = nets[0]
     if type(first) in FUSERS:
         return FUSERS[type(first)](nets)
+    if type(first).__module__.startswith("torch.nn") and (first._parameters or first._buffers):
+        raise TypeError(f"fusion has no rule for {type(first).__name__}, whose parameters would "
+                        f"mix the members' channels: add one to hybrid_exp.fusion.FUSERS")
     fused = copy.copy(first)  # the module's code and settings; its state is rebuilt below
     fused._parameters = {name: None if p is None else nn.Parameter(
         stacked([n._parameters[name].detach() for n in nets]), p.requires_grad)

@@ -80,7 +80,8 @@ class MemberRuns(Reporter):
         self.runs = runs
 
     def log(self, member: int, metrics: dict[str, float], epoch: int) -> None:
-        self.runs[member].log(metrics, epoch)
+        if self.runs[member]:
+            self.runs[member].log(metrics, epoch)
 
     def fail(self, member: int, reason: str) -> None:
         if self.runs[member] and not self.runs[member].failed:
@@ -92,7 +93,7 @@ def trial_seeds(cfg: DictConfig) -> list[int]:
     seeds = OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seed must be one seed or a list of distinct seeds; got {seeds}")
-    return sorted(seeds)  # the member order, whatever order the array was asked for in
+    return seeds
 
 
 def member_config(cfg: DictConfig, seed: int) -> DictConfig:
@@ -118,9 +119,10 @@ def build_network(cfg: DictConfig) -> nn.Module:
 
 
 def train(cfg: DictConfig) -> list[Result]:
-    """Train ``cfg`` (composed by Hydra), one Result per trial seed. Several seeds (``seed`` a
-    list) train as one fused array: one network holding every member (hybrid_exp.fusion), each
-    member exactly the run its seed would give alone, with its own MLflow run.
+    """Train ``cfg`` (composed by Hydra), one Result per trial seed, in the order given. Several
+    seeds (``seed`` a list) train as one fused array: one network holding every member
+    (hybrid_exp.fusion), each member exactly the run its seed would give alone, with its own
+    MLflow run.
 
     A config (its hash) with a FINISHED run in the experiment is skipped unless ``rerun``; only
     the others join the array. An interrupted run or array resumes from its last checkpoint
@@ -130,7 +132,14 @@ def train(cfg: DictConfig) -> list[Result]:
     ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
     """
     choices = HydraConfig.get().runtime.choices
-    members = [member_config(cfg, seed) for seed in trial_seeds(cfg)]
+    seeds = trial_seeds(cfg)
+    if len(seeds) > 1 and str(cfg.trainer.precision) in ("16-mixed", "16"):
+        raise ValueError("trainer.precision=16-mixed cannot train a fused seed array (its loss "
+                         "scaler's one overflow flag would skip every member's step for one "
+                         "member's overflow): use bf16-mixed or 32-true, or "
+                         "hydra.launcher.fuse_seeds=false")
+    members = [member_config(cfg, seed) for seed in sorted(seeds)]  # the array's member order
+    nets = {member.seed: build_network(member) for member in members}  # a bad shape stops here
     client, experiment_id = tracking.connect(cfg.logger)
     model, block = choices["model"], choices["model/block"]
     setup = model if block == model else f"{model}+{block}"
@@ -145,20 +154,21 @@ def train(cfg: DictConfig) -> list[Result]:
             todo.append(member)
     try:
         if todo:
-            results.update({r.seed: r for r in train_array(todo, client, experiment_id, setup, model, block)})
+            results.update({r.seed: r for r in train_array(
+                todo, [nets[m.seed] for m in todo], client, experiment_id, setup, model, block)})
     except Exception as e:  # each run is FAILED with the reason already; an array reports it per seed
         if len(members) == 1:
             raise
         results.update({m.seed: Result(m.seed, "failed", {}, None, f"{type(e).__name__}: {e}")
                         for m in todo})
-    return [results[member.seed] for member in members]
+    return [results[seed] for seed in seeds]
 
 
-def train_array(members: list[DictConfig], client, experiment_id: str, setup: str, model: str,
-                block: str) -> list[Result]:
-    """Train ``members`` (configs that differ in their seed alone) as one network."""
+def train_array(members: list[DictConfig], nets: list[nn.Module], client, experiment_id: str,
+                setup: str, model: str, block: str) -> list[Result]:
+    """Train ``members`` (configs that differ in their seed alone), whose networks are ``nets``,
+    as one network."""
     cfg, M = members[0], len(members)
-    nets = [build_network(member) for member in members]
     size = complexity(nets[0])  # of one member, before compiling: counted on the plain network
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     net = prepare_network(fuse(nets) if M > 1 else nets[0], trainer_args.pop("channels_last"),
@@ -184,8 +194,6 @@ def train_array(members: list[DictConfig], client, experiment_id: str, setup: st
     last = checkpoints / "last.ckpt"
     # the epoch (0-based, = MLflow step) after the checkpointed one: where training picks up
     start = torch.load(last, weights_only=True)["epoch"] + 1 if resume and last.is_file() else None
-    if start is None:
-        resume = None
     checkpoints.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         runs = []

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from hydra.utils import instantiate
 
 from hybrid_exp import blocks
@@ -181,3 +182,42 @@ def test_every_preset_trains_a_step_in_the_stacked_backbone(make_cfg, model):
 def test_impossible_shapes_fail_when_the_config_is_read(make_cfg, overrides, message):
     with pytest.raises(Exception, match=message):
         instantiate(make_cfg(*overrides).model)
+
+
+class TowersEquivalent(nn.Module):
+    """The former ``Equivalent``: C_in tower modules, concatenated every step (727 parameter
+    tensors in the network), kept here as the reference the one-tensor form must reproduce."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.stride = stride
+        self.towers = nn.ModuleList(blocks.conv(1, 1, 3, stride) for _ in range(c_in))
+        self.pointwise = nn.Sequential(*blocks.conv_bn_act(c_in, c_out, 1))
+
+    def forward(self, x):
+        filters = torch.cat([tower.weight for tower in self.towers])
+        return self.pointwise(F.conv2d(x, filters, stride=self.stride, padding=1, groups=len(self.towers)))
+
+
+def test_equivalent_is_one_tensor_that_inits_trains_and_saves_as_the_tower_modules_did(x):
+    torch.manual_seed(0)
+    towers = TowersEquivalent(8, 12, 2)
+    torch.manual_seed(0)
+    unit = Equivalent(8, 12, 2)
+    assert unit.state_dict().keys() == towers.state_dict().keys()  # towers.<i>.weight kept
+    for key, value in towers.state_dict().items():
+        assert torch.equal(unit.state_dict()[key], value), key  # the same initial weights
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+                  for m in (towers, unit)]
+    for step in range(3):
+        for module, optimizer in zip((towers, unit), optimizers):
+            optimizer.zero_grad()
+            module(x * (step + 1)).square().mean().backward()
+            optimizer.step()
+    for key, value in towers.state_dict().items():
+        assert torch.equal(unit.state_dict()[key], value), key  # bit for bit after training
+    reloaded = Equivalent(8, 12, 2)
+    reloaded.load_state_dict(towers.state_dict())  # a checkpoint of the tower modules loads
+    assert torch.equal(reloaded.weight, unit.weight)
+    count = lambda module: len(list(module.parameters()))
+    assert count(unit) == count(Separable(8, 12, 2)) == 4  # depthwise, pointwise, BN weight and bias

@@ -27,7 +27,7 @@ def test_every_option_of_every_group_composes(make_cfg, group):
             net = instantiate(cfg.model)
             assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
         if group == "data":
-            assert instantiate(cfg.data, seed=0).batch_size == cfg.data.batch_size
+            assert instantiate(cfg.data, seeds=[0]).batch_size == cfg.data.batch_size
 
 
 def test_block_override_equals_the_matching_preset(make_cfg):

@@ -108,3 +108,8 @@ def test_cat_channels_concatenates_within_each_members_block():
     a = torch.arange(4.0).view(1, 4, 1, 1)  # 2 members x 2 channels
     b = torch.arange(10.0, 16.0).view(1, 6, 1, 1)  # 2 members x 3 channels
     assert cat_channels([a, b], 2).flatten().tolist() == [0, 1, 10, 11, 12, 2, 3, 13, 14, 15]
+
+
+def test_a_torch_layer_without_a_fusion_rule_is_refused_in_one_sentence():
+    with pytest.raises(TypeError, match="no rule for LayerNorm, whose parameters would mix the members"):
+        fuse([torch.nn.Sequential(torch.nn.LayerNorm(4)) for _ in range(2)])

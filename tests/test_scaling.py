@@ -153,7 +153,8 @@ def test_slots_pin_gpus_and_split_runs_per_gpu(monkeypatch):
 
 def test_each_job_sees_only_its_gpu(tmp_path):
     run = grid(*SMALL, "trainer.max_epochs=1", "trainer.accelerator=cpu", "seed=0,1",
-               "hydra.launcher.gpus=[0,1]", f"hydra.launcher.lock_dir={tmp_path}/locks", cwd=tmp_path)
+               "hydra.launcher.gpus=[0,1]", f"hydra.launcher.lock_dir={tmp_path}/locks",
+               "hydra.launcher.fuse_seeds=false", cwd=tmp_path)  # two jobs, not one array
     assert run.returncode == 0, run.stderr[-3000:]
     logs = "".join(p.read_text() for p in tmp_path.glob("multirun/*/*/*/*.log"))
     logs += run.stdout + run.stderr

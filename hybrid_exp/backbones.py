@@ -150,6 +150,7 @@ class FractalNet(nn.Module):
     """
 
     members = 1  # set by fusion.fuse
+    cuda_graph_safe = False  # drop-path is decided on the host each step: no CUDA graph
 
     def __init__(self, block: Block, columns: int = 3,
                  widths: tuple[int, ...] = (64, 128, 256, 512, 512),

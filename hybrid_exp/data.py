@@ -22,6 +22,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from hybrid_exp.seeding import derive_seed
 
@@ -376,3 +377,52 @@ class Synthetic(ResidentData):
         images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         labels = lambda n: rng.permutation(np.arange(n) % 10)
         return images(n_train), labels(n_train), images(self.eval_size), labels(self.eval_size)
+
+
+# ---------------------------------------------------------------------------- the conventional pipeline
+# What training scripts usually do, for comparisons (python -m hybrid_exp.bench, data=cifar10_conventional).
+
+
+class AugmentedImages(Dataset):
+    """Per-image CPU augmentation, as torchvision's transforms do it: (3, 32, 32) float."""
+
+    def __init__(self, images, labels, pad: int = 4):
+        self.images, self.labels, self.pad = images, labels, pad  # (N, H, W, C) uint8 arrays
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        image = torch.from_numpy(self.images[i]).permute(2, 0, 1)  # (C, H, W) uint8
+        _, h, w = image.shape
+        top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()  # torch RNG: seeded per worker
+        image = F.pad(image, (self.pad,) * 4)[:, top:top + h, left:left + w]
+        if torch.rand(()) < 0.5:
+            image = image.flip(2)
+        return (image.float() / 255 - self.mean) / self.std, int(self.labels[i])
+
+
+def conventional_loader(images, labels, batch_size: int, workers: int, pin: bool,
+                        seed: int = 0) -> DataLoader:
+    return DataLoader(AugmentedImages(images, labels), batch_size=batch_size, shuffle=True,
+                      drop_last=True, num_workers=workers, pin_memory=pin,
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+class ConventionalCIFAR10(CIFAR10):
+    """``data=cifar10`` with the conventional training pipeline instead of the fast one (same
+    splits, same evaluation): the reference the fast path's accuracy is tested against."""
+
+    def __init__(self, workers: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if len(self.seeds) != 1:
+            raise DataError("data=cifar10_conventional trains one seed per process: add "
+                            "hydra.launcher.fuse_seeds=false to the grid, or give one seed")
+        self.workers = workers
+
+    def train_dataloader(self) -> DataLoader:
+        images, labels, (rows,) = self.splits["train"]  # one member
+        return conventional_loader(images[rows].cpu().numpy(), labels[rows].cpu().numpy(),
+                                   self.batch_size, self.workers, images.is_cuda, seed=self.seeds[0])

@@ -70,6 +70,12 @@ class Classifier(pl.LightningModule):
     (B, M*K), labels (B, M). Each member's loss is its own mean cross-entropy; training
     minimises their sum, so each member's gradient is exactly what it would get alone.
 
+    The training step is ours (manual optimization): forward, backward and one fused SGD step,
+    nothing of Lightning's per-step machinery in between. The learning rate lives in a device
+    tensor that the schedule (``warmup_cosine``, stepped every batch) writes in place, so the
+    same step can be captured once as a CUDA graph and replayed (``cuda_graph``, see
+    ``train_step``).
+
     Logs per member and epoch train/val loss and error (%), lr, epoch time, images/s, through
     ``reporter``. Sums are accumulated on the device and read once per epoch: no per-step host
     sync. A member whose loss becomes non-finite is failed (``reporter.fail``) at the end of that
@@ -78,53 +84,123 @@ class Classifier(pl.LightningModule):
     its own channels). One run, or every member, diverged: ``Diverged`` is raised.
     """
 
+    GRAPH_WARMUP = 3  # eager steps (on a side stream) before the capture, as CUDA graphs need
+
     def __init__(self, net: nn.Module, lr: float = 0.1, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 5e-4, warmup_epochs: float = 2,
-                 members: int = 1, reporter: Reporter | None = None):
+                 members: int = 1, reporter: Reporter | None = None, cuda_graph: bool = False):
         super().__init__()
+        self.automatic_optimization = False
         self.net, self.members, self.reporter = net, members, reporter or Reporter()
         self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
         self.weight_decay, self.warmup_epochs = weight_decay, warmup_epochs
-        self.sums: dict[str, torch.Tensor] = {}  # stage -> (M, 2): loss sum, errors, on the device
+        self.cuda_graph, self.graph, self.eager_steps = cuda_graph, None, 0
+        self.sums: dict[str, torch.Tensor] = {}  # eval stage -> (M, 2): loss sum, errors
         self.counts: dict[str, int] = {}  # stage -> images per member
-        self.first_bad_step: torch.Tensor | None = None  # (M,), -1 while every loss is finite
         self.failures: dict[int, str] = {}  # member -> why it failed
-        self.register_buffer("loss_weights", torch.ones(members), persistent=False)  # 0: frozen
         self.val_metrics: list[dict[str, float]] = [{} for _ in range(members)]
         self.metrics: list[dict[str, float]] = [{} for _ in range(members)]  # each member's latest
+        # The training step's state lives in device tensors updated in place: a captured graph
+        # sees the same memory at every replay.
+        buffer = lambda name, value: self.register_buffer(name, value, persistent=False)
+        buffer("loss_weights", torch.ones(members))  # 0: a frozen member
+        buffer("lr_now", torch.tensor(float(lr)))  # the optimizer's lr, set by the schedule
+        buffer("step_now", torch.tensor(0))  # this step's index
+        buffer("train_sums", torch.zeros(members, 2))  # loss sum, errors, this epoch
+        buffer("first_bad_step", torch.full((members,), -1))  # -1 while every loss is finite
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def evaluate(self, batch, stage: str) -> torch.Tensor:
-        """Each member's mean loss on ``batch`` (M,); tallies loss and errors for ``stage``."""
+    def evaluate(self, batch, sums: torch.Tensor) -> torch.Tensor:
+        """Each member's mean loss on ``batch`` (M,); adds loss and errors to ``sums`` in place."""
         x, y = batch
         y = y.view(len(y), -1)  # (B, M)
         logits = self(x)  # (B, M*K)
         losses = per_member_cross_entropy(logits, y)  # (M,)
         errors = (logits.view(*y.shape, -1).argmax(2) != y).sum(0)  # (M,)
-        tally = torch.stack([losses.detach() * len(y), errors.float()], 1)  # (M, 2)
-        self.sums[stage] = self.sums.get(stage, 0) + tally
-        self.counts[stage] = self.counts.get(stage, 0) + len(y)
+        sums.add_(torch.stack([losses.detach() * len(y), errors.float()], 1))  # (M, 2)
         return losses
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        losses = self.evaluate(batch, "train")
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Forward, backward and SGD step on one batch; everything it changes is in place."""
+        losses = self.evaluate((x, y), self.train_sums)
         bad = ~torch.isfinite(losses.detach()) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(bad, self.global_step, self.first_bad_step)
-        return (losses * self.loss_weights).sum()
+        self.first_bad_step.copy_(torch.where(bad, self.step_now, self.first_bad_step))
+        (losses * self.loss_weights).sum().backward()
+        self.optimizer.step()
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        self.fit_step(batch, self.current_epoch * self.trainer.num_training_batches + batch_idx)
+
+    def prepare_fit(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> None:
+        """Bind ``optimizer`` to the lr tensor and size the schedule (also for the benchmark,
+        which drives ``fit_step`` without a Trainer)."""
+        self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr_now
+        self.total_steps = epochs * steps_per_epoch
+        self.warmup_steps = round(self.warmup_epochs * steps_per_epoch)
+        if self.cuda_graph:
+            self.side_stream = torch.cuda.Stream()
+
+    def fit_step(self, batch, step: int) -> None:
+        """Training step number ``step`` (from 0, over all epochs) on ``batch``."""
+        self.lr_now.fill_(self.lr * warmup_cosine(step, self.warmup_steps, self.total_steps))
+        self.step_now.fill_(step)
+        self.counts["train"] = self.counts.get("train", 0) + len(batch[1])
+        if self.graph is not None:
+            self.static_x.copy_(batch[0])
+            self.static_y.copy_(batch[1])
+            self.graph.replay()
+        elif self.cuda_graph and self.eager_steps == self.GRAPH_WARMUP:
+            self.capture(*batch)
+        elif self.cuda_graph:  # a warm-up step, on a side stream that waits for the batch
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
+                self.eager_step(*batch)
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+        else:
+            self.eager_step(*batch)
+
+    def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.train_step(x, y)
+        self.eager_steps += 1
+
+    def capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Record the whole training step as a CUDA graph, then replay it for this batch.
+
+        After ``GRAPH_WARMUP`` eager steps on a side stream (momentum buffers and cuBLAS/cuDNN
+        workspaces exist by then); autocast's weight cache is off inside the capture (a cached
+        cast would outlive the graph's memory), grads are left to the graph's own memory."""
+        self.static_x, self.static_y = x.clone(), y.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        with torch.cuda.graph(self.graph), autocast:
+            self.train_step(self.static_x, self.static_y)
+        self.graph.replay()
+        log.info("training step captured as a CUDA graph after %d eager steps", self.eager_steps)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "val")
+        self.evaluate(batch, self.eval_sums("val", len(batch[1])))
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "test")
+        self.evaluate(batch, self.eval_sums("test", len(batch[1])))
+
+    def eval_sums(self, stage: str, images: int) -> torch.Tensor:
+        """The (M, 2) sums of an evaluation stage, counting ``images`` more."""
+        self.counts[stage] = self.counts.get(stage, 0) + images
+        return self.sums.setdefault(stage, torch.zeros(self.members, 2, device=self.device))
 
     def summarize(self, stage: str) -> list[dict[str, float]]:
         """Each member's mean loss and error (%) of ``stage`` since the last call; resets its sums."""
-        sums, count = self.sums.pop(stage).tolist(), self.counts.pop(stage)
+        sums = self.train_sums if stage == "train" else self.sums.pop(stage)
+        count = self.counts.pop(stage)
         return [{f"{stage}/loss": loss / count, f"{stage}/error": 100 * errors / count}
-                for loss, errors in sums]
+                for loss, errors in sums.tolist()]
 
     def report(self, metrics: list[dict[str, float]]) -> None:
         """Log each living member's metrics at this epoch (= MLflow step)."""
@@ -133,8 +209,13 @@ class Classifier(pl.LightningModule):
                 self.metrics[member].update(values)
                 self.reporter.log(member, values, self.current_epoch)
 
+    def on_train_start(self) -> None:  # after a checkpoint is restored, which replaces the lr
+        self.prepare_fit(self.optimizers().optimizer, self.trainer.num_training_batches,
+                         self.trainer.max_epochs)
+
     def on_train_epoch_start(self) -> None:
-        self.first_bad_step = torch.full((self.members,), -1, device=self.device)
+        self.train_sums.zero_()
+        self.first_bad_step.fill_(-1)
         self.epoch_start = time.perf_counter()
 
     def on_validation_epoch_end(self) -> None:
@@ -152,7 +233,7 @@ class Classifier(pl.LightningModule):
                            f"every member of the array diverged: {self.failures}")
         images = self.counts["train"]
         seconds = time.perf_counter() - self.epoch_start
-        common = {"lr": self.optimizers().param_groups[0]["lr"], "epoch_seconds": seconds,
+        common = {"lr": self.lr_now.item(), "epoch_seconds": seconds,
                   "images_per_second": images / seconds}  # per member
         self.report([{**train, **common} for train in self.summarize("train")])
         alive = next(m for m in range(self.members) if m not in self.failures)
@@ -187,12 +268,6 @@ class Classifier(pl.LightningModule):
             self.loss_weights[member] = 0
 
     def configure_optimizers(self):
-        # fused: one kernel for every parameter's update, where this torch has it for the device
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum,
-                                    nesterov=self.nesterov, weight_decay=self.weight_decay,
-                                    fused=True)
-        total = self.trainer.estimated_stepping_batches
-        warmup = round(self.warmup_epochs * total / self.trainer.max_epochs)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        # fused: one kernel for every parameter's update; lr a tensor (see the class docstring)
+        return torch.optim.SGD(self.parameters(), lr=self.lr_now, momentum=self.momentum,
+                               nesterov=self.nesterov, weight_decay=self.weight_decay, fused=True)

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # Keys that say where things are, or how they are logged, launched or executed: not what is
 # trained (precision stays hashed: bf16 and fp32 runs are different experiments).
 UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
-                 "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last")
+                 "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
+                 "trainer.cuda_graph")
 
 
 def config_hash(cfg: DictConfig) -> str:

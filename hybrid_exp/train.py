@@ -118,6 +118,17 @@ def build_network(cfg: DictConfig) -> nn.Module:
     return instantiate(cfg.model)
 
 
+def graph_applies(net: nn.Module, accelerator: str) -> bool:
+    """Whether ``trainer.cuda_graph=true`` can capture this training step; says why not, once."""
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    why_not = ("it needs a CUDA device" if not on_gpu else
+               f"{type(net).__name__} draws on the host every step" if not getattr(net, "cuda_graph_safe", True)
+               else None)
+    if why_not:
+        log.info("trainer.cuda_graph=true: %s; training without a CUDA graph", why_not)
+    return why_not is None
+
+
 def train(cfg: DictConfig) -> list[Result]:
     """Train ``cfg`` (composed by Hydra), one Result per trial seed, in the order given. Several
     seeds (``seed`` a list) train as one fused array: one network holding every member
@@ -174,6 +185,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     net = prepare_network(fuse(nets) if M > 1 else nets[0], trainer_args.pop("channels_last"),
                           trainer_args.pop("compile"))
     trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
+    cuda_graph = trainer_args.pop("cuda_graph") and graph_applies(nets[0], trainer_args["accelerator"])
     data = instantiate(cfg.data, seeds=[member.seed for member in members])
     tags = {"model": model, "block": block, "backbone": type(nets[0]).__name__.lower(),
             "precision": trainer_args["precision"], "setup": setup}
@@ -206,7 +218,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
                 client, experiment_id, member, {**tags, "seed": str(member.seed)}, size, earlier)))
         run_ids = [run.run_id if run else resume[m] for m, run in enumerate(runs)]
         (checkpoints / "run_id").write_text("\n".join(run_ids))
-        module = Classifier(net, **cfg.optim, members=M, reporter=MemberRuns(runs))
+        module = Classifier(net, **cfg.optim, members=M, reporter=MemberRuns(runs), cuda_graph=cuda_graph)
         if start is not None:
             log.info("%s: resuming run(s) %s from the checkpoint: %d epochs done", name,
                      " ".join(run_ids), start)

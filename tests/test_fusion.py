@@ -43,15 +43,11 @@ def real_data(arrays, seeds):
 
 def sgd_steps(net: torch.nn.Module, members: int, data, steps: int = 4) -> Classifier:
     """``steps`` training steps of the platform's module and optimizer settings, in the net's dtype."""
-    module = Classifier(net, members=members)
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9, nesterov=True,
-                                weight_decay=5e-4, fused=True)
+    module = Classifier(net, lr=0.05, members=members)
+    module.prepare_fit(module.configure_optimizers(), steps_per_epoch=steps, epochs=2)
     module.on_train_epoch_start()
     for step, (x, y) in zip(range(steps), data.train_dataloader()):
-        loss = module.training_step((x.to(next(net.parameters()).dtype), y), step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        module.fit_step((x.to(next(net.parameters()).dtype), y), step)  # the training step itself
     return module
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from hybrid_exp.bench import AugmentedImages, protocol
+from hybrid_exp.benchmark import protocol
+from hybrid_exp.data import AugmentedImages
 from hybrid_exp.data import MEAN, STD, Batches, crop_flip
 from hybrid_exp.module import prepare_network, resolve_precision
 from hybrid_exp.train import train
@@ -74,7 +75,7 @@ def test_bench_command_times_both_pipelines_packing_and_projects_the_protocol(tm
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "hybrid_exp.bench", "--models", "separable",
                           "--seconds", "2", "--workers", "1", "--data-root", str(cifar10_root),
-                          "--pack", "1,2", "--json", str(out)],
+                          "--fuse", "2", "--pack", "1,2", "--json", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -82,10 +83,13 @@ def test_bench_command_times_both_pipelines_packing_and_projects_the_protocol(tm
     assert result["fast_images_per_s"] > 0 and result["conventional_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["fast_images_per_s"] / result["conventional_images_per_s"])
     assert report["ratio"] == pytest.approx(result["ratio"])
+    assert result["lightning_images_per_s"] > 0 and result["fused_images_per_s"] > 0  # --fuse 2
+    assert "graph_images_per_s" not in result  # CUDA graphs need a GPU: the mode is left out
     projection = report["protocol"]
     assert (projection["setups_measured"], projection["complete"]) == (1, False)
-    assert projection["conventional_device_hours"] / projection["fast_device_hours"] == \
-        pytest.approx(result["ratio"])
+    for mode in ("lightning", "conventional", "fast", "fused"):  # training + evaluation + warm-up
+        training_only = protocol()["separable"] / result[f"{mode}_images_per_s"] / 3600
+        assert projection[f"{mode}_device_hours"] > training_only
     assert "separable" in run.stdout and "ratio" in run.stdout and report["machine"]
     one, two = report["packing"]  # two runs at once, each its own process
     assert (one["runs"], two["runs"], one["scaling"]) == (1, 2, 1.0)
@@ -116,6 +120,25 @@ def test_compiled_training_runs_and_matches_the_plain_one(make_cfg):
     assert compiled["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-2)
 
 
+@pytest.mark.slow
+def test_bench_e2e_times_a_real_fused_grid_per_member(cifar10_root):
+    from hybrid_exp.benchmark import e2e
+    rows = e2e(["separable", "hybrid"], str(cifar10_root), members=2, epochs=2,
+               overrides=("data.train_subset=500", "data.val_size=200", "data.eval_size=200", *TINY))
+    assert [(r["setup"], r["seed"]) for r in rows] == [("hybrid", 0), ("hybrid", 1),
+                                                       ("separable", 0), ("separable", 1)]
+    for row in rows:
+        assert row["epoch_seconds"] > 0
+        assert row["seconds_per_epoch_per_member"] == pytest.approx(row["epoch_seconds"] / 2)
+
+
+def test_bench_help_answers_without_importing_torch():
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "hybrid_exp.bench", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "--fuse N" in run.stdout and "--e2e" in run.stdout
+    assert " torch" not in run.stderr  # -X importtime lists every module imported
+
+
 def test_bench_names_the_valid_setups_for_an_unknown_one(capsys):
     from hybrid_exp.bench import main
     with pytest.raises(SystemExit) as stopped:
@@ -123,3 +146,27 @@ def test_bench_names_the_valid_setups_for_an_unknown_one(capsys):
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert "unknown setup 'fractalnet+nope'" in error and "hybrid" in error and "standard" in error
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_graph_trains_as_the_eager_step_does(make_cfg, cifar10_root, caplog):
+    """The captured step replays forward, backward and SGD with the schedule's lr each step."""
+    common = [f"data.root={cifar10_root}", "data.train_subset=2000", "data.val_size=500",
+              "data.eval_size=1000", *TINY, "trainer.max_epochs=3", "trainer.precision=32-true",
+              "trainer.benchmark=false", "seed=[0,1]"]
+    eager = train(make_cfg(*common, "logger.experiment_name=eager"))
+    with caplog.at_level("INFO"):
+        graphed = train(make_cfg(*common, "trainer.cuda_graph=true", "logger.experiment_name=graph"))
+    assert "captured as a CUDA graph" in caplog.text
+    for a, b in zip(eager, graphed):
+        assert a.metrics["train/loss"] == pytest.approx(b.metrics["train/loss"], rel=0.02)
+        assert a.metrics["lr"] == b.metrics["lr"]
+
+
+def test_cuda_graph_without_cuda_trains_eagerly_saying_why(make_cfg, caplog):
+    cfg = make_cfg("data=synthetic", "data.train_subset=256", *TINY, "trainer.max_epochs=1",
+                   "trainer.cuda_graph=true", "trainer.accelerator=cpu")
+    with caplog.at_level("INFO"):
+        result = train(cfg)[0]
+    assert result.status == "finished"
+    assert "trainer.cuda_graph=true: it needs a CUDA device; training without a CUDA graph" in caplog.text

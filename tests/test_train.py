@@ -1,4 +1,6 @@
 """Real training runs, tracked in a real MLflow SQLite store."""
+from pathlib import Path
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -79,3 +81,35 @@ def test_missing_data_fails_the_run_instead_of_leaving_it_running(make_cfg, tmp_
         train(cfg)
     run = load_runs("hybrid-exp", cfg.logger.tracking_uri).iloc[0]
     assert run.status == "FAILED" and "no CIFAR-10 found" in run.error
+
+
+def test_the_training_step_is_a_plain_sgd_loop_with_the_float_schedule(make_cfg, cifar10_root):
+    """Manual optimization, the lr a device tensor the schedule writes each step: the same weights,
+    bit for bit, as a plain loop with torch's LambdaLR on a float lr (validation in between)."""
+    from hydra.utils import instantiate
+
+    from hybrid_exp.fusion import per_member_cross_entropy
+    from hybrid_exp.module import prepare_network, warmup_cosine
+    from hybrid_exp.train import build_network
+
+    cfg = make_cfg(*real(cifar10_root, "trainer.max_epochs=2", "optim.warmup_epochs=1"))
+    train(cfg)
+    (checkpoint,) = Path(cfg.checkpoint_dir).glob("*/last.ckpt")
+    trained = torch.load(checkpoint, weights_only=True)["state_dict"]
+
+    net = prepare_network(build_network(cfg), channels_last=True, compile=False)
+    data = instantiate(cfg.data, seeds=[cfg.seed])
+    data.setup()
+    batches = data.train_dataloader()  # counts its epochs itself, without a trainer
+    total, warmup = 2 * len(batches), len(batches)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                                weight_decay=5e-4, fused=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
+    for epoch in range(2):
+        for x, y in batches:
+            optimizer.zero_grad()
+            per_member_cross_entropy(net(x), y).sum().backward()
+            optimizer.step()
+            schedule.step()
+    for key, value in net.state_dict().items():
+        assert torch.equal(trained[f"net.{key}"], value), key

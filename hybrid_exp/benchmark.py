@@ -1,0 +1,356 @@
+"""What ``python -m hybrid_exp.bench`` measures (its CLI and the modes: hybrid_exp/bench.py).
+
+Every mode trains the same network of a setup with the same loss and SGD settings; the platform's
+modes run the very training step of ``python -m hybrid_exp`` (``module.Classifier.fit_step``).
+"""
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from hybrid_exp.cli import config_dir
+from hybrid_exp.data import Batches, conventional_loader, load_cifar10
+from hybrid_exp.fusion import fuse
+from hybrid_exp.module import Classifier, prepare_network, resolve_precision
+
+PROTOCOL = ("fig4", "fig5", "fig6")
+SEEDS = 10  # trials per setup in the protocol
+EPOCHS, VAL, TEST, TRAIN = 190, 5000, 6000, 45000  # the paper's protocol (experiment=paper)
+
+
+def setup_overrides(setup: str) -> list[str]:
+    """'fractalnet+separable' -> model=fractalnet model/block=separable; 'hybrid' -> model=hybrid."""
+    model, _, block = setup.partition("+")
+    return [f"model={model}", *([f"model/block={block}"] if block else [])]
+
+
+def protocol() -> dict[str, int]:
+    """{setup: training images over the whole protocol}: Figs. 4-6, SEEDS seeds each."""
+    images = {}
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        for experiment in PROTOCOL:
+            cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+            (key, values), = cfg.hydra.sweeper.params.items()
+            model = cfg.hydra.runtime.choices["model"]
+            per_run = cfg.trainer.max_epochs * (50000 - cfg.data.val_size)
+            for value in str(values).split(","):
+                setup = value if key == "model" else f"{model}+{value}"
+                images[setup] = images.get(setup, 0) + SEEDS * per_run
+    return images
+
+
+def network(setup: str, device: torch.device, members: int = 1) -> torch.nn.Module:
+    """The setup's network; with ``members`` > 1, a fused array of that many (seeds 0, 1, ...)."""
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=setup_overrides(setup))
+    nets = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        nets.append(instantiate(cfg.model))
+    return (fuse(nets) if members > 1 else nets[0]).to(device)
+
+
+class Pipeline:
+    """One training setup to time; ``step`` trains one batch and returns its images (over all
+    members of an array)."""
+
+    images, seconds, peak_mb = 0, 0.0, 0.0
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def warm_up(self, steps: int = 5) -> float:
+        """Seconds the first ``steps`` steps take (cudnn autotuning, allocator, capture...)."""
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.sync()
+        return time.perf_counter() - start
+
+    def run(self, seconds: float) -> None:
+        """Train for about ``seconds``; the time counts until the device has finished."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.sync()
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.images += self.step()
+        self.sync()
+        self.seconds += time.perf_counter() - start
+        if self.device.type == "cuda":
+            self.peak_mb = max(self.peak_mb, torch.cuda.max_memory_allocated() / 2**20)
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+class Conventional(Pipeline):
+    """The loop training scripts usually have: DataLoader workers with per-image CPU
+    augmentation, a host-to-device copy per batch, fp32 NCHW, the loss read every step."""
+
+    def __init__(self, setup: str, x_train, y_train, device: torch.device, batch_size: int, workers: int):
+        super().__init__(device)
+        self.net = network(setup, device)
+        self.batches = endless(conventional_loader(x_train, y_train, batch_size, workers,
+                                                   pin=device.type == "cuda"))
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def step(self) -> int:
+        x, y = (t.to(self.device, non_blocking=True) for t in next(self.batches))
+        loss = F.cross_entropy(self.net(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss.item()
+        return len(y)
+
+
+class Platform(Pipeline):
+    """``python -m hybrid_exp``'s training step (``Classifier.fit_step``): the dataset on the
+    device, NHWC, bf16 on GPUs, fused SGD with a tensor lr; ``members`` > 1: a fused seed array,
+    each member its own data stream; ``cuda_graph``: the step captured once and replayed."""
+
+    def __init__(self, setup: str, x_train, y_train, device: torch.device, batch_size: int,
+                 compile: bool = False, members: int = 1, cuda_graph: bool = False):
+        super().__init__(device)
+        self.members = members
+        rows = torch.arange(len(x_train), device=device).expand(members, -1)
+        self.batches = Batches(torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device),
+                               rows, batch_size, augment_seeds=list(range(members)))
+        self.module = Classifier(prepare_network(network(setup, device, members), True, compile),
+                                 members=members, cuda_graph=cuda_graph).to(device)
+        self.module.prepare_fit(self.module.configure_optimizers(), len(self.batches), EPOCHS)
+        self.module.on_train_epoch_start()
+        self.precision = resolve_precision("auto", accelerator=device.type)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if self.precision == "bf16-mixed" else contextlib.nullcontext())
+        self.stream, self.steps = endless(self.batches), 0
+
+    def step(self) -> int:
+        x, y = next(self.stream)
+        with self.autocast:
+            self.module.fit_step((x, y), self.steps % self.module.total_steps)
+        self.steps += 1
+        return y.numel()
+
+    def eval_rate(self, batches: int = 20) -> float:
+        """Images/s of evaluation (each member's), as validation and test run it."""
+        x, _ = next(self.stream)
+        self.module.eval()
+        self.sync()
+        start = time.perf_counter()
+        with torch.no_grad(), self.autocast:
+            for _ in range(batches):
+                self.module(x)
+        self.sync()
+        self.module.train()
+        return batches * len(x) * self.members / (time.perf_counter() - start)
+
+
+class Timer(pl.Callback):
+    """Stops a Lightning fit ``seconds`` after its warm-up steps, counting the images between."""
+
+    def __init__(self, seconds: float, device: torch.device, warmup: int = 5):
+        self.seconds, self.device, self.warmup = seconds, device, warmup
+        self.images, self.elapsed, self.start = 0, 0.0, None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        if batch_idx + 1 == self.warmup:
+            self.start = time.perf_counter()
+        elif self.start is not None:
+            self.images += len(batch[1])
+            self.elapsed = time.perf_counter() - self.start
+            trainer.should_stop = self.elapsed >= self.seconds
+
+
+class TemplateModule(pl.LightningModule):
+    """One run as a lightning-hydra-template user writes it: automatic optimization, the loss
+    logged every step (on_epoch), fp32."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+
+def lightning_rate(setup: str, x_train, y_train, device: torch.device, batch_size: int,
+                   workers: int, seconds: float) -> float:
+    """Images/s of a TemplateModule fit with DataLoader workers, timed after its warm-up."""
+    timer = Timer(seconds, device)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # its start-up tips
+    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                         precision="32-true", max_epochs=-1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+    loader = conventional_loader(x_train, y_train, batch_size, workers, pin=device.type == "cuda")
+    trainer.fit(TemplateModule(network(setup, device)), loader)
+    return timer.images / timer.elapsed
+
+
+def endless(batches):
+    while True:
+        yield from batches
+
+
+MODES = {"lightning": "Lightning + DataLoader workers + fp32, one run per process",
+         "conventional": "plain loop + DataLoader workers + fp32",
+         "fast": "python -m hybrid_exp, one run", "fused": "a fused array of --fuse seeds",
+         "graph": "a fused array, the step as a CUDA graph"}
+
+
+def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int,
+          batch_size: int = 128, compile: bool = False, rounds: int = 2, fuse: int = 1) -> dict:
+    """Images/s of each mode the device supports (over all members for arrays), peak memory,
+    warm-up seconds and evaluation images/s."""
+    x_train, y_train = arrays[0], arrays[1]
+    pipelines = {"conventional": Conventional(setup, x_train, y_train, device, batch_size, workers),
+                 "fast": Platform(setup, x_train, y_train, device, batch_size, compile)}
+    if fuse > 1:
+        pipelines["fused"] = Platform(setup, x_train, y_train, device, batch_size, compile, fuse)
+        if device.type == "cuda":
+            pipelines["graph"] = Platform(setup, x_train, y_train, device, batch_size, compile, fuse,
+                                          cuda_graph=True)
+    warmup = {mode: pipeline.warm_up() for mode, pipeline in pipelines.items()}
+    for _ in range(rounds):  # alternate, so slow drifts of the machine hit every pipeline
+        for pipeline in pipelines.values():
+            pipeline.run(seconds / rounds)
+    result = {"setup": setup, "device": device.type, "precision": pipelines["fast"].precision,
+              "compile": compile, "workers": workers, "batch_size": batch_size, "fuse": fuse,
+              "lightning_images_per_s": lightning_rate(setup, x_train, y_train, device, batch_size,
+                                                       workers, seconds / rounds)}
+    for mode, pipeline in pipelines.items():
+        steady = pipeline.seconds / pipeline.images * 5 * batch_size * getattr(pipeline, "members", 1)
+        result.update({f"{mode}_images_per_s": pipeline.rate,
+                       f"{mode}_peak_memory_mb": pipeline.peak_mb or None,
+                       f"{mode}_warmup_seconds": max(0.0, warmup[mode] - steady)})  # beyond 5 steady steps
+    for mode in ("fast", "fused"):
+        if mode in pipelines:
+            result[f"{mode}_eval_images_per_s"] = pipelines[mode].eval_rate()
+    result["ratio"] = result["fast_images_per_s"] / result["conventional_images_per_s"]
+    return result
+
+
+def packed_run(setup: str, data_root: str, device: str, seconds: float, threads: int,
+               batch_size: int, start, results) -> None:
+    """One of several runs sharing a device (a spawned process): the fast path, timed from a
+    common start so the runs overlap fully."""
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    x_train, y_train, _, _ = load_cifar10(data_root)
+    pipeline = Platform(setup, x_train, y_train, device, batch_size)
+    pipeline.warm_up()
+    start.wait()
+    pipeline.run(seconds)
+    results.put((pipeline.images, pipeline.seconds))
+
+
+def packing(setup: str, data_root: str, device: torch.device, seconds: float, runs: list[int],
+            batch_size: int = 128) -> list[dict]:
+    """Aggregate fast-path images/s with n runs at once on one device, for each n in ``runs``
+    (what hydra.launcher.runs_per_gpu does); CPU threads are split between the runs, as the
+    launcher splits them."""
+    context = torch.multiprocessing.get_context("spawn")
+    rows = []
+    for n in runs:
+        start, results = context.Barrier(n), context.Queue()
+        threads = max(1, (os.cpu_count() or 1) // n)
+        workers = [context.Process(target=packed_run, args=(setup, data_root, device.type, seconds,
+                                                            threads, batch_size, start, results))
+                   for _ in range(n)]
+        for worker in workers:
+            worker.start()
+        done = [results.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        rate = sum(images for images, _ in done) / max(elapsed for _, elapsed in done)
+        rows.append({"runs": n, "images_per_s": rate, "per_run_images_per_s": rate / n})
+    for row in rows:
+        row["scaling"] = row["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def project(results: list[dict]) -> dict:
+    """GPU-hours (device-hours) of Figs. 4-6, 10 seeds, in each measured mode: training at the
+    measured rate, evaluation (validation every epoch, the test subset at the end) at the
+    measured evaluation rate, and each process's warm-up (one per run, or per array)."""
+    needed = protocol()
+    rates = {r["setup"]: r for r in results}
+    covered = [s for s in needed if s in rates]
+    eval_images = lambda runs: runs * (EPOCHS * VAL + TEST)
+    projection = {"setups_measured": len(covered), "setups_in_protocol": len(needed),
+                  "complete": len(covered) == len(needed)}
+    for mode in MODES:
+        if not all(f"{mode}_images_per_s" in rates[s] for s in covered):
+            continue
+        seconds = 0.0
+        for setup in covered:
+            r, runs = rates[setup], needed[setup] / (EPOCHS * TRAIN)
+            members = r["fuse"] if mode in ("fused", "graph") else 1
+            evaluator = r["fused_eval_images_per_s"] if members > 1 else r["fast_eval_images_per_s"]
+            seconds += (needed[setup] / r[f"{mode}_images_per_s"] + eval_images(runs) / evaluator
+                        + runs / members * r.get(f"{mode}_warmup_seconds", 0.0))
+        projection[f"{mode}_device_hours"] = seconds / 3600
+    return projection
+
+
+def e2e(setups: list[str], data_root: str, members: int, epochs: int = 2,
+        overrides: tuple[str, ...] = ()) -> list[dict]:
+    """A short real grid through ``python -m hybrid_exp`` (fused arrays of ``members`` seeds):
+    seconds per epoch per member from each run's ``epoch_seconds`` (the last epoch: the first
+    carries the warm-up), to check the projection against the product path."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{folder}/e2e.db"
+        models = ",".join(setups)
+        command = [sys.executable, "-m", "hybrid_exp", "-m", "experiment=paper", f"model={models}",
+                   f"seed=range({members})", f"trainer.max_epochs={epochs}", f"data.root={data_root}",
+                   f"logger.tracking_uri={uri}", "logger.experiment_name=e2e",
+                   f"checkpoint_dir={folder}/checkpoints", f"hydra.sweep.dir={folder}/multirun",
+                   f"hydra.launcher.max_array_size={members}", *overrides]
+        run = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+        if run.returncode != 0:
+            raise RuntimeError(f"the e2e grid failed: {run.stderr[-2000:]}")
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("e2e")
+        rows = []
+        for r in client.search_runs([experiment.experiment_id]):
+            history = client.get_metric_history(r.info.run_id, "epoch_seconds")
+            last = max(history, key=lambda m: m.step).value
+            rows.append({"setup": r.data.tags["setup"], "seed": int(r.data.tags["seed"]),
+                         "members": members, "epoch_seconds": last,
+                         "seconds_per_epoch_per_member": last / members})
+        return sorted(rows, key=lambda row: (row["setup"], row["seed"]))
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+

@@ -74,7 +74,7 @@ class Classifier(pl.LightningModule):
     nothing of Lightning's per-step machinery in between. The learning rate lives in a device
     tensor that the schedule (``warmup_cosine``, stepped every batch) writes in place, so the
     same step can be captured once as a CUDA graph and replayed (``cuda_graph``, see
-    ``train_step``).
+    ``capture``).
 
     Logs per member and epoch train/val loss and error (%), lr, epoch time, images/s, through
     ``reporter``. Sums are accumulated on the device and read once per epoch: no per-step host

@@ -67,10 +67,11 @@ class FractalBlock(nn.Module):
     the paper's Fig. 1: the block ends in a join of C inputs) and continue from it.
     """
 
-    def __init__(self, block: Block, c_in: int, c_out: int, columns: int, dropout: float):
-        super().__init__()
-        unit = lambda first: nn.Sequential(block(c_in if first else c_out, c_out, stride=1),
-                                           MemberDropout(dropout))
+    def __init__(self, block: Block, c_in: int, c_out: int, columns: int, dropout: float,
+                 entry: Block | None = None):
+        super().__init__()  # entry: the unit of each column's first layer (default: block)
+        unit = lambda first: nn.Sequential((entry or block)(c_in, c_out, stride=1) if first else
+                                           block(c_out, c_out, stride=1), MemberDropout(dropout))
         self.columns = nn.ModuleList(nn.ModuleList(unit(k == 0) for k in range(2**i))
                                      for i in range(columns))
 
@@ -143,6 +144,8 @@ class FractalNet(nn.Module):
 
     Training draws drop-path per batch (``DropPath``): global with probability
     ``global_fraction``, else local with ``local_drop``. Evaluation uses every column.
+    ``dense_stem``: the first layer of each column of the first block, the convs that read the
+    RGB image, are dense ``Standard`` convs (as DarkNet's stem), else the unit.
     ``dropout[b]`` follows each unit of block b. Drop-path and dropout draw from the network's
     own stream, ``derive_seed(noise seed, training step)``: its seed is drawn from the init
     stream and the step counts training passes, both saved in the state_dict, so a resumed run
@@ -155,7 +158,8 @@ class FractalNet(nn.Module):
     def __init__(self, block: Block, columns: int = 3,
                  widths: tuple[int, ...] = (64, 128, 256, 512, 512),
                  dropout: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4),
-                 local_drop: float = 0.15, global_fraction: float = 0.5, num_classes: int = 10):
+                 local_drop: float = 0.15, global_fraction: float = 0.5, num_classes: int = 10,
+                 dense_stem: bool = True):
         super().__init__()
         if columns < 1 or len(widths) != len(dropout):
             raise ValueError(f"model.columns must be >= 1 and model.widths and model.dropout "
@@ -163,8 +167,9 @@ class FractalNet(nn.Module):
                              f"{len(widths)} widths, {len(dropout)} dropout rates")
         self.columns, self.local_drop, self.global_fraction = columns, local_drop, global_fraction
         c_ins = (3, *widths[:-1])
-        self.blocks = nn.ModuleList(FractalBlock(block, c_in, c_out, columns, p)
-                                    for c_in, c_out, p in zip(c_ins, widths, dropout))
+        entries = [Standard if dense_stem else block] + [block] * (len(widths) - 1)
+        self.blocks = nn.ModuleList(FractalBlock(block, c_in, c_out, columns, p, entry)
+                                    for c_in, c_out, p, entry in zip(c_ins, widths, dropout, entries))
         self.head = nn.Linear(widths[-1], num_classes)
         self.noise_seeds, self.steps = [int(torch.randint(2**62, ()))], 0  # after every weight
 
@@ -190,18 +195,19 @@ class FractalNet(nn.Module):
 class DarkNet(nn.Module):
     """The Darknet networks (Redmon et al.) from a layer list, for 32x32 inputs.
 
-    ``layers``: the first entry is the stem (a dense 3x3 on the 3 image channels), then
+    ``layers``: the first entry is the stem (a 3x3 on the 3 image channels: dense, or the unit
+    when not ``dense_stem``), then
     ``N`` a 3x3 conv unit of N filters (the ``block``), ``1xN`` a 1x1 conv of N filters, ``M`` a
     2x2 max-pool with stride 2, ``m`` a 2x2 max-pool with stride 1 (Darknet's, size-preserving).
     Every conv has BN and leaky ReLU 0.1, which also become the unit's activation. A 1x1 conv
     (linear, with bias) maps to the classes, then global average pooling.
     """
 
-    def __init__(self, block: Block, layers: str, num_classes: int = 10):
+    def __init__(self, block: Block, layers: str, num_classes: int = 10, dense_stem: bool = True):
         super().__init__()
         act = partial(nn.LeakyReLU, 0.1)
         stem, *rest = layers.split()
-        modules, c = [Standard(3, int(stem), act=act)], int(stem)
+        modules, c = [(Standard if dense_stem else block)(3, int(stem), stride=1, act=act)], int(stem)
         for layer in rest:
             if layer == "M":
                 modules.append(nn.MaxPool2d(2, 2))

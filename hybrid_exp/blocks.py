@@ -74,9 +74,10 @@ class Separable(Grouped):
 
 class SeparableAct(nn.Sequential):
     """y = ReLU(BN(P act(BN(D * x)))): Xception sec. 4.7's ablation, a nonlinearity between
-    the depthwise and the pointwise convolution (``mid_act``: relu or elu)."""
+    the depthwise and the pointwise convolution (``mid_act``: relu or elu; none: BN alone, the
+    arm that separates the activation's effect from the added BN's)."""
 
-    ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
+    ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "none": nn.Identity}
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, mid_act: str = "relu",
                  act: Activation = nn.ReLU):
@@ -138,19 +139,21 @@ class Hybrid(nn.Module):
         y = ReLU(BN(sum_i p_i (d_i * x_i)) + x)
 
     sum_i p_i (d_i * x_i) is P (D * x) with P's column i = p_i: one depthwise conv and one 1x1,
-    exactly. What differs from ``Separable`` is the shortcut and the initialisation: each path
-    is initialised as a ResNeXt path is, by its own fan-in (9 for d_i, 1 for p_i), where a
-    pointwise conv's fan-in is C_in. ``residual=False`` is the form the paper calls ResNeXt
-    "if we remove the identity connection"; it computes the same function as ``Separable``.
+    exactly, initialised as ``Separable``'s: what differs from it is the shortcut alone.
+    ``residual=False`` is the form the paper calls ResNeXt "if we remove the identity
+    connection"; it computes the same function as ``Separable``. ``path_init=True`` initialises
+    each p_i by its own path's fan-in (1: U(-1, 1)) rather than the pointwise conv's (C_in); BN
+    follows, so the function is unchanged, but the weights are sqrt(C_in) times larger, which
+    slows their learning by about C_in (an optimiser-level change, kept as a separate knob).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = True,
-                 act: Activation = nn.ReLU):
+                 path_init: bool = False, act: Activation = nn.ReLU):
         super().__init__()
         self.depthwise = conv(c_in, c_in, 3, stride, groups=c_in)  # the d_i, fan-in 9
         self.project = conv(c_in, c_out, 1)  # column i is p_i
-        # PyTorch's default conv init is U(-b, b) with b = 1/sqrt(fan-in); a path's p_i has fan-in 1
-        nn.init.uniform_(self.project.weight, -1.0, 1.0)
+        if path_init:  # PyTorch's conv init is U(-b, b), b = 1/sqrt(fan-in); a path's p_i: fan-in 1
+            nn.init.uniform_(self.project.weight, -1.0, 1.0)
         self.bn = nn.BatchNorm2d(c_out)
         self.act = act(inplace=True)
         self.shortcut = residual and c_in == c_out and stride == 1
@@ -174,6 +177,20 @@ class ReformulatedInception(nn.Sequential):
               f"does not divide C_out={c_out}")
         super().__init__(*conv_bn_act(c_in, c_out, 1, act=act),
                          *conv_bn_act(c_out, c_out, 3, stride, towers, act))
+
+
+class ExtremeInception(ReformulatedInception):
+    """Xception's "extreme" Inception module (Chollet 2017, Fig. 4): a 1x1, then one 3x3 per
+    output channel of it, each followed by BN-ReLU:
+
+        y = ReLU(BN(D * ReLU(BN(P x))))
+
+    ``ReformulatedInception`` with towers = C_out: the reading of a separable conv (1x1 first,
+    a nonlinearity between) that the paper argues against.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
+        super().__init__(c_in, c_out, stride, towers=c_out, act=act)
 
 
 class Inception(nn.Module):
@@ -209,21 +226,31 @@ class Inception(nn.Module):
 
 
 class ResNeXt(nn.Module):
-    """ResNeXt bottleneck, form (c) (Xie et al. 2017, Fig. 3c): 1x1 to ``cardinality`` x
-    ``bottleneck_width`` channels, grouped 3x3 (``cardinality`` groups), 1x1 to C_out:
+    """ResNeXt bottleneck, form (c) (Xie et al. 2017, Fig. 3c): 1x1 to d channels, grouped 3x3
+    (``cardinality`` groups), 1x1 to C_out:
 
         y = ReLU(BN(P2 ReLU(BN(G * ReLU(BN(P1 x))))) + S x)
 
-    S is the identity when shapes allow, else a 1x1 projection with BN.
+    S is the identity when shapes allow, else a 1x1 projection with BN. The bottleneck width d
+    is ``cardinality`` x ``bottleneck_width`` (32x4d: 128 in every stage), or, with
+    ``bottleneck_ratio``, that share of C_out (it follows the stage, as in ResNeXt's own
+    networks). ``cardinality=None``: one path per bottleneck channel (a depthwise 3x3).
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, cardinality: int = 32,
-                 bottleneck_width: int = 4, act: Activation = nn.ReLU):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, cardinality: int | None = 32,
+                 bottleneck_width: int = 4, bottleneck_ratio: float | None = None,
+                 act: Activation = nn.ReLU):
         super().__init__()
-        check(cardinality >= 1 and bottleneck_width >= 1,
+        check((cardinality is None or cardinality >= 1) and bottleneck_width >= 1,
               f"model.block.cardinality and model.block.bottleneck_width must be >= 1; got "
               f"cardinality={cardinality}, bottleneck_width={bottleneck_width}")
-        d = cardinality * bottleneck_width
+        check(cardinality is not None or bottleneck_ratio is not None,
+              "model.block.cardinality=null (one path per channel) needs model.block.bottleneck_ratio")
+        d = round(c_out * bottleneck_ratio) if bottleneck_ratio else cardinality * bottleneck_width
+        cardinality = cardinality or d
+        check(d >= 1 and d % cardinality == 0,
+              f"model.block.cardinality must divide the bottleneck width; cardinality={cardinality} "
+              f"does not divide d={d} (C_out={c_out})")
         self.residual = nn.Sequential(*conv_bn_act(c_in, d, 1, act=act),
                                       *conv_bn_act(d, d, 3, stride, cardinality, act),
                                       conv(d, c_out, 1), nn.BatchNorm2d(c_out))

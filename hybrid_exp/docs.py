@@ -29,11 +29,10 @@ def table() -> str:
         for name in presets():
             for swap in ([], ["model/block=separable"]):
                 cfg = compose("config", overrides=[f"model={name}", *swap], return_hydra_config=True)
-                net = instantiate(cfg.model)
-                backbone = type(net).__name__.lower()
+                backbone = cfg.model._target_.rpartition(".")[2].lower()
                 if swap and backbone == "stacked":
                     continue  # a stacked preset with separable units is model=separable
-                counts = complexity(net)
+                counts = complexity(instantiate(cfg.model))
                 rows.append(f"| `{name}` | {backbone} | `{cfg.hydra.runtime.choices['model/block']}` | "
                             f"{counts['params']:,} | {counts['mult_adds']:,} |")
     return "\n".join(rows)

@@ -7,7 +7,7 @@ from torch import nn
 
 from hybrid_exp.backbones import DarkNet, DropPath, FractalBlock, FractalNet
 from hybrid_exp.blocks import Separable, Standard
-from tests.test_blocks import UNITS
+from tests.test_blocks import BLOCKS
 
 SMALL_FRACTAL = ["model=fractalnet", "model.columns=2", "model.widths=[8,8,16,16,16]"]
 SMALL_DARKNET = ["model=darknet", "model.layers='8 8 16 M 16 M 32 M 32 m 64'"]
@@ -75,7 +75,7 @@ def test_local_drop_path_keeps_at_least_one_input_and_drops_at_the_rate():
 
 def test_network_mixes_global_and_local_batches_in_training_and_uses_all_columns_in_eval():
     torch.manual_seed(0)
-    net = FractalNet(Scale, columns=2, widths=(1,), dropout=(0.0,), num_classes=1)
+    net = FractalNet(Scale, columns=2, widths=(1,), dropout=(0.0,), num_classes=1, dense_stem=False)
     with torch.no_grad():
         net.head.weight.fill_(1.0)
         net.head.bias.zero_()
@@ -138,7 +138,7 @@ def test_darknet_rejects_an_unknown_layer():
 
 
 @pytest.mark.parametrize("backbone", [SMALL_FRACTAL, SMALL_DARKNET])
-@pytest.mark.parametrize("unit", sorted(UNITS))
+@pytest.mark.parametrize("unit", BLOCKS)
 def test_every_unit_trains_a_step_in_both_backbones(instantiate_model, backbone, unit):
     torch.manual_seed(0)
     net = instantiate_model(*backbone, f"model/block={unit}")
@@ -148,3 +148,15 @@ def test_every_unit_trains_a_step_in_both_backbones(instantiate_model, backbone,
     optimizer.step()
     assert torch.isfinite(loss)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("dense_stem", [True, False])
+def test_both_backbones_set_the_stem_on_the_rgb_image_the_same_way(instantiate_model, dense_stem):
+    fractal = instantiate_model(*SMALL_FRACTAL, "model/block=separable", f"model.dense_stem={dense_stem}")
+    darknet = instantiate_model(*SMALL_DARKNET, "model/block=separable", f"model.dense_stem={dense_stem}")
+    on_rgb = [column[0][0] for column in fractal.blocks[0].columns] + [darknet.features[0]]
+    expected = Standard if dense_stem else Separable
+    assert all(type(unit) is expected for unit in on_rgb)
+    assert all(type(column[0][0]) is Separable for block in fractal.blocks[1:] for column in block.columns)
+    x = torch.randn(2, 3, 32, 32)
+    assert fractal(x).shape == darknet(x).shape == (2, 10)

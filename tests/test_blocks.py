@@ -1,4 +1,6 @@
 """The zoo's math: each unit against a first-principles reference, with mapped weights."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,12 +8,17 @@ from torch import nn
 from hydra.utils import instantiate
 
 from hybrid_exp import blocks
+from hybrid_exp.cli import config_dir
 from hybrid_exp.blocks import Equivalent, Grouped, Hybrid, Separable, SeparableAct
 
 UNITS = {"standard": blocks.Standard, "separable": Separable, "equivalent": Equivalent,
          "hybrid": Hybrid, "inception": blocks.Inception,
          "reformulated_inception": blocks.ReformulatedInception, "resnext": blocks.ResNeXt,
-         "separable_act": SeparableAct, "grouped": Grouped}
+         "separable_act": SeparableAct, "grouped": Grouped,
+         "extreme_inception": blocks.ExtremeInception}
+BLOCKS = sorted(p.stem for p in (Path(config_dir()) / "model/block").glob("*.yaml"))  # the registry
+STACKED_PRESETS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")
+                         if not p.stem.startswith(("fractalnet", "darknet")))
 
 
 def bn_relu(y: torch.Tensor) -> torch.Tensor:
@@ -82,14 +89,55 @@ def test_hybrid_adds_an_identity_shortcut_where_shapes_allow(x):
     assert not Hybrid(8, 12, 1).shortcut and not Hybrid(8, 8, 2).shortcut
 
 
-def test_hybrid_paths_are_initialised_by_their_own_fan_in():
+def test_hybrid_starts_as_separable_and_path_init_is_a_separate_knob():
     torch.manual_seed(0)
-    hybrid, separable = Hybrid(256, 256), Separable(256, 256)
+    separable = Separable(256, 256)
+    torch.manual_seed(0)
+    hybrid = Hybrid(256, 256)  # the same draws, in the same order: the shortcut is the only change
+    assert torch.equal(hybrid.depthwise.weight, separable[0].weight)
+    assert torch.equal(hybrid.project.weight, separable[1].weight)
+    path_init = Hybrid(256, 256, path_init=True)
     # U(-b, b) has std b / sqrt(3): b = 1 (fan-in 1) for a path's projection, 1/16 for a pointwise
-    assert hybrid.project.weight.abs().max() <= 1
-    assert hybrid.project.weight.std().item() == pytest.approx(3 ** -0.5, rel=0.02)
+    assert path_init.project.weight.abs().max() <= 1
+    assert path_init.project.weight.std().item() == pytest.approx(3 ** -0.5, rel=0.02)
     assert separable[1].weight.std().item() == pytest.approx(3 ** -0.5 / 16, rel=0.02)
-    assert hybrid.depthwise.weight.abs().max() <= 1 / 3  # fan-in 9, as a depthwise filter
+    assert path_init.depthwise.weight.abs().max() <= 1 / 3  # fan-in 9, as a depthwise filter
+
+
+def test_the_2x2_of_shortcut_and_init_is_four_presets(make_cfg):
+    arms = {}
+    for model in ("separable", "hybrid", "separable_path_init", "hybrid_path_init"):
+        unit = instantiate(make_cfg(f"model={model}", "model.width=8", "model.depth=2").model).units[1]
+        shortcut = isinstance(unit, Hybrid) and unit.shortcut
+        pointwise = unit.project.weight if isinstance(unit, Hybrid) else unit[1].weight
+        arms[model] = (shortcut, bool(pointwise.abs().max() > 1 / 8 ** 0.5))  # past U(+-1/sqrt(C_in))
+    assert arms == {"separable": (False, False), "hybrid": (True, False),
+                    "separable_path_init": (False, True), "hybrid_path_init": (True, True)}
+
+
+def test_separable_bn_puts_bn_alone_between_depthwise_and_pointwise(x):
+    unit = SeparableAct(8, 12, mid_act="none")
+    assert [type(m).__name__ for m in unit] == ["Conv2d", "BatchNorm2d", "Identity", "Conv2d",
+                                                "BatchNorm2d", "ReLU"]
+    d, p = unit[0].weight, unit[3].weight
+    mid = F.batch_norm(F.conv2d(x, d, padding=1, groups=8), None, None, training=True)
+    torch.testing.assert_close(unit(x), bn_relu(F.conv2d(mid, p)))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_extreme_inception_is_a_1x1_then_a_3x3_per_channel(x, stride):
+    unit = blocks.ExtremeInception(8, 12, stride)
+    p, d = unit[0].weight, unit[3].weight
+    assert p.shape == (12, 8, 1, 1) and d.shape == (12, 1, 3, 3)
+    expected = bn_relu(F.conv2d(bn_relu(F.conv2d(x, p)), d, stride=stride, padding=1, groups=12))
+    torch.testing.assert_close(unit(x), expected)
+
+
+def test_resnext_depthwise_has_a_path_per_channel_and_a_bottleneck_that_follows_the_stage(make_cfg):
+    net = instantiate(make_cfg("model=resnext_depthwise").model)
+    for unit, c_out in zip(net.units, (64, 64, 128, 128, 256, 256)):
+        grouped = unit.residual[3]
+        assert grouped.in_channels == grouped.out_channels == grouped.groups == c_out // 2
 
 
 def test_equivalent_towers_have_the_depthwise_init_distribution():
@@ -155,9 +203,7 @@ def test_every_unit_maps_shapes(name, c_in, c_out, stride):
     assert out.shape == (2, c_out, 8 // stride, 8 // stride)
 
 
-@pytest.mark.parametrize("model", ["separable", "standard", "equivalent", "hybrid", "inception",
-                                   "reformulated_inception", "resnext", "separable_act",
-                                   "separable_elu", "grouped"])
+@pytest.mark.parametrize("model", STACKED_PRESETS)
 def test_every_preset_trains_a_step_in_the_stacked_backbone(make_cfg, model):
     net = instantiate(make_cfg(f"model={model}", "model.width=16", "model.depth=1").model)
     before = [p.detach().clone() for p in net.parameters()]
@@ -176,7 +222,10 @@ def test_every_preset_trains_a_step_in_the_stacked_backbone(make_cfg, model):
     (["model=reformulated_inception", "model.block.towers=5"],
      "towers must divide the unit's output channels; towers=5 does not divide C_out=64"),
     (["model=resnext", "model.block.cardinality=0"], "cardinality and model.block.bottleneck_width must be >= 1"),
-    (["model=separable_act", "model.block.mid_act=tanh"], "mid_act must be one of relu, elu; got 'tanh'"),
+    (["model=separable_act", "model.block.mid_act=tanh"], "mid_act must be one of relu, elu, none; got 'tanh'"),
+    (["model=resnext", "model.block.cardinality=null"], "cardinality=null .one path per channel. needs model.block.bottleneck_ratio"),
+    (["model=resnext", "model.block.cardinality=48", "model.block.bottleneck_ratio=0.5"],
+     "cardinality=48 does not divide d=32"),
     (["model=inception", "model.width=4"], "needs C_out >= 8"),
 ])
 def test_impossible_shapes_fail_when_the_config_is_read(make_cfg, overrides, message):

@@ -27,15 +27,38 @@ def test_the_cards_command_runs_on_real_cifar10(tmp_path, cifar10_root):
     assert (runs.status == "FINISHED").all() and (runs["test/error"] < 85).all(), runs
 
 
-def test_fig4_preset_runs_the_six_setups_into_its_own_experiment(tmp_path):
+FIG4 = ["separable", "inception", "resnext", "reformulated_inception", "equivalent", "hybrid",
+        "hybrid_path_init", "separable_path_init", "resnext_depthwise", "extreme_inception"]
+
+
+def test_fig4_preset_runs_the_six_setups_and_the_controls_into_its_own_experiment(tmp_path):
     run = hybrid_exp("-m", "experiment=fig4", "seed=0", *SYNTHETIC, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     runs = load_runs("fig4", f"sqlite:///{tmp_path}/mlflow.db")
-    assert sorted(runs.model) == sorted(["separable", "inception", "resnext",
-                                         "reformulated_inception", "equivalent", "hybrid"])
+    assert sorted(runs.model) == sorted(FIG4)
     assert (runs.status == "FINISHED").all()
-    assert runs.config_hash.nunique() == 6  # six distinct setups, all on the paper's protocol
+    assert runs.config_hash.nunique() == 10  # ten distinct setups, all on the paper's protocol
     assert set(runs.block) == set(runs.model)
+
+
+def test_fig4_matched_arms_are_within_15_percent_of_separables_size(make_cfg):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from hybrid_exp.cli import config_dir
+    from hybrid_exp.module import complexity
+
+    size = lambda model: complexity(instantiate(make_cfg(f"model={model}").model))
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        preset = compose("config", overrides=["experiment=fig4_matched"], return_hydra_config=True)
+    models = str(preset.hydra.sweeper.params.model).split(",")
+    base = size("separable")
+    assert "separable" in models and len(models) == 9
+    for model in models:
+        measured = size(model)
+        for key in ("params", "mult_adds"):
+            assert abs(measured[key] / base[key] - 1) <= 0.15, (model, key, measured[key], base[key])
+    assert size("inception")["params"] > 2.5 * base["params"]  # what the matching corrects
 
 
 @pytest.mark.slow

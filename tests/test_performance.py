@@ -66,7 +66,7 @@ def test_prepared_network_is_channels_last_and_keeps_its_checkpoint_keys():
 
 def test_protocol_counts_the_paper_figures():
     images = protocol()
-    assert len(images) == 10  # Fig. 4: 6 setups; Figs. 5, 6: 2 each
+    assert len(images) == 14  # Fig. 4: the paper's 6 setups and 4 controls; Figs. 5, 6: 2 each
     assert {"separable", "hybrid", "fractalnet+standard", "darknet+separable"} <= set(images)
     assert images["separable"] == 10 * 190 * 45000  # seeds x epochs x training images
 

@@ -47,19 +47,33 @@ class Standard(nn.Sequential):
 
 
 class Grouped(nn.Sequential):
-    """y = ReLU(BN(P (G * x))), G a 3x3 kernel (C_in -> C_in) in ``groups`` groups.
+    """y = ReLU(BN(P (G * x))), G a 3x3 kernel (C_in -> W) in g groups, P a 1x1 (W -> C_out).
 
-    groups = 1: a dense 3x3 then 1x1; groups = C_in: ``Separable``. Sweeping ``groups`` traces
-    the continuum between them. ``groups`` is the same for every unit of a backbone (as
-    ResNeXt's cardinality), so it must divide every unit's C_in.
+    g = 1: a dense 3x3 then 1x1; g = C_in: ``Separable``. g is ``groups``, the same in every
+    unit (as ResNeXt's cardinality: it must divide every C_in), or, when ``channels_per_group``
+    is set, C_in / channels_per_group: the same channels per group in every stage, so every
+    stage moves from dense (channels_per_group = C_in) to depthwise (1) together. W = C_in; with
+    ``preserve_complexity`` W is the width that keeps the unit's weights at separable's,
+    9 C_in W / g + W C_out = 9 C_in + C_in C_out (ResNeXt's Table 2 practice), rounded to a
+    multiple of g: fewer, wider-reaching channels as the groups grow dense.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, groups: int = 1,
+                 channels_per_group: int | None = None, preserve_complexity: bool = False,
                  act: Activation = nn.ReLU):
+        if channels_per_group is not None:
+            check(channels_per_group >= 1 and c_in % channels_per_group == 0,
+                  f"model.block.channels_per_group must divide every unit's input channels; "
+                  f"channels_per_group={channels_per_group} does not divide C_in={c_in}")
+            groups = c_in // channels_per_group
         check(groups >= 1 and c_in % groups == 0,
               f"model.block.groups must divide the unit's input channels; groups={groups} "
               f"does not divide C_in={c_in} (choose a divisor of model.width)")
-        super().__init__(conv(c_in, c_in, 3, stride, groups), *conv_bn_act(c_in, c_out, 1, act=act))
+        width = c_in
+        if preserve_complexity:
+            budget = 9 * c_in + c_in * c_out  # separable's weights
+            width = max(1, round(budget / (9 * c_in / groups + c_out) / groups)) * groups
+        super().__init__(conv(c_in, width, 3, stride, groups), *conv_bn_act(width, c_out, 1, act=act))
 
 
 class Separable(Grouped):

@@ -288,7 +288,8 @@ class ResidentData(pl.LightningDataModule):
     A trial seed fixes the validation split, the class-balanced subset, and the order and
     augmentation of every epoch: all variants of one trial see the same data (a paired design),
     fused or not. ``eval_seed`` alone fixes the evaluation subset of the test set: the same for
-    every run. The images sit on the device once; each member's splits are index rows.
+    every run; testing also covers the whole test set. The images sit on the device once; each
+    member's splits are index rows.
     """
 
     def __init__(self, batch_size: int = 128, val_size: int = 5000, eval_size: int = 6000,
@@ -315,8 +316,10 @@ class ResidentData(pl.LightningDataModule):
         rows = lambda indices: torch.from_numpy(np.stack(indices)).to(device)  # (M, N)
         train_images = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
         test_images = torch.from_numpy(x_test).to(device), torch.from_numpy(y_test).to(device)
+        every_member = lambda indices: indices.to(device).expand(len(self.seeds), -1)
         self.splits = {"train": (*train_images, rows(train)), "val": (*train_images, rows(val)),
-                       "test": (*test_images, test.to(device).expand(len(self.seeds), -1))}
+                       "test": (*test_images, every_member(test)),
+                       "test_full": (*test_images, every_member(torch.arange(len(x_test))))}
 
     def split_indices(self, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(train, val) indices of one trial seed: val drawn by the seed, then a class-balanced subset."""
@@ -351,8 +354,14 @@ class ResidentData(pl.LightningDataModule):
     def val_dataloader(self) -> Batches | list:
         return Batches(*self.splits["val"], self.batch_size) if self.val_size else []
 
-    def test_dataloader(self) -> Batches:
-        return Batches(*self.splits["test"], self.batch_size)
+    def test_dataloader(self) -> list[Batches]:
+        """The evaluation subset (the paper's metric), then the whole test set."""
+        return [Batches(*self.splits["test"], self.batch_size),
+                Batches(*self.splits["test_full"], self.batch_size)]
+
+    def test_indices(self) -> np.ndarray:
+        """Positions in the official test set of the evaluation subset's images, in order."""
+        return self.splits["test"][2][0].cpu().numpy()
 
 
 class CIFAR10(ResidentData):

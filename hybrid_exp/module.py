@@ -98,6 +98,7 @@ class Classifier(pl.LightningModule):
         self.sums: dict[str, torch.Tensor] = {}  # eval stage -> (M, 2): loss sum, errors
         self.counts: dict[str, int] = {}  # stage -> images per member
         self.failures: dict[int, str] = {}  # member -> why it failed
+        self.kept_logits: list[torch.Tensor] = []  # the evaluation subset's, batch by batch
         self.val_metrics: list[dict[str, float]] = [{} for _ in range(members)]
         self.metrics: list[dict[str, float]] = [{} for _ in range(members)]  # each member's latest
         # The training step's state lives in device tensors updated in place: a captured graph
@@ -112,11 +113,13 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def evaluate(self, batch, sums: torch.Tensor) -> torch.Tensor:
+    def evaluate(self, batch, sums: torch.Tensor, keep_logits: bool = False) -> torch.Tensor:
         """Each member's mean loss on ``batch`` (M,); adds loss and errors to ``sums`` in place."""
         x, y = batch
         y = y.view(len(y), -1)  # (B, M)
         logits = self(x)  # (B, M*K)
+        if keep_logits:
+            self.kept_logits.append(logits.detach())
         losses = per_member_cross_entropy(logits, y)  # (M,)
         errors = (logits.view(*y.shape, -1).argmax(2) != y).sum(0)  # (M,)
         sums.add_(torch.stack([losses.detach() * len(y), errors.float()], 1))  # (M, 2)
@@ -187,8 +190,15 @@ class Classifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate(batch, self.eval_sums("val", len(batch[1])))
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, self.eval_sums("test", len(batch[1])))
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Dataloader 0: the evaluation subset, whose logits are kept; 1: the whole test set."""
+        stage = ("test", "test_full")[dataloader_idx]
+        self.evaluate(batch, self.eval_sums(stage, len(batch[1])), keep_logits=stage == "test")
+
+    def test_logits(self) -> torch.Tensor:
+        """(N, M, K) logits of the evaluation subset, in its order, on the CPU."""
+        logits = torch.cat(self.kept_logits)
+        return logits.view(len(logits), self.members, -1).float().cpu()
 
     def eval_sums(self, stage: str, images: int) -> torch.Tensor:
         """The (M, 2) sums of an evaluation stage, counting ``images`` more."""
@@ -242,7 +252,8 @@ class Classifier(pl.LightningModule):
             f"  (member {alive} of {self.members})" if self.members > 1 else ""))
 
     def on_test_epoch_end(self) -> None:
-        self.report(self.summarize("test"))
+        self.report([{**subset, **full} for subset, full in
+                     zip(self.summarize("test"), self.summarize("test_full"))])
 
     def fail(self, member: int, reason: str) -> None:
         """Freeze ``member`` at zero (see the class docstring) and report its failure."""

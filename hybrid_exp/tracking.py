@@ -4,12 +4,15 @@ import hashlib
 import logging
 import random
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import optuna
+import torch
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, Run
@@ -182,6 +185,16 @@ class TrackedRun:
                  if step > self.last_step.get(k, -1)]
         if batch:
             retrying(self.client.log_batch, self.run_id, metrics=batch)
+
+    def log_predictions(self, indices, logits: torch.Tensor) -> None:
+        """``test_predictions.npz``: per image of the evaluation subset its position in the
+        official test set, the predicted class and the logits (float16)."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "test_predictions.npz"
+            np.savez_compressed(path, indices=np.asarray(indices, dtype=np.int64),
+                                predicted=logits.argmax(1).numpy().astype(np.int16),
+                                logits=logits.numpy().astype(np.float16))
+            retrying(self.client.log_artifact, self.run_id, str(path))
 
     def fail(self, reason: str) -> None:
         retrying(self.client.set_tag, self.run_id, "error", reason[:5000])

@@ -234,6 +234,10 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
         trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,
                     weights_only=True)
         trainer.test(module, datamodule=data, verbose=False, weights_only=True)
+        logits = module.test_logits()  # (N, M, K): per-image evidence beside the error rate
+        for m, run in enumerate(runs):
+            if run and m not in module.failures:
+                run.log_predictions(data.test_indices(), logits[:, m])
     results = []
     for m, member in enumerate(members):
         if m in module.failures:

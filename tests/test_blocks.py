@@ -160,6 +160,27 @@ def test_grouped_spans_dense_to_separable(x):
     assert middle[0].weight.shape == (8, 2, 3, 3)  # ... through 4 groups of 2 channels
 
 
+def test_channels_per_group_moves_every_stage_together(make_cfg):
+    net = instantiate(make_cfg("model=grouped", "model.block.channels_per_group=4").model)
+    assert [unit[0].groups for unit in net.units] == [16, 16, 16, 32, 32, 64]  # C_in / 4
+    assert all(unit[0].in_channels // unit[0].groups == 4 for unit in net.units)
+    depthwise = instantiate(make_cfg("model=grouped", "model.block.channels_per_group=1").model)
+    assert all(unit[0].groups == unit[0].in_channels for unit in depthwise.units)
+
+
+@pytest.mark.parametrize("channels_per_group", [1, 2, 8, 32, 64])
+def test_preserve_complexity_keeps_each_unit_at_separables_weights(make_cfg, channels_per_group):
+    net = instantiate(make_cfg("model=grouped", f"model.block.channels_per_group={channels_per_group}",
+                               "model.block.preserve_complexity=true").model)
+    separable = instantiate(make_cfg("model=separable").model)
+    weights = lambda unit: sum(m.weight.numel() for m in unit if isinstance(m, nn.Conv2d))
+    for unit, reference in zip(net.units, separable.units):
+        assert abs(weights(unit) / weights(reference) - 1) <= 0.15, (channels_per_group, unit[0])  # W: a multiple of g
+    plain = instantiate(make_cfg("model=grouped", f"model.block.channels_per_group={channels_per_group}").model)
+    if channels_per_group > 1:  # without it, denser groups mean more weights
+        assert sum(weights(u) for u in plain.units) > sum(weights(u) for u in separable.units)
+
+
 @pytest.mark.parametrize("mid_act, act", [("relu", F.relu), ("elu", F.elu)])
 def test_separable_act_puts_bn_and_the_activation_between(x, mid_act, act):
     unit = SeparableAct(8, 12, mid_act=mid_act)

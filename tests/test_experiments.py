@@ -63,7 +63,7 @@ def test_fig4_matched_arms_are_within_15_percent_of_separables_size(make_cfg):
 
 @pytest.mark.slow
 def test_cardinality_and_nonlinearity_presets_sweep_their_setups(tmp_path):
-    run = hybrid_exp("-m", "experiment=cardinality", "model.block.groups=1,16", "seed=0",
+    run = hybrid_exp("-m", "experiment=cardinality", "model.block.channels_per_group=1,16", "seed=0",
                      *SYNTHETIC, cwd=tmp_path)  # the command line narrows the preset's sweep
     assert run.returncode == 0, run.stderr[-3000:]
     runs = load_runs("cardinality", f"sqlite:///{tmp_path}/mlflow.db")
@@ -72,7 +72,7 @@ def test_cardinality_and_nonlinearity_presets_sweep_their_setups(tmp_path):
     run = hybrid_exp("-m", "experiment=nonlinearity", "seed=0", *SYNTHETIC, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     runs = load_runs("nonlinearity", f"sqlite:///{tmp_path}/mlflow.db")
-    assert sorted(runs.model) == ["separable", "separable_act", "separable_elu"]
+    assert sorted(runs.model) == ["separable", "separable_act", "separable_bn", "separable_elu"]
 
 
 @pytest.mark.slow

@@ -1,12 +1,13 @@
 """Real training runs, tracked in a real MLflow SQLite store."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
-from hybrid_exp.data import DataError
+from hybrid_exp.data import DataError, load_cifar10
 from hybrid_exp.module import Diverged
 from hybrid_exp.train import train
 from tests.conftest import TINY
@@ -38,7 +39,16 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     for key in ("train/loss", "train/error", "val/loss", "lr", "epoch_seconds",
                 "images_per_second", "test/loss"):
         assert key in stored.data.metrics, key
-    assert [a.path for a in client.list_artifacts(run.run_id)] == ["config.yaml"]
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["config.yaml", "test_predictions.npz"]
+    assert 0 < stored.data.metrics["test_full/error"] < 100  # the whole 10,000-image test set
+
+    # per-image evidence: each evaluation image's position in the test set, prediction, logits
+    with np.load(client.download_artifacts(run.run_id, "test_predictions.npz")) as saved:
+        indices, predicted, logits = saved["indices"], saved["predicted"], saved["logits"]
+    labels = load_cifar10(cifar10_root)[3]
+    assert len(indices) == 1000 and (np.diff(indices) > 0).all() and logits.shape == (1000, 10)
+    assert logits.dtype == np.float16 and (predicted == logits.astype(np.float32).argmax(1)).mean() > 0.99
+    assert 100 * (predicted != labels[indices]).mean() == pytest.approx(metrics["test/error"])
 
 
 def test_seed_zero_is_reproducible_and_seed_one_differs(make_cfg):

@@ -1,5 +1,5 @@
 """python -m analysis --experiment NAME [--tracking-uri URI] [--out DIR] [--baseline separable]
-[--control equivalent] [--margin 0.25] [--metric test/error]"""
+[--control equivalent] [--margin 0.25] [--sesoi POINTS] [--metric test/error]"""
 import argparse
 import os
 import sys
@@ -24,12 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", default="equivalent",
                         help="setup computing the baseline's function: the noise floor")
     parser.add_argument("--margin", type=float, default=0.25,
-                        help="equivalence margin of the TOST, in percentage points")
+                        help="equivalence margin of the TOST, in percentage points; fix it before "
+                             "looking at the data (the report states it)")
+    parser.add_argument("--sesoi", type=float,
+                        help="smallest effect of interest in points, for 'seeds needed' "
+                             "(default: the margin)")
     parser.add_argument("--metric", default="test/error", help="metric to compare (in %%)")
     args = parser.parse_args(argv)
     try:
         out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
-                      args.margin, args.metric)
+                      args.margin, args.metric, sesoi=args.sesoi)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

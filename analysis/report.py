@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures
-from analysis.runs import KIND_TAG, AnalysisError, Runs, clean, client_and_experiment, load_history, load_runs
-from analysis.table import summarize
+from analysis import figures, stats
+from analysis.runs import (KIND_TAG, AnalysisError, Runs, clean, client_and_experiment, load_history,
+                           load_predictions, load_runs)
+from analysis.table import PAPER_RANKING, Table, summarize
 
 
 def fmt(x, digits: int = 2) -> str:
@@ -22,82 +23,139 @@ def fmt(x, digits: int = 2) -> str:
 
 
 def with_ci(row, name: str) -> str:
-    low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
-    return fmt(row.get(name)) + ("" if low is None or math.isnan(low) else f" [{fmt(low)}, {fmt(high)}]")
+    return f"{fmt(row.get(name))} {bracket(row, name)}".strip()
 
 
 def yes_no(flag) -> str:
     return "–" if flag is None or (isinstance(flag, float) and math.isnan(flag)) else "yes" if flag else "no"
 
 
-def build(experiment: str, runs: Runs, summary: pd.DataFrame, figure_paths: list[Path],
-          baseline: str, control: str, margin: float, metric: str) -> list[tuple]:
-    """The report as blocks: ('h', text), ('p', text), ('table', header, rows), ('img', path)."""
-    used = runs.finished
+def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Path, str]],
+          baseline: str, control: str, margin: float, sesoi: float, metric: str) -> list[tuple]:
+    """The report as blocks: ('h1'/'h2'/'h3', text), ('p', text), ('list', items),
+    ('table', header, rows), ('img', path, caption)."""
+    used, summary = runs.finished, table.summary
     blocks = [("h1", f"Analysis of experiment `{experiment}`"),
               ("p", f"{len(used)} finished runs of {used.setup.nunique()} setups on seeds "
-                    f"{' '.join(map(str, sorted(used.seed.unique())))}; metric `{metric}` in % on "
-                    f"the evaluation subset; baseline `{baseline}`, control `{control}`. Paired "
-                    f"by seed; 95% CIs are percentile bootstraps over seeds (seeded: a rerun "
-                    f"gives the same numbers)."),
+                    f"{' '.join(str(int(s)) for s in sorted(used.seed.unique()))}; metric `{metric}` in % on "
+                    f"the evaluation subset; baseline `{baseline}`, control `{control}`. Each setup "
+                    f"is paired seed by seed with the baseline of its backbone trained under the "
+                    f"same protocol. Intervals are 95% t intervals over seeds, given from "
+                    f"{stats.MIN_N_INTERVAL} seeds on. Margins fixed before the data: equivalence "
+                    f"±{margin} points (TOST), smallest effect of interest {sesoi} points."),
               ("h2", "Runs set aside")]
     aside = [f"Duplicate (an older FINISHED run of the same config and seed; the newest is kept): "
              f"`{r.run_name}` ({r.run_id})" for r in runs.duplicates.itertuples()]
     aside += [f"{r.status}, not averaged in: `{r.run_name}` ({r.run_id})"
               + (f": {r.error}" if isinstance(r.error, str) else "") for r in runs.not_finished.itertuples()]
-    aside += [f"Seeds without a baseline run, left out of the pairing of `{r['setup']}`: "
-              f"{r['unpaired_seeds']}" for r in records(summary) if r.get("unpaired_seeds")]
-    blocks += [("list", aside or ["none"])]
-    if summary.n.max() < 2:
-        blocks.append(("p", "Only one seed per setup: the table has no confidence intervals, "
-                            "p-values or equivalence tests, which need at least two paired seeds. "
-                            "Run more seeds (seed='range(10)')."))
+    for r in records(summary):
+        if r.get("setup_only_seeds"):
+            aside.append(f"Seeds of `{r['setup']}` without a baseline run, left out of its pairing: "
+                         f"{r['setup_only_seeds']}")
+        if r.get("baseline_only_seeds"):
+            aside.append(f"Baseline seeds with no `{r['setup']}` run, left out of its pairing: "
+                         f"{r['baseline_only_seeds']}")
+    blocks += [("list", (aside + table.set_apart) or ["none"])]
+    for protocol, group in summary.groupby("protocol_hash", sort=True):
+        blocks += protocol_section(group, table, margin, sesoi, control)
+    blocks.append(("h2", "Figures"))
+    blocks += [("img", path, caption) for path, caption in figure_paths]
+    return blocks
 
-    blocks.append(("h2", "The paper's table: each setup against the baseline"))
-    header = ["backbone", "setup", "n", "error mean ± sd", "error 95% CI", "mean |Δ| [95% CI]",
-              "paper mean |Δ|", "mean Δ [95% CI]", "p Wilcoxon", "p paired t"]
+
+def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: float,
+                     control: str) -> list[tuple]:
+    """The tables of the runs of one protocol, with what limits them."""
+    first = group.iloc[0]
+    protocol = dict(item.split("=", 1) for item in first.protocol.split(", ") if "=" in item)
+    blocks = [("h2", f"Protocol {first.protocol_hash}"),
+              ("p", "Trained under: " + (", ".join(f"`{k}={v}`" for k, v in protocol.items())
+                                         or first.protocol) + f"; {int(group.n.max())} seeds at most.")]
+    caveats = []
+    if group.n.max() < stats.MIN_N_INTERVAL:
+        caveats.append(f"Fewer than {stats.MIN_N_INTERVAL} seeds per setup: no intervals, and "
+                       f"p-values that can hardly fall below 0.05. Run seed='range(10)'.")
+    epochs = protocol.get("trainer.max_epochs")
+    if epochs is not None and epochs != "190":
+        caveats.append(f"{epochs} epochs, not the paper's 190: the runs are far from converged, so "
+                       f"differences may reflect how fast a setup learns, not where it ends; the "
+                       f"paper's values are not shown beside them.")
+    blocks += [("list", caveats)] if caveats else []
+    compared = group[group.role != "baseline"]
+    if compared.empty or compared.role.eq("unpaired").all():
+        blocks.append(("p", "Only the baseline ran under this protocol: there is nothing to "
+                            "compare it with yet (run the experiment's other setups)."
+                       if compared.empty else "No baseline ran under this protocol: its setups "
+                            "are described, not compared."))
+    header = ["backbone", "setup", "n", "error mean ± sd [95% CI]", "mean Δ [95% CI]",
+              "p paired t (Holm)", "p signed-rank", f"equivalent ±{margin} (TOST, Holm)",
+              "mean |Δ| [95% CI]", "paper mean |Δ|"]
     rows = [[r["backbone"], f"`{r['setup']}` ({r['role']})", r["n"],
-             f"{fmt(r['mean_error'])} ± {fmt(r['sd_error'])}",
-             f"[{fmt(r['mean_error_ci_low'])}, {fmt(r['mean_error_ci_high'])}]",
-             with_ci(r, "mean_abs_delta"), fmt(r["paper_mean_abs_delta"]), with_ci(r, "mean_delta"),
-             fmt(r.get("p_wilcoxon"), 3), fmt(r.get("p_ttest"), 3)] for r in records(summary)]
-    blocks.append(("table", header, rows))
-    blocks.append(("p", "Δ = error(setup) − error(baseline) on the same seed, in percentage points; "
-                        "the paper's metric is the mean of |Δ| over trials."))
-
-    blocks.append(("h2", "The noise floor"))
-    controls = summary[summary.role == "control"]
+             f"{fmt(r['mean_error'])} ± {fmt(r['sd_error'])} {bracket(r, 'mean_error')}",
+             with_ci(r, "mean_delta"), fmt(r.get("p_ttest_holm"), 3), fmt(r.get("p_signed_rank"), 3),
+             f"{yes_no(r.get('equivalent_within_margin'))} (p {fmt(r.get('p_tost_holm'), 3)})",
+             with_ci(r, "mean_abs_delta"), fmt(r["paper_mean_abs_delta"])] for r in records(group)]
+    blocks += [("h3", "Each setup against the baseline"), ("table", header, rows),
+               ("p", "Δ = error(setup) − error(baseline) on the same seed, in percentage points. The "
+                     "signed mean Δ is the primary result: its interval, a paired t-test, and a TOST "
+                     f"equivalence test that calls a setup equivalent when the mean Δ lies within "
+                     f"±{margin} points (a margin fixed before the data); p-values Holm-adjusted "
+                     "across the setups. Mean |Δ| is the paper's metric, a description: it is "
+                     "positive even between two runs of one function (see the control).")]
+    controls = group[group.role == "control"]
+    tested = group[group.role == "setup"]
+    blocks.append(("h3", "The noise floor"))
     if controls.empty:
-        blocks.append(("p", f"No runs of the control `{control}` here, so no noise floor: the "
-                            f"distinguishability tests below need it."))
+        blocks.append(("p", f"No runs of the control `{control}` under this protocol: no noise floor."))
     for r in records(controls):
         blocks.append(("p", f"Control `{r['setup']}` ({r['backbone']}): mean |Δ| = "
-                            f"{with_ci(r, 'mean_abs_delta')} points over {int(r['n_paired'])} seeds: the "
-                            f"difference two runs of the same function show by chance alone."))
-    tested = summary[summary.role == "setup"]
-    if "p_vs_control" in summary and not controls.empty:
-        header = ["setup", "|Δ| − |Δ control| [95% CI]", "p signed-rank", "distinguishable",
-                  f"p TOST (±{margin})", "equivalent", "seeds needed"]
+                            f"{with_ci(r, 'mean_abs_delta')} points over {int(r['n_paired'])} seeds, "
+                            f"sd of its Δ {fmt(r.get('sd_delta'))}: the difference two "
+                            f"runs of the same function show by chance alone."))
+    if not controls.empty and not tested.empty and "p_vs_control" in tested:
+        header = ["setup", "|Δ| − |Δ control| [95% CI]", "p one-sided (Holm)", "farther than the control",
+                  f"seeds needed for {sesoi} points"]
         rows = [[f"`{r['setup']}`", with_ci(r, "mean_abs_delta_minus_control"),
-                 fmt(r.get("p_vs_control"), 3), yes_no(r.get("distinguishable_from_noise")),
-                 fmt(r.get("p_tost"), 3), yes_no(r.get("equivalent_within_margin")),
+                 fmt(r.get("p_vs_control_holm"), 3), yes_no(r.get("farther_than_control")),
                  fmt(r.get("seeds_needed"), 0)] for r in records(tested)]
-        blocks.append(("table", header, rows))
-        plain = tested[tested.get("distinguishable_from_noise", pd.Series(dtype=object)).eq(False)]
-        loud = tested[tested.get("distinguishable_from_noise", pd.Series(dtype=object)).eq(True)]
-        blocks.append(("list", [
-            f"Indistinguishable from noise at this n (p ≥ 0.05): "
-            f"{', '.join(f'`{s}`' for s in plain.setup) or 'none'}.",
-            f"Distinguishable from noise: {', '.join(f'`{s}`' for s in loud.setup) or 'none'}.",
-            f"Equivalent to the baseline within ±{margin} points (TOST, alpha 0.05): "
-            f"{', '.join(f'`{s}`' for s in tested[tested.equivalent_within_margin.eq(True)].setup) or 'none'}.",
-            "Seeds needed: how many seeds a paired t-test would need to resolve the observed "
-            "|Δ| − |Δ control| with power 0.8 at alpha 0.05, taking the observed mean and sd as "
-            "true; never fewer than 6, below which the signed-rank test cannot reach p < 0.05.",
-        ]))
-    blocks.append(("h2", "Figures"))
-    blocks += [("img", path) for path in figure_paths]
+        blocks += [("table", header, rows), ("list", [
+            "This comparison describes; it is weak evidence either way: a signed-rank test on "
+            "|Δ| − |Δ control| has about 11% power at 10 seeds against a 0.2-point shift, where "
+            "the paired t-test on Δ above has about 62%. A setup closer to the baseline than the "
+            "control is not called farther (the test is one-sided).",
+            f"Seeds needed: how many seeds a paired t-test needs to detect a true mean Δ of "
+            f"{sesoi} points (the smallest effect of interest, stated before the data) with power "
+            f"0.8 at alpha 0.05, given the control's sd of Δ (run-to-run noise); never fewer than "
+            f"{stats.min_signed_rank_n()}, below which a signed-rank test cannot reach p < 0.05."])]
+    ranked = table.ranking[table.ranking.protocol_hash == first.protocol_hash] if not table.ranking.empty else table.ranking
+    if not ranked.empty:
+        header = ["closer (claimed)", "farther", "n", "|Δ farther| − |Δ closer| [95% CI]",
+                  "p paired t (Holm)", "p signed-rank", "supported"]
+        rows = [[f"`{r['closer']}`", f"`{r['farther']}`", r["n_paired"], with_ci(r, "mean_difference"),
+                 fmt(r["p_ttest_holm"], 3), fmt(r["p_signed_rank"], 3), yes_no(r["supported"])]
+                for r in records(ranked)]
+        blocks += [("h3", "The paper's ranking"), ("table", header, rows),
+                   ("p", "The paper's claim is an order: " + " < ".join(f"`{s}`" for s in PAPER_RANKING)
+                         + " in |Δ| from the baseline. Each consecutive pair is compared seed by seed; "
+                           "'supported' means the farther one's |Δ| is larger at Holm-adjusted p < 0.05.")]
+    similar = table.similarity[table.similarity.protocol_hash == first.protocol_hash] if not table.similarity.empty else table.similarity
+    if not similar.empty:
+        header = ["setup", "n", "prediction agreement % [95% CI]", "error consistency κ [95% CI]"]
+        rows = [[f"`{r['setup']}`", r["n_paired"], with_ci(r, "agreement"), with_ci(r, "kappa")]
+                for r in records(similar)]
+        blocks += [("h3", "Functional similarity with the baseline"), ("table", header, rows),
+                   ("p", "Per seed, on the evaluation images (`test_predictions.npz` of each run): "
+                         "the share of images on which the setup and the baseline predict the same "
+                         "class, and error consistency, Cohen's κ of being right (0: no more shared "
+                         "errors than their accuracies imply). The control's values are the ceiling "
+                         "two runs of the same function reach; a setup that computes 'the same "
+                         "thing' as the baseline should come close to it, whatever its error rate.")]
     return blocks
+
+
+def bracket(row, name: str) -> str:
+    low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    return "" if low is None or math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
@@ -109,7 +167,7 @@ def records(frame: pd.DataFrame) -> list[dict]:
 def to_markdown(blocks: list[tuple]) -> str:
     out = []
     for kind, *body in blocks:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             out.append(f"{'#' * int(kind[1])} {body[0]}")
         elif kind == "p":
             out.append(body[0])
@@ -120,7 +178,7 @@ def to_markdown(blocks: list[tuple]) -> str:
             cells = lambda row: "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
             out.append("\n".join([cells(header), "|" + " --- |" * len(header)] + [cells(r) for r in rows]))
         elif kind == "img":
-            out.append(f"![{body[0].stem}]({body[0].name})")
+            out.append(f"![{body[0].stem}]({body[0].name})\n\n*{body[1]}*")
     return "\n\n".join(out) + "\n"
 
 
@@ -136,7 +194,7 @@ def to_html(blocks: list[tuple], title: str) -> str:
            "collapse}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}img{max-width:100%}"
            "</style></head><body>"]
     for kind, *body in blocks:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             out.append(f"<{kind}>{inline(body[0])}</{kind}>")
         elif kind == "p":
             out.append(f"<p>{inline(body[0])}</p>")
@@ -149,15 +207,17 @@ def to_html(blocks: list[tuple], title: str) -> str:
                                  for row in rows) + "</table>")
         elif kind == "img":
             data = base64.b64encode(body[0].read_bytes()).decode()
-            out.append(f"<p><img alt='{body[0].stem}' src='data:image/png;base64,{data}'></p>")
+            out.append(f"<figure><img alt='{body[0].stem}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{inline(body[1])}</figcaption></figure>")
     return "\n".join(out) + "\n</body></html>\n"
 
 
 def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str | None = None,
             baseline: str = "separable", control: str = "equivalent", margin: float = 0.25,
-            metric: str = "test/error", log_to_mlflow: bool = True) -> Path:
+            metric: str = "test/error", log_to_mlflow: bool = True, sesoi: float | None = None) -> Path:
     """Write the report of ``experiment`` into ``out`` (default analysis/reports/<experiment>)."""
     out = Path(out or Path("analysis") / "reports" / experiment)
+    sesoi = margin if sesoi is None else sesoi
     frame = load_runs(experiment, tracking_uri)
     if frame.empty:
         raise AnalysisError(f"experiment '{experiment}' has no training runs yet")
@@ -165,23 +225,32 @@ def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str
     if runs.finished.empty:
         raise AnalysisError(f"experiment '{experiment}' has no FINISHED run with {metric}; "
                             f"statuses: {frame.status.value_counts().to_dict()}")
-    summary = summarize(runs.finished, baseline, control, margin, metric)
-    out.mkdir(parents=True, exist_ok=True)
     used = runs.finished
-    paths = [figures.abs_delta(summary, out), figures.paired_dots(used, summary, metric, out),
-             figures.error_vs_size(used, metric, out)]
+    table = summarize(used, baseline, control, margin, sesoi, metric,
+                      predictions=load_predictions(tracking_uri, used.run_id))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if table.summary.role.isin(["setup", "control"]).any():
+        paths += [figures.abs_delta(table.summary, out),
+                  figures.paired_dots(used, table.summary, metric, out)]
     history = load_history(tracking_uri, used.run_id)
     if not history.empty:
-        paths.insert(2, figures.learning_curves(history, used, out))
-    blocks = build(experiment, runs, summary, paths, baseline, control, margin, metric)
-    summary.to_csv(out / "summary.csv", index=False)
+        paths.append(figures.learning_curves(history, used, out))
+    paths.append(figures.error_vs_size(used, metric, out))
+    if not table.similarity.empty:
+        paths.append(figures.similarity(table.similarity, out))
+    blocks = build(experiment, runs, table, paths, baseline, control, margin, sesoi, metric)
+    table.summary.to_csv(out / "summary.csv", index=False)
+    for name, frame_out in (("ranking", table.ranking), ("similarity", table.similarity)):
+        if not frame_out.empty:
+            frame_out.to_csv(out / f"{name}.csv", index=False)
     (out / "report.md").write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, f"hybrid-exp analysis: {experiment}"))
     if log_to_mlflow:
         client, experiment_id = client_and_experiment(experiment, tracking_uri)
         run = client.create_run(experiment_id, run_name="analysis", tags={KIND_TAG: "analysis"})
         for key, value in {"baseline": baseline, "control": control, "margin": margin,
-                           "metric": metric}.items():
+                           "sesoi": sesoi, "metric": metric}.items():
             client.log_param(run.info.run_id, key, value)
         client.log_artifacts(run.info.run_id, str(out))
         client.set_terminated(run.info.run_id, "FINISHED")

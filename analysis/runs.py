@@ -1,13 +1,20 @@
 """Runs of an experiment from MLflow: one DataFrame row per run, then cleaned for statistics."""
 from dataclasses import dataclass, field
 
+import tempfile
+
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-TAGS = ("setup", "model", "block", "backbone", "seed", "config_hash", "git_sha", "error")
+# The run schema training writes (hybrid_exp.tracking.run_schema and the run's tags): a run's
+# identity is its config_hash; its setup (the same config over seeds) its setup_hash; what it is
+# compared under its protocol (data, optimiser, epochs, precision, device) and protocol_hash.
+TAGS = ("setup", "model", "block", "backbone", "seed", "precision", "config_hash", "setup_hash",
+        "protocol", "protocol_hash", "git_sha", "error")
 KIND_TAG = "hybrid_exp.kind"  # 'analysis' on the runs this package logs; training runs lack it
-# Params that say where or how a run was logged, or follow from the rest: never a setup's knob.
-NOT_KNOBS = ("seed", "data.root", "data.download", "params", "mult_adds")
+UNKNOWN_PROTOCOL = "unknown (logged before runs recorded their protocol)"
+PREDICTIONS = "test_predictions.npz"  # per-image evidence every run logs
 
 
 class AnalysisError(ValueError):
@@ -43,10 +50,27 @@ def load_runs(experiment: str, tracking_uri: str = "sqlite:///mlflow.db") -> pd.
              **r.data.metrics, "config": dict(r.data.params)} for r in runs]
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        for column in ("seed", "params", "mult_adds", "train_seconds"):
+        for column in ("params", "mult_adds", "train_seconds"):
             frame[column] = pd.to_numeric(frame[column])
+        frame["seed"] = pd.to_numeric(frame.seed, errors="coerce")
         frame["setup"] = frame.setup.fillna(frame.model)  # runs logged before the setup tag
+        # runs logged before the schema tags: one setup per tag, an unknown protocol
+        frame["setup_hash"] = frame.setup_hash.fillna("setup:" + frame.setup.astype(str))
+        frame["protocol"] = frame.protocol.fillna(UNKNOWN_PROTOCOL)
+        frame["protocol_hash"] = frame.protocol_hash.fillna("unknown")
     return frame
+
+
+def load_predictions(tracking_uri: str, run_ids) -> dict[str, dict[str, np.ndarray]]:
+    """Each run's ``test_predictions.npz`` (indices, labels, predicted), where it has one."""
+    client, found = MlflowClient(tracking_uri), {}
+    with tempfile.TemporaryDirectory() as folder:
+        for run_id in run_ids:
+            if PREDICTIONS not in {a.path for a in client.list_artifacts(run_id)}:
+                continue
+            with np.load(client.download_artifacts(run_id, PREDICTIONS, folder)) as saved:
+                found[run_id] = {k: saved[k] for k in ("indices", "labels", "predicted") if k in saved}
+    return found
 
 
 def load_history(tracking_uri: str, run_ids, metric: str = "val/error") -> pd.DataFrame:
@@ -67,8 +91,9 @@ class Runs:
 
 
 def clean(frame: pd.DataFrame, metric: str = "test/error") -> Runs:
-    """Keep one FINISHED run per (config, seed), the newest; label setups whose knobs vary."""
-    done = (frame.status.eq("FINISHED") & frame.setup.notna()
+    """Keep one FINISHED run per config (its hash: seed included), the newest; label setups
+    whose configs differ."""
+    done = (frame.status.eq("FINISHED") & frame.setup.notna() & frame.seed.notna()
             & (frame[metric].notna() if metric in frame else False))
     finished = frame[done].sort_values("start_time", ascending=False)
     newest = ~finished.duplicated(["config_hash", "seed"])
@@ -78,16 +103,18 @@ def clean(frame: pd.DataFrame, metric: str = "test/error") -> Runs:
 
 
 def label_setups(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs of one setup tag with different knobs (a sweep over model.block.groups, say) become
-    separate setups, labelled by what varies: ``grouped[groups=4]``."""
+    """Runs of one setup tag that are different setups (their ``setup_hash`` differs: a sweep
+    over model.block.groups, say) are told apart by the params that differ between them and are
+    constant within each: ``grouped[groups=4]``. Runs of one setup_hash stay one setup, whatever
+    else (paths, execution switches) they logged."""
     frame = frame.copy()
     for setup, group in frame.groupby("setup"):
-        knobs = pd.DataFrame([{k: v for k, v in c.items() if k not in NOT_KNOBS
-                               and not k.startswith("logger.")} for c in group.config],
-                             index=group.index)
-        varying = [k for k in knobs if knobs[k].nunique(dropna=False) > 1]
+        if group.setup_hash.nunique() < 2:
+            continue
+        params = pd.DataFrame(list(group.config), index=group.index).astype(str)
+        within = params.groupby(group.setup_hash).nunique().max() <= 1  # constant in each setup
+        knobs = [k for k in params if within[k] and params[k].nunique() > 1]
         for i in group.index:
-            if varying:
-                frame.loc[i, "setup"] = setup + "[" + ",".join(
-                    f"{k.rsplit('.', 1)[-1]}={knobs.loc[i, k]}" for k in varying) + "]"
+            frame.loc[i, "setup"] = setup + "[" + ",".join(
+                f"{k.rsplit('.', 1)[-1]}={params.loc[i, k]}" for k in knobs) + "]"
     return frame

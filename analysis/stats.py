@@ -1,83 +1,87 @@
-"""Paired statistics over seeds. Every function takes per-seed values (already paired)."""
+"""Paired statistics over seeds, from scipy and statsmodels. Every function takes per-seed
+values (already paired) and returns NaN where the statistic is undefined."""
 import math
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import DescrStatsW
 
-N_BOOTSTRAP = 10_000
+MIN_N_INTERVAL = 5  # fewer seeds: no interval (a 95% t interval at n=4 spans +-3.2 sd / 2)
 
 
-def bootstrap_ci(values, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (seeds resampled with replacement); NaNs below n=2.
-
-    Seeded: the same values always give the same interval."""
+def t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """t interval of the mean (exact coverage for normal data); NaNs below ``MIN_N_INTERVAL``."""
     values = np.asarray(values, dtype=float)
-    if len(values) < 2:
+    if len(values) < MIN_N_INTERVAL:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(N_BOOTSTRAP, len(values))).mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
+    if values.std() == 0:
+        return float(values.mean()), float(values.mean())
+    low, high = stats.ttest_1samp(values, 0).confidence_interval(level)
     return float(low), float(high)
 
 
 def paired_t(differences) -> float:
-    """Two-sided p-value of a paired t-test (mean difference 0); NaN if undefined."""
+    """Two-sided p-value of the paired t-test (mean difference 0)."""
     d = np.asarray(differences, dtype=float)
     if len(d) < 2 or d.std(ddof=1) == 0:
         return math.nan
-    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
-    return float(2 * stats.t.sf(abs(t), len(d) - 1))
+    return float(stats.ttest_1samp(d, 0).pvalue)
 
 
-def wilcoxon(differences) -> float:
-    """Two-sided p-value of the Wilcoxon signed-rank test (exact for small n without ties,
-    scipy's choice otherwise); NaN if undefined (fewer than 2 values, or all zero)."""
+def signed_rank(differences, alternative: str = "two-sided") -> float:
+    """p-value of the Wilcoxon signed-rank test with Pratt's treatment of zero differences (test
+    errors lie on a grid of 1/N points: ties and zeros are common); exact where scipy can be."""
     d = np.asarray(differences, dtype=float)
     if len(d) < 2 or not d.any():
         return math.nan
-    return float(stats.wilcoxon(d).pvalue)
+    return float(stats.wilcoxon(d, zero_method="pratt", alternative=alternative).pvalue)
 
 
 def tost(differences, margin: float) -> float:
-    """p-value of the two one-sided t-tests for equivalence: H0 |mean difference| >= margin.
-
+    """p-value of the two one-sided t-tests for equivalence, H0: |mean difference| >= margin.
     A p below alpha says the mean difference lies within (-margin, margin)."""
     d = np.asarray(differences, dtype=float)
     if len(d) < 2 or d.std(ddof=1) == 0:
         return math.nan
-    se, df = d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1
-    p_above_lower = stats.t.sf((d.mean() + margin) / se, df)  # H0: mean <= -margin
-    p_below_upper = stats.t.cdf((d.mean() - margin) / se, df)  # H0: mean >= +margin
-    return float(max(p_above_lower, p_below_upper))
+    return float(DescrStatsW(d).ttost_mean(-margin, margin)[0])
 
 
-def seeds_needed(differences, alpha: float = 0.05, power: float = 0.8,
-                 most: int = 100_000) -> float:
-    """Seeds a two-sided paired t-test needs to detect the observed mean difference with the
-    given power (the observed mean and sd taken as true); inf if the mean is 0, NaN if n < 2."""
-    d = np.asarray(differences, dtype=float)
-    if len(d) < 2:
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment over a family of tests (NaNs stay NaN, and do not count)."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(len(p), math.nan)
+    present = ~np.isnan(p)
+    if present.any():
+        adjusted[present] = multipletests(p[present], method="holm")[1]
+    return adjusted.tolist()
+
+
+def seeds_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Seeds a two-sided paired t-test needs to detect a true mean difference of ``effect``
+    (the smallest effect of interest, stated before the data) when paired differences have
+    standard deviation ``sd`` (the control's: run-to-run noise), with the given power; never
+    fewer than the signed-rank test's minimum. NaN if ``sd`` is unknown."""
+    if not sd > 0 or not effect > 0:
         return math.nan
-    sd = d.std(ddof=1)
-    if d.mean() == 0:
-        return math.inf
-    if sd == 0:
-        return 2.0
-    effect = abs(d.mean()) / sd
-    normal = ((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) / effect) ** 2
-    if normal > most:
-        return math.inf
-    for n in range(max(2, int(normal) - 1), most + 1):  # the t-test needs a little more than z
-        t_crit = stats.t.ppf(1 - alpha / 2, n - 1)
-        achieved = stats.nct.sf(t_crit, n - 1, effect * math.sqrt(n)) + \
-            stats.nct.cdf(-t_crit, n - 1, effect * math.sqrt(n))
-        if achieved >= power:
-            return float(n)
-    return math.inf
+    n = TTestPower().solve_power(effect_size=effect / sd, alpha=alpha, power=power,
+                                 alternative="two-sided")
+    n = float(n) if np.isfinite(n) else 2.0  # no solution: an effect far beyond the noise
+    return float(max(math.ceil(n), min_signed_rank_n(alpha)))
 
 
 def min_signed_rank_n(alpha: float = 0.05) -> int:
     """The fewest pairs at which a two-sided exact signed-rank test can reach p < alpha
     (its smallest p-value is 2 / 2**n): 6 at alpha 0.05."""
     return math.floor(math.log2(2 / alpha)) + 1
+
+
+def error_consistency(correct_a, correct_b) -> float:
+    """Cohen's kappa of two classifiers' errors on the same images (Geirhos et al. 2020): how
+    much more often they are right or wrong together than their accuracies alone imply."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    observed = (a == b).mean()
+    p_a, p_b = a.mean(), b.mean()
+    expected = p_a * p_b + (1 - p_a) * (1 - p_b)
+    return math.nan if expected == 1 else float((observed - expected) / (1 - expected))

@@ -1,11 +1,16 @@
-"""The paper's table, per setup, paired by seed with the baseline of its backbone.
+"""The paper's table, per protocol and backbone: each setup paired seed by seed with the baseline
+of its backbone trained under the same protocol (data, optimiser, epochs, precision, device).
 
 For setup S and baseline B on the seeds both ran: delta_s = error(S, s) - error(B, s).
-The paper's metric is mean_s |delta_s|. The control (``equivalent``, the baseline's function
-with other random weights) gives the noise floor: S is distinguishable from noise when its
-per-seed |delta| exceeds the control's, by a signed-rank test on |delta_S| - |delta_control|.
+The primary inference is on the signed mean delta: its t interval, a paired t-test, and a TOST
+equivalence test against a margin stated before the data. The paper's metric, mean_s |delta_s|,
+is reported as a description. The control (``equivalent``: the baseline's function with other
+random weights) shows how large |delta| gets by chance; ``|delta_S| - |delta_control|`` is
+described with a one-sided signed-rank test (a setup closer to the baseline than the control is
+not "farther than noise"). p-values are Holm-adjusted across the setups of a protocol.
 """
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -15,6 +20,19 @@ from analysis.runs import AnalysisError
 
 PAPER_ABS_DELTA = {"inception": 0.83, "resnext": 0.62, "reformulated_inception": 0.71,
                    "equivalent": 0.08, "hybrid": 0.12}  # Ghosh 2017, Fig. 4 (% points)
+# The paper's claim as a ranking: each setup closer to the baseline (smaller |delta|) than the next.
+PAPER_RANKING = ("hybrid", "resnext", "reformulated_inception", "inception")
+# The paper's protocol, in the params every run logs: where its column of values applies.
+PAPER_PROTOCOL = {"trainer.max_epochs": "190", "data.eval_size": "6000", "data.train_subset": "None",
+                  "data._target_": "hybrid_exp.data.CIFAR10"}
+
+
+@dataclass
+class Table:
+    summary: pd.DataFrame  # one row per protocol and setup: every number of the report's tables
+    ranking: pd.DataFrame = field(default_factory=pd.DataFrame)  # the paper's order, pair by pair
+    similarity: pd.DataFrame = field(default_factory=pd.DataFrame)  # prediction agreement, kappa
+    set_apart: list[str] = field(default_factory=list)  # sentences: what could not be paired, why
 
 
 def errors_by_seed(runs: pd.DataFrame, setup: str, metric: str) -> pd.Series:
@@ -29,71 +47,150 @@ def pick(setups: list[str], blocks: dict[str, str], name: str) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def paper_protocol(runs: pd.DataFrame) -> bool:
+    """Whether every run here trained under the paper's protocol (190 epochs, all training
+    images, the 6000-image evaluation subset of CIFAR-10)."""
+    return all(all(config.get(k) == v for k, v in PAPER_PROTOCOL.items()) for config in runs.config)
+
+
 def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "equivalent",
-              margin: float = 0.25, metric: str = "test/error", alpha: float = 0.05) -> pd.DataFrame:
-    """One row per setup (cleaned runs in): every number of the report's table."""
-    rows, baselines = [], 0
-    for backbone, group in runs.groupby("backbone", sort=True):
+              margin: float = 0.25, sesoi: float | None = None, metric: str = "test/error",
+              alpha: float = 0.05, predictions: dict | None = None) -> Table:
+    """Every number of the report (cleaned runs in), protocol by protocol."""
+    sesoi = margin if sesoi is None else sesoi
+    table, baselines = Table(pd.DataFrame()), 0
+    rows, rankings, similarity = [], [], []
+    for (protocol, backbone), group in runs.groupby(["protocol_hash", "backbone"], sort=True):
         setups = sorted(group.setup.unique())
         blocks = dict(zip(group.setup, group.block))
         base, ctrl = pick(setups, blocks, baseline), pick(setups, blocks, control)
         baselines += base is not None
+        paper = paper_protocol(group)
+        if base is None:
+            table.set_apart += [f"`{s}` ({backbone}): no `{baseline}` run under the same protocol "
+                                f"to pair with, so it is described but not compared" for s in setups]
         base_err = errors_by_seed(group, base, metric) if base else None
-        ctrl_abs = None
+        ctrl_delta = None
         if base and ctrl and ctrl != base:
             ctrl_err = errors_by_seed(group, ctrl, metric)
             seeds = ctrl_err.index.intersection(base_err.index)
-            ctrl_abs = (ctrl_err[seeds] - base_err[seeds]).abs()
+            ctrl_delta = ctrl_err[seeds] - base_err[seeds]
+        group_rows = []
         for setup in setups:
             err = errors_by_seed(group, setup, metric)
             first = group[group.setup == setup].iloc[0]
-            row = {"backbone": backbone, "setup": setup, "model": first.model, "block": first.block,
-                   "role": "baseline" if setup == base else "control" if setup == ctrl else "setup",
+            role = ("baseline" if setup == base else "control" if setup == ctrl else
+                    "setup" if base else "unpaired")
+            row = {"protocol_hash": protocol, "protocol": first.protocol, "backbone": backbone,
+                   "setup": setup, "model": first.model, "block": first.block, "role": role,
                    "n": len(err), "seeds": " ".join(map(str, err.index)),
                    "mean_error": err.mean(), "sd_error": err.std(ddof=1) if len(err) > 1 else math.nan,
-                   **ci("mean_error", err), "params": first.params, "mult_adds": first.mult_adds,
-                   "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan)}
+                   **interval("mean_error", err), "params": first.params, "mult_adds": first.mult_adds,
+                   "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan) if paper else math.nan}
             if base and setup != base:
-                row.update(paired(err, base_err, ctrl_abs if setup != ctrl else None, margin, alpha))
-            rows.append(row)
+                row.update(paired(err, base_err, ctrl_delta if setup != ctrl else None, margin,
+                                  sesoi, alpha))
+            group_rows.append(row)
+        adjust(group_rows, alpha)
+        rows += group_rows
+        if base:
+            rankings += ranking(group, base_err, metric, alpha, protocol, backbone)
+            if predictions:
+                similarity += agreement(group, base, predictions, protocol, backbone)
     if not baselines:
         present = ", ".join(sorted(runs.setup.unique())) or "none"
         raise AnalysisError(f"no runs of the baseline '{baseline}' (finished, with {metric}); "
                             f"setups present: {present}; choose one with --baseline")
-    return pd.DataFrame(rows)
+    table.summary, table.ranking = pd.DataFrame(rows), pd.DataFrame(rankings)
+    table.similarity = pd.DataFrame(similarity)
+    return table
 
 
-def ci(name: str, values) -> dict[str, float]:
-    low, high = stats.bootstrap_ci(values)
+def interval(name: str, values) -> dict[str, float]:
+    low, high = stats.t_interval(values)
     return {f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
-def paired(err: pd.Series, base_err: pd.Series, ctrl_abs: pd.Series | None, margin: float,
-           alpha: float) -> dict:
-    """Statistics of one setup against the baseline (and the control's |delta|), seed by seed.
-
-    ``seeds_needed``: seeds for a paired t-test to resolve the observed |delta| - |delta_control|
-    with power 0.8 at alpha 0.05, and at least the signed-rank test's minimum (6); without a
-    control, for the signed delta."""
+def paired(err: pd.Series, base_err: pd.Series, ctrl_delta: pd.Series | None, margin: float,
+           sesoi: float, alpha: float) -> dict:
+    """One setup against the baseline (and the control), seed by seed."""
     seeds = err.index.intersection(base_err.index)
-    unpaired = err.index.symmetric_difference(base_err.index)
     delta = (err[seeds] - base_err[seeds]).to_numpy()
     p_tost = stats.tost(delta, margin)
-    row = {"n_paired": len(seeds), "unpaired_seeds": " ".join(map(str, unpaired)),
+    row = {"n_paired": len(seeds),
+           "setup_only_seeds": " ".join(map(str, err.index.difference(base_err.index))),
+           "baseline_only_seeds": " ".join(map(str, base_err.index.difference(err.index))),
+           "mean_delta": delta.mean() if len(delta) else math.nan, **interval("mean_delta", delta),
+           "p_ttest": stats.paired_t(delta), "p_signed_rank": stats.signed_rank(delta),
+           "p_tost": p_tost, "sd_delta": delta.std(ddof=1) if len(delta) > 1 else math.nan,
            "mean_abs_delta": np.abs(delta).mean() if len(delta) else math.nan,
-           **ci("mean_abs_delta", np.abs(delta)),
-           "mean_delta": delta.mean() if len(delta) else math.nan, **ci("mean_delta", delta),
-           "p_wilcoxon": stats.wilcoxon(delta), "p_ttest": stats.paired_t(delta),
-           "p_tost": p_tost, "equivalent_within_margin": p_tost < alpha if not math.isnan(p_tost) else None}
-    # noise floor: |delta| against the control's |delta| on the seeds all three share
-    if ctrl_abs is not None:
-        shared = seeds.intersection(ctrl_abs.index)
-        excess = (err[shared] - base_err[shared]).abs().to_numpy() - ctrl_abs[shared].to_numpy()
-        p = stats.wilcoxon(excess)
+           **interval("mean_abs_delta", np.abs(delta))}
+    if ctrl_delta is not None:  # the noise floor, on the seeds all three share
+        shared = seeds.intersection(ctrl_delta.index)
+        excess = (err[shared] - base_err[shared]).abs().to_numpy() - ctrl_delta[shared].abs().to_numpy()
         row.update({"mean_abs_delta_minus_control": excess.mean() if len(excess) else math.nan,
-                    **ci("mean_abs_delta_minus_control", excess), "p_vs_control": p,
-                    "distinguishable_from_noise": p < alpha if not math.isnan(p) else None,
-                    "seeds_needed": max(stats.seeds_needed(excess), stats.min_signed_rank_n(alpha))})
-    else:  # no control: how many seeds would resolve the signed difference itself
-        row["seeds_needed"] = stats.seeds_needed(delta)
+                    **interval("mean_abs_delta_minus_control", excess),
+                    "p_vs_control": stats.signed_rank(excess, alternative="greater"),
+                    "seeds_needed": stats.seeds_needed(
+                        sesoi, ctrl_delta.std(ddof=1) if len(ctrl_delta) > 1 else math.nan, alpha)})
     return row
+
+
+def adjust(rows: list[dict], alpha: float) -> None:
+    """Holm across the compared setups of one protocol and backbone, then the verdicts."""
+    compared = [r for r in rows if r["role"] == "setup"]
+    for key in ("p_ttest", "p_tost", "p_vs_control"):
+        for row, p in zip(compared, stats.holm([r.get(key, math.nan) for r in compared])):
+            row[f"{key}_holm"] = p
+    for row in compared:
+        verdict = lambda p: None if p is None or math.isnan(p) else bool(p < alpha)
+        row["differs_from_baseline"] = verdict(row.get("p_ttest_holm"))
+        row["equivalent_within_margin"] = verdict(row.get("p_tost_holm"))
+        row["farther_than_control"] = verdict(row.get("p_vs_control_holm"))
+
+
+def ranking(group: pd.DataFrame, base_err: pd.Series, metric: str, alpha: float, protocol: str,
+            backbone: str) -> list[dict]:
+    """The paper's ranking tested pair by pair: for consecutive setups A, B of PAPER_RANKING,
+    |delta_B| - |delta_A| seed by seed (positive: A is closer to the baseline, as claimed)."""
+    present = [s for s in PAPER_RANKING if s in set(group.setup)]
+    abs_delta = {s: (errors_by_seed(group, s, metric) - base_err).abs().dropna() for s in present}
+    rows = []
+    for closer, farther in zip(present, present[1:]):
+        seeds = abs_delta[closer].index.intersection(abs_delta[farther].index)
+        d = (abs_delta[farther][seeds] - abs_delta[closer][seeds]).to_numpy()
+        rows.append({"protocol_hash": protocol, "backbone": backbone, "closer": closer,
+                     "farther": farther, "n_paired": len(seeds),
+                     "mean_difference": d.mean() if len(d) else math.nan,
+                     **interval("mean_difference", d), "p_ttest": stats.paired_t(d),
+                     "p_signed_rank": stats.signed_rank(d)})
+    for row, p in zip(rows, stats.holm([r["p_ttest"] for r in rows])):
+        row["p_ttest_holm"] = p
+        row["supported"] = None if math.isnan(p) else bool(p < alpha and row["mean_difference"] > 0)
+    return rows
+
+
+def agreement(group: pd.DataFrame, base: str, predictions: dict, protocol: str,
+              backbone: str) -> list[dict]:
+    """Functional similarity with the baseline, seed by seed, on the evaluation images: the share
+    of images on which the two predict the same class, and error consistency (Cohen's kappa of
+    being right). The control's values are the ceiling two runs of the same function reach."""
+    by_seed = lambda setup: {row.seed: predictions.get(row.run_id)
+                             for row in group[group.setup == setup].itertuples()}
+    base_predictions = by_seed(base)
+    rows = []
+    for setup in sorted(set(group.setup) - {base}):
+        agree, kappa = [], []
+        for seed, mine in by_seed(setup).items():
+            theirs = base_predictions.get(seed)
+            if mine is None or theirs is None or not np.array_equal(mine["indices"], theirs["indices"]):
+                continue
+            agree.append((mine["predicted"] == theirs["predicted"]).mean() * 100)
+            kappa.append(stats.error_consistency(mine["predicted"] == mine["labels"],
+                                                 theirs["predicted"] == theirs["labels"]))
+        if agree:
+            rows.append({"protocol_hash": protocol, "backbone": backbone, "setup": setup,
+                         "n_paired": len(agree), "agreement": np.mean(agree),
+                         **interval("agreement", agree), "kappa": np.mean(kappa),
+                         **interval("kappa", kappa)})
+    return rows

@@ -359,9 +359,10 @@ class ResidentData(pl.LightningDataModule):
         return [Batches(*self.splits["test"], self.batch_size),
                 Batches(*self.splits["test_full"], self.batch_size)]
 
-    def test_indices(self) -> np.ndarray:
-        """Positions in the official test set of the evaluation subset's images, in order."""
-        return self.splits["test"][2][0].cpu().numpy()
+    def test_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in the official test set, labels) of the evaluation subset's images."""
+        images, labels, (indices, *_) = self.splits["test"]
+        return indices.cpu().numpy(), labels[indices].cpu().numpy()
 
 
 class CIFAR10(ResidentData):

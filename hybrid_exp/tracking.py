@@ -23,22 +23,55 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 # Keys that say where things are, or how they are logged, launched or executed: not what is
-# trained (precision stays hashed: bf16 and fp32 runs are different experiments).
+# trained (precision stays hashed, resolved: bf16 and fp32 runs are different experiments).
 UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
                  "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
                  "trainer.cuda_graph")
+# What a setup is compared under: runs of different setups pair only on the same protocol.
+PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved config without paths and logging keys: equal configs, equal hash."""
+def identity(cfg: DictConfig) -> DictConfig:
+    """What a run trains: the resolved config without ``UNHASHED_KEYS``, with the precision and
+    the device type it really trains on (``auto`` resolved: a bf16 GPU run is not an fp32 CPU
+    run of the same config)."""
+    from hybrid_exp.module import resolve_precision  # training side only, imported when used
+
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in UNHASHED_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if node is not None and leaf in node:
             del node[leaf]
-    canonical = OmegaConf.to_yaml(cfg, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    if "trainer" in cfg:
+        accelerator = cfg.trainer.get("accelerator", "auto")
+        on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+        cfg.trainer.accelerator = "cuda" if on_gpu else accelerator if accelerator != "auto" else "cpu"
+    return cfg
+
+
+def digest(cfg: DictConfig) -> str:
+    return hashlib.sha256(OmegaConf.to_yaml(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of what a run trains (``identity``): equal configs, equal hash."""
+    return digest(identity(cfg))
+
+
+def run_schema(cfg: DictConfig) -> dict[str, str]:
+    """The identity tags of a run, which training and analysis both read: ``config_hash`` (what
+    it trains), ``setup_hash`` (the same without the seed: the runs of one setup over seeds),
+    ``protocol`` (the data, optimiser, epochs, precision and device it is compared under) and
+    ``protocol_hash``."""
+    trained = identity(cfg)
+    setup = OmegaConf.masked_copy(trained, [k for k in trained if k != "seed"])
+    protocol = {k: v for k, v in flatten(OmegaConf.to_container(trained)).items()
+                if k.startswith(tuple(f"{p}." for p in PROTOCOL_KEYS)) or k in PROTOCOL_KEYS}
+    text = ", ".join(f"{k}={v}" for k, v in sorted(protocol.items()))
+    return {"config_hash": digest(trained), "setup_hash": digest(setup), "protocol": text,
+            "protocol_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
 def flatten(node, prefix: str = "") -> dict[str, str]:
@@ -186,12 +219,13 @@ class TrackedRun:
         if batch:
             retrying(self.client.log_batch, self.run_id, metrics=batch)
 
-    def log_predictions(self, indices, logits: torch.Tensor) -> None:
+    def log_predictions(self, indices, labels, logits: torch.Tensor) -> None:
         """``test_predictions.npz``: per image of the evaluation subset its position in the
-        official test set, the predicted class and the logits (float16)."""
+        official test set, its label, the predicted class and the logits (float16)."""
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "test_predictions.npz"
             np.savez_compressed(path, indices=np.asarray(indices, dtype=np.int64),
+                                labels=np.asarray(labels, dtype=np.int16),
                                 predicted=logits.argmax(1).numpy().astype(np.int16),
                                 logits=logits.numpy().astype(np.float16))
             retrying(self.client.log_artifact, self.run_id, str(path))
@@ -215,7 +249,7 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
         retrying(client.update_run, run_id, "RUNNING")
     else:
         run = retrying(client.create_run, experiment_id, run_name=f"{tags['setup']}-seed{tags['seed']}",
-                       tags={**tags, "config_hash": config_hash(cfg), "git_sha": git_sha()})
+                       tags={**tags, **run_schema(cfg), "git_sha": git_sha()})
         run_id = run.info.run_id
     try:
         if not resume:

@@ -237,7 +237,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
         logits = module.test_logits()  # (N, M, K): per-image evidence beside the error rate
         for m, run in enumerate(runs):
             if run and m not in module.failures:
-                run.log_predictions(data.test_indices(), logits[:, m])
+                run.log_predictions(*data.test_indices(), logits[:, m])
     results = []
     for m, member in enumerate(members):
         if m in module.failures:

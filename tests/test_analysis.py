@@ -13,6 +13,7 @@ from analysis import AnalysisError, clean, load_runs
 from analysis import stats
 from analysis.report import analyze
 from analysis.runs import label_setups
+from analysis.table import PAPER_PROTOCOL
 from tests.conftest import PARALLEL, TINY
 
 BASE = [10.0, 11.0, 12.0, 13.0, 14.0]  # separable, seeds 0-4
@@ -20,27 +21,41 @@ INCEPTION = [11.0, 10.5, 13.0, 12.0, 15.0]  # deltas 1, -0.5, 1, -1, 1
 EQUIVALENT = {0: 10.2, 1: 10.9, 2: 12.1, 4: 14.0}  # seed 3 missing; deltas 0.2, -0.1, 0.1, 0
 HYBRID = [10.5, 11.5, 12.5, 13.0, 14.5]  # deltas 0.5, 0.5, 0.5, 0, 0.5 (plus an older duplicate)
 RESNEXT = {1: 12.0, 2: 12.0, 3: 14.0, 4: 15.0}  # seed 0 FAILED; deltas 1, 0, 1, 1
+PAPER = dict(PAPER_PROTOCOL)
+TRYOUT = {**PAPER, "trainer.max_epochs": "2"}
 
 
 def read_summary(out):
-    return pd.read_csv(out / "summary.csv", dtype={"seeds": str, "unpaired_seeds": str}).set_index("setup")
+    frame = pd.read_csv(out / "summary.csv", dtype={"seeds": str, "setup_only_seeds": str,
+                                                    "baseline_only_seeds": str})
+    return frame.set_index("setup")
 
 
 def log_run(client, experiment_id, setup, seed, error, status="FINISHED", start=0, knobs=None,
-            backbone="stacked", block=None):
+            backbone="stacked", block=None, protocol=None, predictions=None):
+    """A run as training logs it: schema tags, the config as params, metrics, predictions."""
+    protocol = protocol or PAPER
+    text = ", ".join(f"{k}={v}" for k, v in sorted(protocol.items()))
     run = client.create_run(experiment_id, run_name=f"{setup}-seed{seed}", start_time=1_000 + start,
                             tags={"setup": setup, "model": setup, "block": block or setup,
-                                  "backbone": backbone, "seed": str(seed),
-                                  "config_hash": f"{setup}-{seed}-{knobs}"})
+                                  "backbone": backbone, "seed": str(seed), "protocol": text,
+                                  "protocol_hash": str(abs(hash(text)) % 10**8),
+                                  "setup_hash": f"{setup}-{knobs}-{text}",
+                                  "config_hash": f"{setup}-{seed}-{knobs}-{text}"})
     run_id = run.info.run_id
-    sizes = {"params": str(1000 * (1 + len(setup))), "mult_adds": str(50_000 * len(setup)),
-             **(knobs or {})}
-    for key, value in sizes.items():
+    params = {"params": str(1000 * (1 + len(setup))), "mult_adds": str(50_000 * len(setup)),
+              "seed": str(seed), "checkpoint_dir": f"/somewhere/{start}", **protocol, **(knobs or {})}
+    for key, value in params.items():
         client.log_param(run_id, key, value)
     if error is not None:
         for epoch in range(3):  # a learning curve ending at the final error
             client.log_metric(run_id, "val/error", error + 10 * (2 - epoch), step=epoch)
         client.log_metric(run_id, "test/error", error, step=3)
+    if predictions is not None:
+        folder = client.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
+        path = f"{folder}/test_predictions.npz"
+        np.savez(path, **predictions)
+        client.log_artifact(run_id, path)
     client.set_terminated(run_id, status, end_time=2_000 + start)
     return run_id
 
@@ -66,62 +81,70 @@ def store(tmp_path):
 
 def test_every_number_of_the_table(store):
     uri, tmp_path = store
-    out = analyze("fig4", uri, str(tmp_path / "report"))
-    table = read_summary(out)
+    table = read_summary(analyze("fig4", uri, str(tmp_path / "report"), margin=1.0, sesoi=0.5))
 
     assert table.loc["separable", "role"] == "baseline" and table.loc["equivalent", "role"] == "control"
     assert table.n.to_dict() == {"equivalent": 4, "hybrid": 5, "inception": 5, "resnext": 4,
                                  "separable": 5}
     assert table.loc["inception", "mean_error"] == pytest.approx(61.5 / 5)
     assert table.loc["inception", "sd_error"] == pytest.approx(statistics.stdev(INCEPTION))
-    # the paper's metric: mean |delta| paired by seed
+    inc, base = np.array(INCEPTION), np.array(BASE)
+    d = inc - base
+    # the primary result: the signed mean delta, its t interval, paired t, Pratt signed-rank
+    assert table.loc["inception", "mean_delta"] == pytest.approx(d.mean())
+    low, high = scipy_stats.t.interval(0.95, 4, d.mean(), scipy_stats.sem(d))
+    assert (table.loc["inception", "mean_delta_ci_low"], table.loc["inception", "mean_delta_ci_high"]) \
+        == pytest.approx((low, high))
+    assert table.loc["inception", "p_ttest"] == pytest.approx(scipy_stats.ttest_rel(inc, base).pvalue)
+    assert table.loc["inception", "p_signed_rank"] == pytest.approx(
+        scipy_stats.wilcoxon(d, zero_method="pratt").pvalue)
+    tost = max(scipy_stats.ttest_1samp(d, -1.0, alternative="greater").pvalue,
+               scipy_stats.ttest_1samp(d, 1.0, alternative="less").pvalue)
+    assert table.loc["inception", "p_tost"] == pytest.approx(tost)
+    # Holm over the three compared setups (hybrid, inception, resnext), by hand
+    raw = table.loc[["hybrid", "inception", "resnext"], "p_ttest"].to_numpy()
+    order = np.argsort(raw)
+    holm = np.maximum.accumulate(np.minimum(1, raw[order] * np.array([3, 2, 1])))
+    assert table.loc[["hybrid", "inception", "resnext"], "p_ttest_holm"].to_numpy()[order] == pytest.approx(holm)
+    # the paper's metric, a description
     assert table.loc["inception", "mean_abs_delta"] == pytest.approx((1 + 0.5 + 1 + 1 + 1) / 5)
-    assert table.loc["inception", "mean_delta"] == pytest.approx((1 - 0.5 + 1 - 1 + 1) / 5)
     assert table.loc["hybrid", "mean_abs_delta"] == pytest.approx(2.0 / 5)  # the newest seed-0 run
     assert table.loc["equivalent", "mean_abs_delta"] == pytest.approx(0.4 / 4)
-    assert table.loc["equivalent", "n_paired"] == 4
-    assert str(table.loc["equivalent", "unpaired_seeds"]) == "3"
+    assert np.isnan(table.loc["equivalent", "mean_abs_delta_ci_low"])  # 4 seeds: no interval
+    assert str(table.loc["equivalent", "baseline_only_seeds"]) == "3"
     assert table.loc["resnext", "mean_abs_delta"] == pytest.approx(3 / 4)  # FAILED seed 0 left out
-    assert str(table.loc["resnext", "unpaired_seeds"]) == "0"
-    assert table.loc["inception", "paper_mean_abs_delta"] == 0.83
-    assert table.loc["hybrid", "paper_mean_abs_delta"] == 0.12
-    # noise floor: inception's |delta| minus the control's on seeds 0, 1, 2, 4
+    assert table.loc["inception", "paper_mean_abs_delta"] == 0.83  # the paper's protocol here
+    # the noise floor: one-sided, inception's |delta| minus the control's on seeds 0, 1, 2, 4
     excess = [1 - 0.2, 0.5 - 0.1, 1 - 0.1, 1 - 0.0]
     assert table.loc["inception", "mean_abs_delta_minus_control"] == pytest.approx(np.mean(excess))
-    assert table.loc["inception", "p_vs_control"] == pytest.approx(2 / 16)  # exact: all 4 positive
-    assert not table.loc["inception", "distinguishable_from_noise"]
-    assert table.loc["inception", "seeds_needed"] == 6  # a large effect: the signed-rank minimum
-
-    # p-values cross-checked against scipy
-    inc, base = np.array(INCEPTION), np.array(BASE)
-    assert table.loc["inception", "p_ttest"] == pytest.approx(scipy_stats.ttest_rel(inc, base).pvalue)
-    assert table.loc["inception", "p_wilcoxon"] == pytest.approx(scipy_stats.wilcoxon(inc - base).pvalue)
-    d = inc - base
-    tost = max(scipy_stats.ttest_1samp(d, -0.25, alternative="greater").pvalue,
-               scipy_stats.ttest_1samp(d, 0.25, alternative="less").pvalue)
-    assert table.loc["inception", "p_tost"] == pytest.approx(tost)
-    # bootstrap CIs: scipy's percentile bootstrap agrees up to resampling noise
-    ours = (table.loc["inception", "mean_abs_delta_ci_low"], table.loc["inception", "mean_abs_delta_ci_high"])
-    theirs = scipy_stats.bootstrap((np.abs(d),), np.mean, method="percentile", n_resamples=10_000,
-                                   random_state=1).confidence_interval
-    assert ours == pytest.approx((theirs.low, theirs.high), abs=0.11)
-    assert ours[0] <= 0.9 <= ours[1]
+    assert table.loc["inception", "p_vs_control"] == pytest.approx(1 / 16)  # exact: all 4 positive
+    # seeds needed: from the stated effect (0.5) and the control's sd of delta, not the observed one
+    sd = statistics.stdev([0.2, -0.1, 0.1, 0.0])
+    n = table.loc["inception", "seeds_needed"]
+    power = lambda k: (scipy_stats.nct.sf(scipy_stats.t.ppf(0.975, k - 1), k - 1, 0.5 / sd * np.sqrt(k))
+                       + scipy_stats.nct.cdf(-scipy_stats.t.ppf(0.975, k - 1), k - 1, 0.5 / sd * np.sqrt(k)))
+    assert n == 6 or power(n) >= 0.8 > power(n - 1)
+    assert table.loc["hybrid", "seeds_needed"] == n  # the same for every setup: it is a design number
 
 
-def test_report_lists_what_was_set_aside_and_embeds_the_figures(store):
+def test_report_lists_what_was_set_aside_and_embeds_the_figures_with_captions(store):
     uri, tmp_path = store
     out = analyze("fig4", uri, str(tmp_path / "report"))
     report = (out / "report.md").read_text()
     assert "Duplicate" in report and "`hybrid-seed0`" in report
     assert "FAILED, not averaged in: `resnext-seed0`" in report and "Diverged" in report
-    assert "pairing of `equivalent`: 3" in report and "pairing of `resnext`: 0" in report
-    assert "Indistinguishable from noise at this n (p ≥ 0.05): `hybrid`, `inception`, `resnext`" in report
+    assert "Baseline seeds with no `equivalent` run, left out of its pairing: 3" in report
+    assert "Baseline seeds with no `resnext` run, left out of its pairing: 0" in report
+    assert "over 4 seeds, sd of its Δ 0.13" in report  # the control's run-to-run noise
+    assert "equivalence ±0.25 points (TOST)" in report and "Trained under: `data._target_=" in report
+    assert "about 11% power at 10 seeds" in report and "The paper's ranking" in report
     html = (out / "report.html").read_text()
     for name in ("abs_delta", "paired_seeds", "learning_curves", "error_vs_size"):
         png, svg = out / f"{name}.png", out / f"{name}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert svg.stat().st_size > 5000 and f"![{name}]({name}.png)" in report
         assert f"alt='{name}' src='data:image/png;base64," in html
+    assert report.count("\n*") >= 4 and html.count("<figcaption>") >= 4  # every figure captioned
     assert "<img" in html and "src='abs_delta.png'" not in html  # self-contained
 
 
@@ -139,20 +162,29 @@ def test_rerun_gives_identical_numbers_and_is_logged_to_mlflow(store):
     assert len(load_runs("fig4", uri)) == 25  # the analysis runs are not training runs
 
 
-def test_statistics_helpers_against_scipy_and_by_hand():
+def test_t_intervals_cover_95_percent_of_normal_data_at_10_seeds_and_none_below_5():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0.3, 0.5, size=(4000, 10))
+    covered = [low <= 0.3 <= high for low, high in map(stats.t_interval, samples)]
+    assert np.mean(covered) >= 0.93
+    assert all(np.isnan(stats.t_interval([1.0, 2.0, 3.0, 4.0])))
+
+
+def test_statistics_helpers_against_the_libraries_and_by_hand():
     d = np.array([0.4, -0.1, 0.3, 0.5, 0.2, 0.6, -0.2, 0.3])
     assert stats.paired_t(d) == pytest.approx(scipy_stats.ttest_1samp(d, 0).pvalue)
-    assert stats.wilcoxon([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2 / 32)  # exact, by hand
-    assert stats.bootstrap_ci(d) == stats.bootstrap_ci(d)  # seeded
-    assert all(np.isnan(stats.bootstrap_ci([1.0])))
-    n = stats.seeds_needed(d)
-    power = lambda k: (scipy_stats.nct.sf(scipy_stats.t.ppf(0.975, k - 1), k - 1,
-                                          d.mean() / d.std(ddof=1) * np.sqrt(k))
-                       + scipy_stats.nct.cdf(-scipy_stats.t.ppf(0.975, k - 1), k - 1,
-                                             d.mean() / d.std(ddof=1) * np.sqrt(k)))
-    assert power(n) >= 0.8 > power(n - 1)
-    assert stats.seeds_needed([0.1, -0.1]) == np.inf
+    assert stats.signed_rank([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2 / 32)  # exact, by hand
+    assert stats.signed_rank([1.0, 2.0, 3.0, 4.0, 5.0], "greater") == pytest.approx(1 / 32)
+    with_zeros = [0.0, 0.0, 1 / 60, 2 / 60, -1 / 60, 3 / 60]  # Pratt keeps zeros in the ranking
+    assert stats.signed_rank(with_zeros) == pytest.approx(
+        scipy_stats.wilcoxon(with_zeros, zero_method="pratt").pvalue)
+    assert stats.holm([0.01, 0.04, np.nan, 0.03]) == pytest.approx([0.03, 0.06, np.nan, 0.06], nan_ok=True)
+    assert stats.seeds_needed(0.5, 0.5) == 10  # effect size 1: a paired t-test needs 10 at 0.8
+    assert stats.seeds_needed(5.0, 0.1) == 6  # never below the signed-rank minimum
+    assert np.isnan(stats.seeds_needed(0.5, np.nan))
     assert stats.min_signed_rank_n(0.05) == 6 and 2 / 2**6 < 0.05 <= 2 / 2**5
+    assert stats.error_consistency([1, 1, 0, 0], [1, 1, 0, 0]) == 1.0  # the same errors
+    assert stats.error_consistency([1, 0, 1, 0], [1, 1, 0, 0]) == pytest.approx(0.0)  # chance
 
 
 def test_one_seed_gives_the_table_without_cis_and_says_why(tmp_path):
@@ -166,14 +198,76 @@ def test_one_seed_gives_the_table_without_cis_and_says_why(tmp_path):
     assert table.loc["inception", "mean_abs_delta"] == 1.0
     assert np.isnan(table.loc["inception", "mean_abs_delta_ci_low"])
     assert np.isnan(table.loc["inception", "p_ttest"])
-    assert "Only one seed per setup: the table has no confidence intervals" in (out / "report.md").read_text()
+    assert "Fewer than 5 seeds per setup: no intervals" in (out / "report.md").read_text()
+
+
+def test_a_tryout_is_never_paired_with_a_baseline_of_another_protocol(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mixed", artifact_location=(tmp_path / "a").as_uri())
+    for seed in range(5):
+        log_run(client, exp, "separable", seed, BASE[seed])  # 190 epochs
+        log_run(client, exp, "inception", seed, 40.0 + seed, protocol=TRYOUT)  # a 2-epoch try-out
+        log_run(client, exp, "separable", seed, 41.0 + seed, protocol=TRYOUT)
+        log_run(client, exp, "hybrid", seed, 60.0, protocol={**TRYOUT, "trainer.max_epochs": "1"})
+    out = analyze("mixed", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    frame = pd.read_csv(out / "summary.csv")
+    assert frame.protocol_hash.nunique() == 3
+    tryout = frame[frame.protocol.str.contains("trainer.max_epochs=2")].set_index("setup")
+    assert tryout.loc["inception", "mean_delta"] == pytest.approx(-1.0)  # against its own baseline
+    assert np.isnan(tryout.loc["inception", "paper_mean_abs_delta"])  # not the paper's protocol
+    hybrid = frame[frame.setup == "hybrid"].iloc[0]
+    assert hybrid.role == "unpaired" and np.isnan(hybrid.get("mean_delta", np.nan))
+    report = (out / "report.md").read_text()
+    assert "`hybrid` (stacked): no `separable` run under the same protocol to pair with" in report
+    assert "2 epochs, not the paper's 190: the runs are far from converged" in report
+
+
+def test_a_baseline_only_experiment_gets_a_sentence(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("alone", artifact_location=(tmp_path / "a").as_uri())
+    for seed in range(3):
+        log_run(client, exp, "separable", seed, BASE[seed])
+    out = analyze("alone", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    assert "Only the baseline ran under this protocol: there is nothing to compare" in (out / "report.md").read_text()
+
+
+def test_the_papers_ranking_and_functional_similarity(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rank", artifact_location=(tmp_path / "a").as_uri())
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 600)
+    indices = np.arange(600) * 3
+    base_pred = np.where(rng.random(600) < 0.8, labels, (labels + 1) % 10)
+    for seed in range(6):
+        def predicted(flip):  # the baseline's predictions, a share of them changed
+            changed = rng.random(600) < flip
+            return np.where(changed, (base_pred + 2) % 10, base_pred)
+        log_run(client, exp, "separable", seed, 10.0, predictions={
+            "indices": indices, "labels": labels, "predicted": base_pred})
+        for setup, offset, flip in (("hybrid", 0.1, 0.05), ("resnext", 0.6, 0.2), ("inception", 1.0, 0.3)):
+            log_run(client, exp, setup, seed, 10.0 + offset + 0.01 * seed, predictions={
+                "indices": indices, "labels": labels, "predicted": predicted(flip)})
+    out = analyze("rank", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert list(zip(ranking.closer, ranking.farther)) == [("hybrid", "resnext"), ("resnext", "inception")]
+    assert ranking.mean_difference.to_numpy() == pytest.approx([0.5, 0.4])
+    assert ranking.supported.all()
+    similarity = pd.read_csv(out / "similarity.csv").set_index("setup")
+    assert similarity.loc["hybrid", "agreement"] == pytest.approx(95, abs=2)
+    assert similarity.loc["inception", "agreement"] == pytest.approx(70, abs=3)
+    assert similarity.loc["hybrid", "kappa"] > similarity.loc["resnext", "kappa"] > similarity.loc["inception", "kappa"]
+    assert "Functional similarity with the baseline" in (out / "report.md").read_text()
+    assert (out / "similarity.png").stat().st_size > 5000
 
 
 def test_fig5_and_fig6_pair_within_each_backbone_by_unit(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     exp = client.create_experiment("fig56", artifact_location=(tmp_path / "a").as_uri())
-    for seed, (with_sep, without) in enumerate([(6.0, 7.5), (6.5, 7.7)]):
+    for seed, (with_sep, without) in enumerate([(6.0, 7.5), (6.5, 7.7), (6.2, 7.6), (6.1, 7.9), (6.3, 7.4)]):
         log_run(client, exp, "fractalnet+separable", seed, with_sep, backbone="fractalnet", block="separable")
         log_run(client, exp, "fractalnet+standard", seed, without, backbone="fractalnet", block="standard")
         log_run(client, exp, "darknet+separable", seed, with_sep + 1, backbone="darknet", block="separable")
@@ -181,9 +275,10 @@ def test_fig5_and_fig6_pair_within_each_backbone_by_unit(tmp_path):
     table = read_summary(analyze("fig56", uri, str(tmp_path / "r"), log_to_mlflow=False))
     assert table.loc["fractalnet+separable", "role"] == "baseline"
     assert table.loc["darknet+separable", "role"] == "baseline"
-    assert table.loc["fractalnet+standard", "mean_delta"] == pytest.approx((1.5 + 1.2) / 2)
-    assert table.loc["darknet+standard", "mean_delta"] == pytest.approx((5.5 + 5.2) / 2)
-    assert table.loc["darknet+standard", "mean_error_ci_low"] <= 12.6 <= table.loc["darknet+standard", "mean_error_ci_high"]
+    assert table.loc["fractalnet+standard", "mean_delta"] == pytest.approx((1.5 + 1.2 + 1.4 + 1.8 + 1.1) / 5)
+    assert table.loc["darknet+standard", "mean_delta"] == pytest.approx((5.5 + 5.2 + 5.4 + 5.8 + 5.1) / 5)
+    mean = table.loc["darknet+standard", "mean_error"]
+    assert table.loc["darknet+standard", "mean_error_ci_low"] < mean < table.loc["darknet+standard", "mean_error_ci_high"]
 
 
 def test_bad_input_says_what_exists(store):
@@ -198,13 +293,19 @@ def test_bad_input_says_what_exists(store):
     assert run.returncode == 2 and run.stderr.startswith("error: no experiment 'nope'")
 
 
-def test_setups_whose_knobs_vary_are_told_apart():
-    frame = pd.DataFrame({"setup": ["grouped"] * 3 + ["separable"], "seed": [0, 1, 0, 0],
-                          "config": [{"model.block.groups": "1", "seed": "0"},
-                                     {"model.block.groups": "1", "seed": "1"},
-                                     {"model.block.groups": "4", "seed": "0"}, {"seed": "0"}]})
+def test_setups_are_told_apart_by_their_setup_hash_and_labelled_by_their_knobs():
+    frame = pd.DataFrame({"setup": ["grouped"] * 4 + ["separable"], "seed": [0, 1, 0, 1, 0],
+                          "setup_hash": ["g1", "g1", "g4", "g4", "s"],
+                          "config": [{"model.block.groups": "1", "seed": "0", "rerun": "false"},
+                                     {"model.block.groups": "1", "seed": "1", "rerun": "true"},
+                                     {"model.block.groups": "4", "seed": "0", "rerun": "false"},
+                                     {"model.block.groups": "4", "seed": "1", "rerun": "false"},
+                                     {"seed": "0"}]})
+    # rerun differs between runs of one setup: not a knob; seed varies within setups: not either
     assert list(label_setups(frame).setup) == ["grouped[groups=1]", "grouped[groups=1]",
-                                               "grouped[groups=4]", "separable"]
+                                               "grouped[groups=4]", "grouped[groups=4]", "separable"]
+    same = frame.assign(setup_hash="g")  # one setup_hash: one setup, whatever else was logged
+    assert set(label_setups(same).setup) == {"grouped", "separable"}
 
 
 def test_command_on_a_real_grid(tmp_path, cifar10_root):
@@ -222,5 +323,8 @@ def test_command_on_a_real_grid(tmp_path, cifar10_root):
     assert set(table.index) == {"separable", "equivalent", "inception"}
     assert (table.n == 2).all() and table.loc["inception", "n_paired"] == 2
     assert table.loc["equivalent", "role"] == "control"
-    assert "Control `equivalent` (stacked): mean |Δ| =" in (out / "report.md").read_text()
+    assert table.protocol_hash.nunique() == 1 and "trainer.max_epochs=1" in table.protocol.iloc[0]
+    report = (out / "report.md").read_text()
+    assert "Control `equivalent` (stacked): mean |Δ| =" in report
+    assert "Functional similarity with the baseline" in report  # from the runs' predictions
     assert len(clean(load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")).finished) == 6

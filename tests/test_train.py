@@ -45,6 +45,7 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     # per-image evidence: each evaluation image's position in the test set, prediction, logits
     with np.load(client.download_artifacts(run.run_id, "test_predictions.npz")) as saved:
         indices, predicted, logits = saved["indices"], saved["predicted"], saved["logits"]
+        assert (saved["labels"] == load_cifar10(cifar10_root)[3][saved["indices"]]).all()
     labels = load_cifar10(cifar10_root)[3]
     assert len(indices) == 1000 and (np.diff(indices) > 0).all() and logits.shape == (1000, 10)
     assert logits.dtype == np.float16 and (predicted == logits.astype(np.float32).argmax(1)).mean() > 0.99

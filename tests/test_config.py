@@ -43,6 +43,23 @@ def test_config_hash_ignores_paths_and_logging_but_not_training_keys(make_cfg):
     assert config_hash(make_cfg("trainer.precision=bf16-mixed")) != base
     assert config_hash(make_cfg("optim.lr=0.05")) != base
     assert config_hash(make_cfg("seed=1")) != base
+    assert config_hash(make_cfg("rerun=true", "checkpoint_dir=/x", "trainer.cuda_graph=true")) == base
+
+
+def test_the_hash_holds_the_precision_and_device_a_run_really_trains_on(make_cfg):
+    """precision=auto is resolved before hashing: on this machine (no GPU) it is fp32 on the CPU,
+    so an fp32 CPU run is never mistaken for a bf16 GPU run of the same config, or the reverse."""
+    from hybrid_exp.tracking import run_schema
+
+    auto = config_hash(make_cfg())
+    explicit = config_hash(make_cfg("trainer.precision=32-true", "trainer.accelerator=cpu"))
+    assert (auto == explicit) == (not torch.cuda.is_available())
+    schema = run_schema(make_cfg("seed=3"))
+    assert schema["setup_hash"] == run_schema(make_cfg("seed=4"))["setup_hash"]  # seeds of one setup
+    assert schema["config_hash"] != run_schema(make_cfg("seed=4"))["config_hash"]
+    assert "trainer.precision=auto" not in schema["protocol"] and "trainer.accelerator=auto" not in schema["protocol"]
+    assert run_schema(make_cfg("model=hybrid"))["protocol_hash"] == schema["protocol_hash"]
+    assert run_schema(make_cfg("trainer.max_epochs=2"))["protocol_hash"] != schema["protocol_hash"]
 
 
 def test_defaults_follow_the_paper(make_cfg):

@@ -4,8 +4,6 @@ import argparse
 import os
 import sys
 
-from analysis.report import analyze
-from analysis.runs import AnalysisError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the margin)")
     parser.add_argument("--metric", default="test/error", help="metric to compare (in %%)")
     args = parser.parse_args(argv)
+    from analysis.report import analyze  # heavy (pandas, matplotlib, mlflow): after --help
+    from analysis.runs import AnalysisError
+
     try:
         out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
                       args.margin, args.metric, sesoi=args.sesoi)

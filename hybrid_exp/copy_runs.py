@@ -7,15 +7,14 @@ Rerunning copies only what is not there yet: each copy carries the tag ``hybrid_
 (set last, so a copy cut off halfway is deleted and redone rather than kept half-full).
 Runs keep their ``config_hash`` tag, so a grid launched against the server skips finished ones.
 """
+from __future__ import annotations
+
 import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-
-from hybrid_exp.tracking import TrackingUnavailable, check_server, get_experiment, resolve_tracking_uri
+# mlflow and the platform's tracking module are imported where used: --help answers at once
 
 COPIED_FROM = "hybrid_exp.copied_from"
 PARENT = "mlflow.parentRunId"
@@ -32,6 +31,10 @@ def all_runs(client: MlflowClient, experiment_id: str, query: str = "") -> list:
 
 
 def open_store(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    from hybrid_exp.tracking import TrackingUnavailable, check_server, resolve_tracking_uri
+
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).expanduser().is_file():
         raise TrackingUnavailable(f"no SQLite store at {uri}: give the file a grid logged to")
     uri, _ = resolve_tracking_uri(uri)
@@ -42,6 +45,8 @@ def open_store(uri: str) -> MlflowClient:
 def copy_run(source: MlflowClient, target: MlflowClient, run, experiment_id: str,
              new_ids: dict[str, str]) -> str:
     """Copy one run; returns the new run's id."""
+    from mlflow.entities import Metric, Param, RunTag
+
     tags = dict(run.data.tags)
     if PARENT in tags:  # point at the parent's copy
         tags[PARENT] = new_ids.get(tags[PARENT], tags[PARENT])
@@ -69,18 +74,19 @@ def copy_run(source: MlflowClient, target: MlflowClient, run, experiment_id: str
 
 def copy_runs(source_uri: str, target_uri: str, experiments: list[str] | None = None) -> int:
     """Copy every run of ``experiments`` (default: all) not yet in the target; returns how many."""
+    from hybrid_exp import tracking
+
     source, target = open_store(source_uri), open_store(target_uri)
     names = experiments or [e.name for e in source.search_experiments()]
     copied = 0
     for name in names:
-        found = get_experiment(source, name)
+        found = tracking.get_experiment(source, name)
         if found is None:
             raise SystemExit(f"no experiment '{name}' in {source_uri}")
         runs = all_runs(source, found.experiment_id)
         if not runs:
             continue
-        existing = get_experiment(target, name)
-        experiment_id = existing.experiment_id if existing else target.create_experiment(name)
+        experiment_id = tracking.experiment_id(target, name)
         new_ids = {r.data.tags[COPIED_FROM]: r.info.run_id
                    for r in all_runs(target, experiment_id, f"tags.`{COPIED_FROM}` != ''")}
         for run in sorted(runs, key=lambda r: PARENT in r.data.tags):  # parents first
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", action="append",
                         help="experiment name; repeat for several (default: all)")
     args = parser.parse_args(argv)
+    from hybrid_exp.tracking import TrackingUnavailable
+
     try:
         copied = copy_runs(args.source, args.target, args.experiment)
     except TrackingUnavailable as e:

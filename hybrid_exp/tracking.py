@@ -10,9 +10,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import optuna
-import torch
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, Run
@@ -35,6 +32,8 @@ def identity(cfg: DictConfig) -> DictConfig:
     """What a run trains: the resolved config without ``UNHASHED_KEYS``, with the precision and
     the device type it really trains on (``auto`` resolved: a bf16 GPU run is not an fp32 CPU
     run of the same config)."""
+    import torch
+
     from hybrid_exp.module import resolve_precision  # training side only, imported when used
 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -150,19 +149,32 @@ def get_experiment(client: MlflowClient, name: str):
             f"{LOCAL_HINT}") from None
 
 
+# MLflow 3's UI opens an experiment in its GenAI view (traces, evaluation runs) unless it says
+# it holds model training: every experiment the platform creates says so.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (or its UI kind set) if needed."""
+    found = get_experiment(client, name)
+    if found is None:
+        try:
+            return retrying(client.create_experiment, name, artifact_location=artifact_location,
+                            tags=EXPERIMENT_KIND)
+        except MlflowException:  # created meanwhile by a job started outside a multirun
+            found = retrying(client.get_experiment_by_name, name)
+    for key, value in EXPERIMENT_KIND.items():
+        if found.tags.get(key) != value:  # created before the platform set it
+            retrying(client.set_experiment_tag, found.experiment_id, key, value)
+    return found.experiment_id
+
+
 def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     """(client, experiment id), creating the store and the experiment if needed."""
     uri, artifact_location = resolve_tracking_uri(logger_cfg.tracking_uri)
     check_server(uri)
     client = MlflowClient(uri)
-    name = logger_cfg.experiment_name
-    found = get_experiment(client, name)
-    if found is not None:
-        return client, found.experiment_id
-    try:
-        return client, client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:  # created meanwhile by a job started outside a multirun
-        return client, retrying(client.get_experiment_by_name, name).experiment_id
+    return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
 
 
 class PrepareTracking(Callback):
@@ -219,9 +231,12 @@ class TrackedRun:
         if batch:
             retrying(self.client.log_batch, self.run_id, metrics=batch)
 
-    def log_predictions(self, indices, labels, logits: torch.Tensor) -> None:
+    def log_predictions(self, indices, labels, logits) -> None:
         """``test_predictions.npz``: per image of the evaluation subset its position in the
-        official test set, its label, the predicted class and the logits (float16)."""
+        official test set, its label, the predicted class and the logits (a (N, K) tensor,
+        stored as float16)."""
+        import numpy as np
+
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "test_predictions.npz"
             np.savez_compressed(path, indices=np.asarray(indices, dtype=np.int64),
@@ -243,12 +258,14 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
     success (unless it was failed meanwhile), else FAILED with the reason (KILLED on Ctrl-C).
     Yields its ``TrackedRun``.
 
-    ``tags`` must hold 'setup' and 'seed'; the run is named '<setup>-seed<seed>'."""
+    ``tags`` must hold 'setup' and 'seed'; the run is named '<setup>-seed<seed>' (an Optuna
+    trial's '<setup>-trial<number>-seed<seed>')."""
     if resume:
         run_id = resume
         retrying(client.update_run, run_id, "RUNNING")
     else:
-        run = retrying(client.create_run, experiment_id, run_name=f"{tags['setup']}-seed{tags['seed']}",
+        trial = f"-trial{tags['optuna.trial_number']}" if "optuna.trial_number" in tags else ""
+        run = retrying(client.create_run, experiment_id, run_name=f"{tags['setup']}{trial}-seed{tags['seed']}",
                        tags={**tags, **run_schema(cfg), "git_sha": git_sha()})
         run_id = run.info.run_id
     try:
@@ -262,6 +279,8 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
         tracked = TrackedRun(client, run_id, resumed=bool(resume))
         yield tracked
     except BaseException as e:  # Lightning turns Ctrl-C into SystemExit: both are KILLED
+        import optuna
+
         pruned = isinstance(e, optuna.TrialPruned)  # stopped early by the Optuna pruner
         failed = isinstance(e, Exception) and not pruned
         reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else "interrupted"

@@ -25,6 +25,9 @@ from hybrid_exp.module import Classifier, Reporter, complexity, prepare_network,
 from hybrid_exp.seeding import derive_seed
 
 log = logging.getLogger(__name__)
+# Lightning advertises its cloud logger at every start; runs here log to MLflow.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage())
 
 
 @dataclass

@@ -3,6 +3,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from analysis import load_runs
 from tests.conftest import PARALLEL, TINY
 
@@ -36,3 +38,13 @@ def test_ctrl_c_marks_the_run_killed_not_running(tmp_path):
     assert job.returncode != 0, output
     run = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").iloc[0]
     assert (run.status, run.error) == ("KILLED", "interrupted")
+
+
+@pytest.mark.parametrize("program", ["hybrid_exp.bench", "hybrid_exp.copy_runs", "analysis"])
+def test_help_answers_at_once_naming_the_program(program):
+    """--help parses before anything heavy is imported (-X importtime lists every import)."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", program, "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and f"python -m {program}" in run.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()}
+    assert not imported & {"torch", "mlflow", "pandas", "pytorch_lightning"}

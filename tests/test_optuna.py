@@ -62,6 +62,7 @@ def test_sweep_on_real_cifar10_is_tracked_and_resumes_running_only_missing_trial
     client = MlflowClient(uri)
     tags = [client.get_run(r).data.tags for r in runs.run_id]
     assert sorted(int(t["optuna.trial_number"]) for t in tags) == list(range(6))
+    assert sorted(runs.run_name) == [f"separable-trial{i}-seed0" for i in range(6)]  # told apart
     parents = {t["mlflow.parentRunId"] for t in tags}
     assert len(parents) == 1
     parents_id = parents.pop()

@@ -170,3 +170,4 @@ def test_cuda_graph_without_cuda_trains_eagerly_saying_why(make_cfg, caplog):
         result = train(cfg)[0]
     assert result.status == "finished"
     assert "trainer.cuda_graph=true: it needs a CUDA device; training without a CUDA graph" in caplog.text
+    assert "litlogger" not in caplog.text  # Lightning's advertisement is filtered out

@@ -32,6 +32,8 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     assert run.params > 0 and run.mult_adds > run.params and len(run.config_hash) == 16
 
     client = MlflowClient(cfg.logger.tracking_uri)
+    # MLflow 3's UI opens the experiment in its model-training view, not the GenAI one
+    assert client.get_experiment_by_name("hybrid-exp").tags["mlflow.experimentKind"] == "custom_model_development"
     stored = client.get_run(run.run_id)
     assert stored.data.params["optim.lr"] == "0.1" and stored.data.params["seed"] == "0"
     history = client.get_metric_history(run.run_id, "val/error")

@@ -48,3 +48,13 @@ def test_help_answers_at_once_naming_the_program(program):
     assert run.returncode == 0 and f"python -m {program}" in run.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()}
     assert not imported & {"torch", "mlflow", "pandas", "pytorch_lightning"}
+
+
+def test_a_grid_without_its_dataset_stops_once_before_any_job_in_one_sentence(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp", "-m", "model=separable,standard",
+                          "seed=0,1", f"data.root={tmp_path}/none", "data.download=false"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and output.count("no CIFAR-10 found under") == 1
+    assert "set data.download=true to fetch the official archive" in output and "Traceback" not in output
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()  # nothing started

@@ -69,7 +69,7 @@ def test_cardinality_and_nonlinearity_presets_sweep_their_setups(tmp_path):
     runs = load_runs("cardinality", f"sqlite:///{tmp_path}/mlflow.db")
     assert len(runs) == 2 and runs.params.nunique() == 2 and set(runs.model) == {"grouped"}
 
-    run = hybrid_exp("-m", "experiment=nonlinearity", "seed=0", *SYNTHETIC, cwd=tmp_path)
+    run = hybrid_exp("experiment=nonlinearity", "seed=0", *SYNTHETIC, cwd=tmp_path)  # a grid without -m
     assert run.returncode == 0, run.stderr[-3000:]
     runs = load_runs("nonlinearity", f"sqlite:///{tmp_path}/mlflow.db")
     assert sorted(runs.model) == ["separable", "separable_act", "separable_bn", "separable_elu"]

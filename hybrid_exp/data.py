@@ -98,6 +98,11 @@ def read_pickle(folder: Path, md5: dict[str, str] = BATCH_MD5) -> Arrays:
 
 def read_image_folder(folder: Path) -> Arrays:
     """``train/<class>/*`` and ``test/<class>/*``; classes sort into the official label order."""
+    return (*read_class_folders(folder / "train"), *read_class_folders(folder / "test"))
+
+
+def read_class_folders(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``<class>/*`` images of one split: (N, 32, 32, 3) uint8 and their labels."""
     from PIL import Image
 
     def decode(path: Path) -> np.ndarray:
@@ -111,19 +116,15 @@ def read_image_folder(folder: Path) -> Arrays:
                             "CIFAR-10 images are 32x32 RGB")
         return image
 
-    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
-        classes = sorted(p.name for p in (folder / split).iterdir() if p.is_dir())
-        if tuple(classes) != CLASSES:
-            raise DataError(f"{folder / split} must hold one folder per CIFAR-10 class "
-                            f"{', '.join(CLASSES)}; found {', '.join(classes) or 'none'}")
-        files = [(p, label) for label, name in enumerate(classes)
-                 for p in sorted((folder / split / name).iterdir())
-                 if p.suffix.lower() in IMAGE_SUFFIXES]
-        with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
-            images = list(pool.map(decode, (p for p, _ in files), chunksize=256))
-        return np.stack(images), np.array([label for _, label in files], dtype=np.int64)
-
-    return (*read("train"), *read("test"))
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if tuple(classes) != CLASSES:
+        raise DataError(f"{folder} must hold one folder per CIFAR-10 class "
+                        f"{', '.join(CLASSES)}; found {', '.join(classes) or 'none'}")
+    files = [(p, label) for label, name in enumerate(classes)
+             for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
+        images = list(pool.map(decode, (p for p, _ in files), chunksize=256))
+    return np.stack(images), np.array([label for _, label in files], dtype=np.int64)
 
 
 def locate(root: Path, fmt: str) -> tuple[str, Path] | None:

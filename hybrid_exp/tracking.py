@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
                  "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
                  "trainer.cuda_graph")
+WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)
 # What a setup is compared under: runs of different setups pair only on the same protocol.
 PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")
 
@@ -243,6 +244,16 @@ class TrackedRun:
                                 labels=np.asarray(labels, dtype=np.int16),
                                 predicted=logits.argmax(1).numpy().astype(np.int16),
                                 logits=logits.numpy().astype(np.float16))
+            retrying(self.client.log_artifact, self.run_id, str(path))
+
+    def log_weights(self, state: dict) -> None:
+        """``model.pt``: the trained network's state_dict (the unfused layout; load it with
+        ``torch.load(..., weights_only=True)``)."""
+        import torch
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / WEIGHTS
+            torch.save(state, path)
             retrying(self.client.log_artifact, self.run_id, str(path))
 
     def fail(self, reason: str) -> None:

@@ -20,7 +20,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from hybrid_exp import tracking
 from hybrid_exp.tracking import retrying
-from hybrid_exp.fusion import fuse
+from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.module import Classifier, Reporter, complexity, prepare_network, resolve_precision
 from hybrid_exp.seeding import derive_seed
 
@@ -238,9 +238,11 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
                     weights_only=True)
         trainer.test(module, datamodule=data, verbose=False, weights_only=True)
         logits = module.test_logits()  # (N, M, K): per-image evidence beside the error rate
+        state = net.state_dict()
         for m, run in enumerate(runs):
             if run and m not in module.failures:
                 run.log_predictions(*data.test_indices(), logits[:, m])
+                run.log_weights(member_state(state, m, M) if M > 1 else state)
     results = []
     for m, member in enumerate(members):
         if m in module.failures:

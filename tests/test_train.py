@@ -126,3 +126,29 @@ def test_the_training_step_is_a_plain_sgd_loop_with_the_float_schedule(make_cfg,
             schedule.step()
     for key, value in net.state_dict().items():
         assert torch.equal(trained[f"net.{key}"], value), key
+
+
+def test_a_finished_run_stores_its_weights_and_evaluate_scores_them(make_cfg, cifar10_root):
+    import subprocess
+    import sys
+
+    cfg = make_cfg(*real(cifar10_root, "trainer.max_epochs=2", "seed=[0,1]"))  # an array: both stored
+    results = train(cfg)
+    uri = cfg.logger.tracking_uri
+    client = MlflowClient(uri)
+    for result in results:
+        assert "model.pt" in [a.path for a in client.list_artifacts(result.run_id)]
+    evaluate = lambda *args: subprocess.run(
+        [sys.executable, "-m", "hybrid_exp.evaluate", *args, "--tracking-uri", uri],
+        capture_output=True, text=True, timeout=600)
+    run = evaluate("separable-seed1", "--split", "full")  # by name; the weights load unfused
+    assert run.returncode == 0, run.stderr[-2000:]
+    stored = client.get_run(results[1].run_id).data.metrics
+    assert stored["evaluate/full/error"] == pytest.approx(stored["test_full/error"], abs=0.1)
+    run = evaluate(results[0].run_id, "--image-folder", str(cifar10_root / "test"))  # the same images
+    assert run.returncode == 0, run.stderr[-2000:]
+    stored = client.get_run(results[0].run_id).data.metrics
+    assert stored["evaluate/image_folder/error"] == pytest.approx(stored["test_full/error"], abs=0.1)
+    assert "separable-seed0" in run.stdout and "evaluate/image_folder/error" in run.stdout
+    missing = evaluate("standard-seed9")
+    assert missing.returncode != 0 and "no run with id or name 'standard-seed9'" in missing.stderr

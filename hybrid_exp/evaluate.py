@@ -1,0 +1,118 @@
+"""python -m hybrid_exp.evaluate RUN [--split subset|full] [--image-folder DIR] [--tracking-uri URI] [--experiment NAME]
+
+Evaluates the trained weights of a FINISHED run (its ``model.pt`` artifact, with the network
+rebuilt from its ``config.yaml``) on the evaluation subset of the test set (``subset``, the
+paper's metric), the whole test set (``full``), or a folder of images in one sub-folder per
+CIFAR-10 class (``--image-folder``); logs the loss and error into that run as
+``evaluate/<split>/loss`` and ``evaluate/<split>/error`` and prints them. RUN is a run id, or a
+run name (``separable-seed3``: the newest FINISHED run of that name in the experiment).
+"""
+import argparse
+import os
+import sys
+
+SPLITS = {"subset": "test", "full": "test_full"}  # the data module's names
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m hybrid_exp.evaluate", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("run", help="run id, or run name (the newest FINISHED run of that name)")
+    cli.add_argument("--split", choices=sorted(SPLITS), default="subset",
+                     help="the test set's evaluation subset or all of it (default: %(default)s)")
+    cli.add_argument("--image-folder", help="evaluate on <folder>/<class>/*.png|jpg instead")
+    cli.add_argument("--data-root", help="where the dataset is, if not where the run found it")
+    cli.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    cli.add_argument("--experiment", default="hybrid-exp", help="where to look a run name up")
+    return cli
+
+
+def find_run(client, experiment: str, run: str):
+    """The run with this id, else the newest FINISHED run of this name in ``experiment``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run)
+    except MlflowException:
+        pass
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], f"attributes.run_name = '{run}' and "
+                              "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if found else []
+    if not runs:
+        raise SystemExit(f"no run with id or name '{run}' in experiment '{experiment}' of the "
+                         f"store (--experiment, --tracking-uri)")
+    return runs[0]
+
+
+def evaluate(run_id: str, client, split: str = "subset", image_folder: str | None = None,
+             data_root: str | None = None) -> dict[str, float]:
+    """Loss and error (%) of the run's trained weights on ``split`` (or ``image_folder``)."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from hybrid_exp.data import Batches, read_class_folders
+    from hybrid_exp.module import Classifier
+    from hybrid_exp.tracking import WEIGHTS
+
+    if WEIGHTS not in {a.path for a in client.list_artifacts(run_id)}:
+        raise SystemExit(f"run {run_id} has no {WEIGHTS}: only runs that FINISHED with this "
+                         f"version store their weights; train it again (rerun=true)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+        state = torch.load(client.download_artifacts(run_id, WEIGHTS, folder), map_location=device,
+                           weights_only=True)
+    net = instantiate(cfg.model)
+    net.load_state_dict(state)
+    if image_folder:
+        x, y = read_class_folders(Path(image_folder))
+        split_name = "image_folder"
+        images, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        rows = torch.arange(len(x), device=device)[None]
+    else:
+        if data_root:
+            cfg.data.root = data_root
+        data = instantiate(cfg.data, seeds=[cfg.seed])
+        data.setup()
+        images, labels, rows = data.splits[SPLITS[split]]
+        split_name = split
+    module = Classifier(net.to(device)).eval()
+    sums = torch.zeros(1, 2, device=device)
+    with torch.no_grad():
+        for batch in Batches(images, labels, rows, batch_size=256):
+            module.evaluate(batch, sums)
+    loss, errors = sums[0].tolist()
+    metrics = {f"evaluate/{split_name}/loss": loss / rows.shape[1],
+               f"evaluate/{split_name}/error": 100 * errors / rows.shape[1]}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    from hybrid_exp.tracking import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(args.tracking_uri)[0])
+    run = find_run(client, args.experiment, args.run)
+    try:
+        metrics = evaluate(run.info.run_id, client, args.split, args.image_folder, args.data_root)
+    except Exception as e:  # a data or shape problem: say it in one line
+        from hybrid_exp.data import DataError
+
+        if not isinstance(e, DataError):
+            raise
+        sys.exit(str(e))
+    print(f"{run.info.run_name} ({run.info.run_id}): " + ", ".join(
+        f"{k} {v:.4g}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    main()

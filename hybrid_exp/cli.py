@@ -16,6 +16,26 @@ def config_dir() -> str:
     return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
 
 
+def config_tree(cfg: DictConfig, output_dir: Path) -> None:
+    """The composed config as a tree, group by group: saved beside the job's outputs
+    (``config_tree.log``) and printed on a terminal."""
+    import sys
+
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        tree.add(key).add(Syntax(text.rstrip(), "yaml"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "config_tree.log", "w") as f:
+        Console(file=f, width=100, color_system=None).print(tree)
+    if sys.stdout.isatty():
+        Console().print(tree)
+
+
 def task(cfg: DictConfig):
     """One job: train (or skip, or resume) one seed, or several as a fused array (``seed`` a
     list, as the launcher makes them); record each run's outcome beside the job's outputs.
@@ -26,7 +46,9 @@ def task(cfg: DictConfig):
     fails raises its error."""
     from hybrid_exp.train import train  # imported late: `--help` and config errors stay fast
 
-    status = Path(HydraConfig.get().runtime.output_dir) / STATUS_FILE
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    config_tree(cfg, output_dir)
+    status = output_dir / STATUS_FILE
     try:
         results = train(cfg)
     except Exception as e:

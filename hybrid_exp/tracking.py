@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Keys that say where things are, or how they are logged, launched or executed: not what is
 # trained (precision stays hashed, resolved: bf16 and fp32 runs are different experiments).
-UNHASHED_KEYS = ("logger", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
+UNHASHED_KEYS = ("logger", "tags", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
                  "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
                  "trainer.cuda_graph")
 WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)

@@ -191,7 +191,8 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     cuda_graph = trainer_args.pop("cuda_graph") and graph_applies(nets[0], trainer_args["accelerator"])
     data = instantiate(cfg.data, seeds=[member.seed for member in members])
     tags = {"model": model, "block": block, "backbone": type(nets[0]).__name__.lower(),
-            "precision": trainer_args["precision"], "setup": setup}
+            "precision": trainer_args["precision"], "setup": setup,
+            **({"tags": ", ".join(map(str, cfg.tags))} if cfg.get("tags") else {})}
     name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
     if M > 1:
         tags["array"] = f"{M} seeds fused: {' '.join(str(m.seed) for m in members)}"

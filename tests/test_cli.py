@@ -22,6 +22,8 @@ def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10
     assert (runs.status == "FINISHED").all()
     assert (runs["test/error"] < 80).all(), runs[["run_name", "test/error"]]
     assert len(list((tmp_path / "multirun").glob("*/*/[0-3]"))) == 2  # one job per setup: seeds fused
+    tree = next((tmp_path / "multirun").glob("*/*/0/config_tree.log")).read_text()
+    assert tree.startswith("config") and "├── model" in tree and "max_epochs: 3" in tree
     assert "epoch 3/3" in run.stdout + run.stderr  # one plain progress line per epoch
 
 

@@ -1,11 +1,15 @@
 """The zoo from the command line: the card's command, the experiment presets, the docs table."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
 from hybrid_exp import docs
+from hybrid_exp.cli import config_dir
+from hybrid_exp.train import train
 from tests.conftest import FAST, PARALLEL, TINY
 
 SYNTHETIC_DATA = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128"]
@@ -45,7 +49,6 @@ def test_fig4_matched_arms_are_within_15_percent_of_separables_size(make_cfg):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from hybrid_exp.cli import config_dir
     from hybrid_exp.module import complexity
 
     size = lambda model: complexity(instantiate(make_cfg(f"model={model}").model))
@@ -103,3 +106,17 @@ def test_docs_table_is_generated_from_the_code():
         assert f"| `{name}` |" in text
     for backbone in ("fractalnet", "darknet", "darknet19"):  # Figs. 5-6: both units listed
         assert f"| `{backbone}` | {backbone.rstrip('19')} | `separable` |" in text
+
+
+DEBUG = sorted(p.stem for p in (Path(config_dir()) / "debug").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("debug", DEBUG)
+def test_every_debug_preset_trains_into_the_debug_experiment_with_the_users_tags(make_cfg, debug):
+    cfg = make_cfg(f"debug={debug}", *SYNTHETIC_DATA, "model.width=8", "model.depth=1",
+                   "trainer.max_epochs=1", "tags=[smoke,check]")
+    (result,) = train(cfg)
+    assert result.status == "finished" and "test/error" in result.metrics
+    runs = load_runs("debug", cfg.logger.tracking_uri)
+    assert len(runs) == 1 and runs.status.iloc[0] == "FINISHED"
+    assert MlflowClient(cfg.logger.tracking_uri).get_run(result.run_id).data.tags["tags"] == "smoke, check"

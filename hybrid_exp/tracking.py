@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 # trained (precision stays hashed, resolved: bf16 and fp32 runs are different experiments).
 UNHASHED_KEYS = ("logger", "tags", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
                  "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
-                 "trainer.cuda_graph")
+                 "trainer.cuda_graph", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                 "trainer.log_every_n_steps", "trainer.profiler", "trainer.default_root_dir",
+                 "trainer.enable_autolog_hparams", "trainer.model_registry", "trainer.enable_checkpointing",
+                 "trainer.num_sanity_val_steps")
 WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)
 # What a setup is compared under: runs of different setups pair only on the same protocol.
 PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")

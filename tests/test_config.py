@@ -62,6 +62,24 @@ def test_the_hash_holds_the_precision_and_device_a_run_really_trains_on(make_cfg
     assert run_schema(make_cfg("trainer.max_epochs=2"))["protocol_hash"] != schema["protocol_hash"]
 
 
+def test_every_lightning_trainer_argument_is_listed_at_lightnings_default(make_cfg):
+    """trainer.<name>=value needs no '+': the trainer config lists every Trainer argument."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    ours = {"max_epochs", "accelerator", "devices", "precision", "benchmark", "enable_checkpointing",
+            "enable_model_summary", "num_sanity_val_steps"}
+    in_code = {"self", "logger", "callbacks", "plugins"}
+    trainer = make_cfg().trainer
+    for name, parameter in inspect.signature(pl.Trainer.__init__).parameters.items():
+        if name not in in_code:
+            assert name in trainer, f"conf/trainer/default.yaml lacks Lightning's {name}"
+            if name not in ours:
+                assert trainer[name] == parameter.default, name
+    assert make_cfg("trainer.fast_dev_run=true", "trainer.gradient_clip_val=1.0").trainer.fast_dev_run
+
+
 def test_defaults_follow_the_paper(make_cfg):
     cfg = make_cfg()
     assert (cfg.seed, cfg.trainer.max_epochs, cfg.data.eval_size) == (0, 190, 6000)

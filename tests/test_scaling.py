@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -184,3 +185,23 @@ def test_slurm_preset_asks_for_one_gpu_per_job_and_requeues(make_cfg):
     assert (launcher.gpus_per_node, launcher.tasks_per_node) == (1, 1)
     assert (launcher.partition, launcher.account) == ("gpu", "lab")
     assert launcher.max_num_timeout > 0 and launcher.array_parallelism > 0 and launcher.timeout_min > 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_grid_ends_with_its_summary_and_no_traceback(tmp_path):
+    command = [sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=50",
+               "model=separable,standard,hybrid", "seed=0"]
+    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+    lines = []
+    for line in job.stdout:  # the first job is training
+        lines.append(line)
+        if "epoch 2/50" in line:
+            break
+    os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C does: the launcher and its jobs get SIGINT
+    output = "".join(lines) + job.communicate(timeout=300)[0]
+    assert job.returncode == 130, output[-3000:]
+    assert "Grid interrupted: 0 of 3 jobs had finished" in output and "Traceback" not in output
+    assert "model=standard seed=0" in output.split("Grid interrupted")[1]  # named: it will resume
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    assert (runs.status == "KILLED").all() and len(runs) >= 1

@@ -104,9 +104,12 @@ def run_in_slot(idx: int, job: bytes, slots: list[tuple[str, str]], lock_dir: Pa
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
     HydraConfig.instance().set_config(sweep_config)
-    result.send_bytes(cloudpickle.dumps(run_job(
-        hydra_context=hydra_context, task_function=task_function, config=sweep_config,
-        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")))
+    try:
+        result.send_bytes(cloudpickle.dumps(run_job(
+            hydra_context=hydra_context, task_function=task_function, config=sweep_config,
+            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")))
+    except KeyboardInterrupt:  # Ctrl-C: its runs are marked KILLED already; the launcher reports
+        os._exit(130)
 
 
 class GPULauncher(Launcher):
@@ -141,6 +144,20 @@ class GPULauncher(Launcher):
         state = Singleton.get_state()
         pending = list(enumerate(job_overrides, start=initial_job_idx))
         running, results = {}, {}
+        try:
+            self.run_all(pending, running, results, spawn, state, slots, threads)
+        except KeyboardInterrupt:  # Ctrl-C reaches every job of the terminal's process group too
+            for _, _, process in running.values():
+                process.join(timeout=120)  # each marks its runs KILLED, then ends
+            stopped = [" ".join(o) for _, o, _ in running.values()] + [" ".join(o) for _, o in pending]
+            log.warning("Grid interrupted: %d of %d jobs had finished; interrupted or not started "
+                        "(the same command resumes them, from their last checkpoints):\n  %s",
+                        len(results), len(job_overrides), "\n  ".join(stopped))
+            raise SystemExit(130) from None
+        return [results[idx] for idx in sorted(results)]
+
+    def run_all(self, pending, running, results, spawn, state, slots, threads) -> None:
+        """Start jobs as slots free up; collect each one's JobReturn into ``results``."""
         while pending or running:
             while pending and len(running) < len(slots):
                 idx, overrides = pending.pop(0)
@@ -162,4 +179,3 @@ class GPULauncher(Launcher):
                                              _return_value=RuntimeError(
                                                  f"job process ended with exit code {process.exitcode}"))
                 process.join()
-        return [results[idx] for idx in sorted(results)]

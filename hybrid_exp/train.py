@@ -63,6 +63,20 @@ def optuna_trial(cfg: DictConfig) -> optuna.Trial | None:
     return optuna.Trial(study, trial.trial_id)
 
 
+class EpochBar(RichProgressBar):
+    """Lightning's live bar with epochs counted from 1 and the last epoch's loss and errors (the
+    first living member's, of an array), read once per epoch; no version number."""
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's own: 0-based
+        description = f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+        return f"{description:{len(self.validation_description)}}"  # no flicker beside it
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, str]:
+        alive = [m for m in range(pl_module.members) if m not in pl_module.failures] or [0]
+        shown = ("train/loss", "train/error", "val/loss", "val/error")
+        return {k: f"{v:.4g}" for k, v in pl_module.metrics[alive[0]].items() if k in shown}
+
+
 class LastCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` after every epoch, atomically (a kill mid-write leaves the previous
     one). As a Checkpoint it runs after the module's epoch-end hook: the epoch is logged first."""
@@ -233,7 +247,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
         slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
         trainer = instantiate(
             trainer_args, logger=False, enable_progress_bar=tty,
-            callbacks=[LastCheckpoint(checkpoints), *([RichProgressBar()] if tty else []),
+            callbacks=[LastCheckpoint(checkpoints), *([EpochBar()] if tty else []),
                        *([OptunaPruning(trial)] if prunable else [])], **slurm)
         trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,
                     weights_only=True)

@@ -24,6 +24,7 @@ def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10
     assert len(list((tmp_path / "multirun").glob("*/*/[0-3]"))) == 2  # one job per setup: seeds fused
     tree = next((tmp_path / "multirun").glob("*/*/0/config_tree.log")).read_text()
     assert tree.startswith("config") and "├── model" in tree and "max_epochs: 3" in tree
+    assert "epoch 3/3" in next((tmp_path / "multirun").glob("*/*/0/hybrid_exp.log")).read_text()
     assert "epoch 3/3" in run.stdout + run.stderr  # one plain progress line per epoch
 
 
@@ -61,3 +62,12 @@ def test_a_grid_without_its_dataset_stops_once_before_any_job_in_one_sentence(tm
     assert run.returncode != 0 and output.count("no CIFAR-10 found under") == 1
     assert "set data.download=true to fetch the official archive" in output and "Traceback" not in output
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()  # nothing started
+
+
+def test_help_names_the_program_its_groups_launchers_and_sweepers():
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("python -m hybrid_exp")
+    for listed in ("debug: fdr, limit, overfit, profiler", "hydra/launcher=gpus", "slurm",
+                   "hydra/sweeper=optuna", "experiment: cardinality"):
+        assert listed in run.stdout, listed

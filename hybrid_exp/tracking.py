@@ -181,6 +181,17 @@ def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
 
 
+class CheckTracking(Callback):
+    """Hydra callback: a tracking server that is down or refuses us stops a grid before
+    anything else is done (the data, the store), in one sentence."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_server(config.logger.tracking_uri)
+        except TrackingUnavailable as e:  # Hydra would only warn and start every job anyway
+            raise SystemExit(str(e)) from None
+
+
 class PrepareTracking(Callback):
     """Hydra callback: create the store and the experiment once, before any job starts, so
     parallel jobs never race to initialise the database or create the experiment."""

@@ -283,9 +283,9 @@ def test_grid_logs_over_http_to_postgres_with_artifacts_on_the_server(server, tm
         assert server.history(run["info"]["run_id"], "val/error") == [0, 1]  # one point per epoch
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert params["model.width"] == "16"
-        # config.yaml went through the server into its artifact store, not to a local folder
+        # the artifacts went through the server into its artifact store, not to a local folder
         listed = server.rest("GET", f"artifacts/list?run_id={run['info']['run_id']}")
-        assert [f["path"] for f in listed["files"]] == ["config.yaml"]
+        assert [f["path"] for f in listed["files"]] == ["config.yaml", "model.pt", "test_predictions.npz"]
         assert list(server.artifacts.glob(f"*/{run['info']['run_id']}/artifacts/config.yaml"))
     assert not (work / "mlartifacts").exists() and not (work / "mlflow.db").exists()
 

@@ -41,7 +41,8 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     for key in ("train/loss", "train/error", "val/loss", "lr", "epoch_seconds",
                 "images_per_second", "test/loss"):
         assert key in stored.data.metrics, key
-    assert [a.path for a in client.list_artifacts(run.run_id)] == ["config.yaml", "test_predictions.npz"]
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["config.yaml", "model.pt",
+                                                                  "test_predictions.npz"]
     assert 0 < stored.data.metrics["test_full/error"] < 100  # the whole 10,000-image test set
 
     # per-image evidence: each evaluation image's position in the test set, prediction, logits
@@ -61,7 +62,7 @@ def test_seed_zero_is_reproducible_and_seed_one_differs(make_cfg):
     first = learned(train(make_cfg(*fast, "seed=0"))[0].metrics)
     again = learned(train(make_cfg(*fast, "seed=0", "rerun=true"))[0].metrics)  # train it again
     other = learned(train(make_cfg(*fast, "seed=1"))[0].metrics)
-    assert len(first) == 6 and first == again
+    assert len(first) == 8 and first == again  # train, val, test subset, whole test set
     assert first["train/loss"] != other["train/loss"]
 
 

@@ -308,6 +308,7 @@ def test_setups_are_told_apart_by_their_setup_hash_and_labelled_by_their_knobs()
     assert set(label_setups(same).setup) == {"grouped", "separable"}
 
 
+@pytest.mark.slow
 def test_command_on_a_real_grid(tmp_path, cifar10_root):
     grid = subprocess.run(
         [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,equivalent,inception",

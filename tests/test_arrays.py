@@ -93,6 +93,7 @@ def run(command, cwd):
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_a_killed_array_resumes_every_member_into_its_own_run(tmp_path, cifar10_root):
     command = [sys.executable, "-m", "hybrid_exp", *real(cifar10_root, "trainer.max_epochs=4", "seed=[0,1,2]")]
     job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -21,6 +21,7 @@ def hybrid_exp(*args, cwd):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_the_cards_command_runs_on_real_cifar10(tmp_path, cifar10_root):
     run = hybrid_exp("-m", "model=inception,resnext,hybrid", "seed=range(1)", "experiment=quick",
                      f"data.root={cifar10_root}", "data.train_subset=2000", "data.val_size=200",
@@ -35,6 +36,7 @@ FIG4 = ["separable", "inception", "resnext", "reformulated_inception", "equivale
         "hybrid_path_init", "separable_path_init", "resnext_depthwise", "extreme_inception"]
 
 
+@pytest.mark.slow
 def test_fig4_preset_runs_the_six_setups_and_the_controls_into_its_own_experiment(tmp_path):
     run = hybrid_exp("-m", "experiment=fig4", "seed=0", *SYNTHETIC, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

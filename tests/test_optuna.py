@@ -100,6 +100,7 @@ def test_pruner_stops_hopeless_trials_through_the_storage(tmp_path, cifar10_root
     assert all("pruned by Optuna at epoch 1" in client.get_run(r).data.tags["pruned"] for r in killed.run_id)
 
 
+@pytest.mark.slow
 def test_failing_trial_fails_the_trial_not_the_sweep_up_to_max_failure_rate(tmp_path):
     (tmp_path / "tolerant").mkdir()
     (tmp_path / "strict").mkdir()

@@ -71,6 +71,7 @@ def test_protocol_counts_the_paper_figures():
     assert images["separable"] == 10 * 190 * 45000  # seeds x epochs x training images
 
 
+@pytest.mark.slow
 def test_bench_command_times_both_pipelines_packing_and_projects_the_protocol(tmp_path, cifar10_root):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "hybrid_exp.bench", "--models", "separable",

@@ -24,6 +24,7 @@ def grid(*args, cwd, **kwargs):
                           capture_output=True, text=True, timeout=900, **kwargs)
 
 
+@pytest.mark.slow
 def test_killed_grid_relaunched_finishes_each_config_once_resuming_from_checkpoints(tmp_path):
     command = [sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=6",
                "seed=range(6)", "hydra.launcher.n_jobs=2"]
@@ -82,6 +83,7 @@ def test_relaunch_skips_finished_configs_and_rerun_trains_again(make_cfg):
     assert len(load_runs("hybrid-exp", cfg.logger.tracking_uri)) == 2
 
 
+@pytest.mark.slow
 def test_failing_job_among_good_ones_gives_the_summary_and_exit_status(tmp_path):
     run = grid(*SMALL, "trainer.max_epochs=1", "optim.lr=0.1,1e30", "hydra.launcher.n_jobs=2",
                cwd=tmp_path)
@@ -104,6 +106,7 @@ def writer(uri: str, experiment_id: str, index: int, steps: int) -> None:
             run.log({f"m{j}": step * j for j in range(5)}, step=step)
 
 
+@pytest.mark.slow
 def test_eight_parallel_writers_lose_nothing_in_the_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client, experiment_id = tracking.connect(OmegaConf.create(
@@ -152,6 +155,7 @@ def test_slots_pin_gpus_and_split_runs_per_gpu(monkeypatch):
     assert make_slots(None, 1, 3) == [("cpu-0", ""), ("cpu-1", ""), ("cpu-2", "")]
 
 
+@pytest.mark.slow
 def test_each_job_sees_only_its_gpu(tmp_path):
     run = grid(*SMALL, "trainer.max_epochs=1", "trainer.accelerator=cpu", "seed=0,1",
                "hydra.launcher.gpus=[0,1]", f"hydra.launcher.lock_dir={tmp_path}/locks",
@@ -164,6 +168,7 @@ def test_each_job_sees_only_its_gpu(tmp_path):
                               if ": CUDA_VISIBLE_DEVICES=" in line}
 
 
+@pytest.mark.slow
 def test_submitit_local_grid_of_two(tmp_path):
     run = grid(*SMALL, "trainer.max_epochs=1", "seed=0,1", "hydra/launcher=submitit_local",
                "hydra.launcher.timeout_min=10", cwd=tmp_path)

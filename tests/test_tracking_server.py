@@ -268,6 +268,7 @@ def tags(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
+@pytest.mark.slow
 def test_grid_logs_over_http_to_postgres_with_artifacts_on_the_server(server, tmp_path, cifar10_root):
     work = tmp_path / "work"
     work.mkdir()

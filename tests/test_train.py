@@ -129,6 +129,7 @@ def test_the_training_step_is_a_plain_sgd_loop_with_the_float_schedule(make_cfg,
         assert torch.equal(trained[f"net.{key}"], value), key
 
 
+@pytest.mark.slow
 def test_a_finished_run_stores_its_weights_and_evaluate_scores_them(make_cfg, cifar10_root):
     import subprocess
     import sys

@@ -26,6 +26,8 @@ def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10
     assert tree.startswith("config") and "├── model" in tree and "max_epochs: 3" in tree
     assert "epoch 3/3" in next((tmp_path / "multirun").glob("*/*/0/hybrid_exp.log")).read_text()
     assert "epoch 3/3" in run.stdout + run.stderr  # one plain progress line per epoch
+    output = run.stdout + run.stderr
+    assert "job 1 of 2 started: model=separable" in output and "job 2 of 2 done" in output
 
 
 def test_ctrl_c_marks_the_run_killed_not_running(tmp_path):

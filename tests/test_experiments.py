@@ -122,3 +122,10 @@ def test_every_debug_preset_trains_into_the_debug_experiment_with_the_users_tags
     runs = load_runs("debug", cfg.logger.tracking_uri)
     assert len(runs) == 1 and runs.status.iloc[0] == "FINISHED"
     assert MlflowClient(cfg.logger.tracking_uri).get_run(result.run_id).data.tags["tags"] == "smoke, check"
+
+
+def test_a_grid_preset_shows_what_it_sweeps_in_the_job_config():
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp", "experiment=fig4", "--cfg", "job"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0
+    assert "grid:\n  model: separable,inception,resnext,reformulated_inception,equivalent,hybrid" in run.stdout

@@ -158,9 +158,12 @@ class GPULauncher(Launcher):
 
     def run_all(self, pending, running, results, spawn, state, slots, threads) -> None:
         """Start jobs as slots free up; collect each one's JobReturn into ``results``."""
+        total, started = len(pending), 0
         while pending or running:
             while pending and len(running) < len(slots):
                 idx, overrides = pending.pop(0)
+                started += 1
+                log.info("job %d of %d started: %s", started, total, " ".join(overrides))
                 reader, writer = spawn.Pipe(duplex=False)
                 job = cloudpickle.dumps((overrides, self.hydra_context, self.config,
                                          self.task_function, state))  # closures included
@@ -179,3 +182,5 @@ class GPULauncher(Launcher):
                                              _return_value=RuntimeError(
                                                  f"job process ended with exit code {process.exitcode}"))
                 process.join()
+                log.info("job %d of %d done (%d running): %s", len(results), total, len(running),
+                         " ".join(overrides))

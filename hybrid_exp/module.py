@@ -232,6 +232,9 @@ class Classifier(pl.LightningModule):
         # logged as validation ends, so callbacks there (Optuna pruning) see this epoch's values
         self.val_metrics = self.summarize("val")
         self.report(self.val_metrics)
+        alive = [m for m in range(self.members) if m not in self.failures] or [0]
+        self.log_dict({k: sum(self.val_metrics[m][k] for m in alive) / len(alive)  # for callbacks
+                       for k in ("val/loss", "val/error")})
 
     def on_train_epoch_end(self) -> None:
         for member, step in enumerate(self.first_bad_step.tolist()):

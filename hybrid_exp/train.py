@@ -248,6 +248,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
         trainer = instantiate(
             trainer_args, logger=False, enable_progress_bar=tty,
             callbacks=[LastCheckpoint(checkpoints), *([EpochBar()] if tty else []),
+                       *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None),
                        *([OptunaPruning(trial)] if prunable else [])], **slurm)
         trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,
                     weights_only=True)

@@ -32,6 +32,7 @@ def checkpoint_state(folder) -> dict:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_an_array_gives_each_member_its_own_run_equal_to_the_unfused_run(make_cfg, cifar10_root, tmp_path):
     fused = train(make_cfg(*real(cifar10_root, "seed=[2,0,1]")))
     assert [r.seed for r in fused] == [2, 0, 1] and {r.status for r in fused} == {"finished"}

@@ -154,3 +154,16 @@ def test_a_finished_run_stores_its_weights_and_evaluate_scores_them(make_cfg, ci
     assert "separable-seed0" in run.stdout and "evaluate/image_folder/error" in run.stdout
     missing = evaluate("standard-seed9")
     assert missing.returncode != 0 and "no run with id or name 'standard-seed9'" in missing.stderr
+
+
+def test_callbacks_composed_in_config_join_the_trainer(make_cfg):
+    """callbacks=early_stopping: a run whose val/error cannot improve by 100 points stops after
+    its patience, and says so in its history; the resume checkpoint stays on."""
+    cfg = make_cfg("data=synthetic", "data.train_subset=256", *TINY, "trainer.max_epochs=10",
+                   "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+                   "callbacks.early_stopping.min_delta=100")
+    (result,) = train(cfg)
+    assert result.status == "finished"
+    history = MlflowClient(cfg.logger.tracking_uri).get_metric_history(result.run_id, "val/error")
+    assert [m.step for m in history] == [0, 1]  # stopped after 2 of 10 epochs
+    assert list(Path(cfg.checkpoint_dir).glob("*/last.ckpt"))

@@ -1,10 +1,12 @@
-"""python -m hybrid_exp.evaluate RUN [--split subset|full] [--image-folder DIR] [--tracking-uri URI] [--experiment NAME]
+"""python -m hybrid_exp.evaluate RUN [--split subset|full] [--image-folder DIR] [--weights model.pt|best.pt] [--tracking-uri URI] [--experiment NAME]
 
 Evaluates the trained weights of a FINISHED run (its ``model.pt`` artifact, with the network
 rebuilt from its ``config.yaml``) on the evaluation subset of the test set (``subset``, the
 paper's metric), the whole test set (``full``), or a folder of images in one sub-folder per
 CIFAR-10 class (``--image-folder``); logs the loss and error into that run as
-``evaluate/<split>/loss`` and ``evaluate/<split>/error`` and prints them. RUN is a run id, or a
+``evaluate/<split>/loss`` and ``evaluate/<split>/error`` and prints them. ``--weights best.pt``
+evaluates the best validation epoch's weights instead (runs trained with
+``callbacks=best_weights``), logged as ``evaluate/<split>/best/...``. RUN is a run id, or a
 run name (``separable-seed3``: the newest FINISHED run of that name in the experiment).
 """
 import argparse
@@ -21,6 +23,8 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--split", choices=sorted(SPLITS), default="subset",
                      help="the test set's evaluation subset or all of it (default: %(default)s)")
     cli.add_argument("--image-folder", help="evaluate on <folder>/<class>/*.png|jpg instead")
+    cli.add_argument("--weights", choices=("model.pt", "best.pt"), default="model.pt",
+                     help="the final weights, or the best validation epoch's (default: %(default)s)")
     cli.add_argument("--data-root", help="where the dataset is, if not where the run found it")
     cli.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     cli.add_argument("--experiment", default="hybrid-exp", help="where to look a run name up")
@@ -46,7 +50,7 @@ def find_run(client, experiment: str, run: str):
 
 
 def evaluate(run_id: str, client, split: str = "subset", image_folder: str | None = None,
-             data_root: str | None = None) -> dict[str, float]:
+             data_root: str | None = None, weights: str = "model.pt") -> dict[str, float]:
     """Loss and error (%) of the run's trained weights on ``split`` (or ``image_folder``)."""
     import tempfile
     from pathlib import Path
@@ -57,15 +61,15 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
 
     from hybrid_exp.data import Batches, read_class_folders
     from hybrid_exp.module import Classifier
-    from hybrid_exp.tracking import WEIGHTS
 
-    if WEIGHTS not in {a.path for a in client.list_artifacts(run_id)}:
-        raise SystemExit(f"run {run_id} has no {WEIGHTS}: only runs that FINISHED with this "
-                         f"version store their weights; train it again (rerun=true)")
+    if weights not in {a.path for a in client.list_artifacts(run_id)}:
+        raise SystemExit(f"run {run_id} has no {weights}: " + (
+            "only runs trained with callbacks=best_weights store it" if weights == "best.pt" else
+            "only runs that FINISHED with this version store their weights; train it again (rerun=true)"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as folder:
         cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
-        state = torch.load(client.download_artifacts(run_id, WEIGHTS, folder), map_location=device,
+        state = torch.load(client.download_artifacts(run_id, weights, folder), map_location=device,
                            weights_only=True)
     net = instantiate(cfg.model)
     net.load_state_dict(state)
@@ -87,8 +91,8 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
         for batch in Batches(images, labels, rows, batch_size=256):
             module.evaluate(batch, sums)
     loss, errors = sums[0].tolist()
-    metrics = {f"evaluate/{split_name}/loss": loss / rows.shape[1],
-               f"evaluate/{split_name}/error": 100 * errors / rows.shape[1]}
+    prefix = f"evaluate/{split_name}/" + ("best/" if weights == "best.pt" else "")
+    metrics = {f"{prefix}loss": loss / rows.shape[1], f"{prefix}error": 100 * errors / rows.shape[1]}
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     return metrics
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     client = MlflowClient(resolve_tracking_uri(args.tracking_uri)[0])
     run = find_run(client, args.experiment, args.run)
     try:
-        metrics = evaluate(run.info.run_id, client, args.split, args.image_folder, args.data_root)
+        metrics = evaluate(run.info.run_id, client, args.split, args.image_folder, args.data_root,
+                           args.weights)
     except Exception as e:  # a data or shape problem: say it in one line
         from hybrid_exp.data import DataError
 

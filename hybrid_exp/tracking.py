@@ -26,7 +26,7 @@ UNHASHED_KEYS = ("logger", "tags", "grid", "data.root", "data.download", "rerun"
                  "trainer.cuda_graph", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                  "trainer.log_every_n_steps", "trainer.profiler", "trainer.default_root_dir",
                  "trainer.enable_autolog_hparams", "trainer.model_registry", "trainer.enable_checkpointing",
-                 "trainer.num_sanity_val_steps")
+                 "trainer.num_sanity_val_steps", "callbacks.best_weights")
 WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)
 # What a setup is compared under: runs of different setups pair only on the same protocol.
 PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")
@@ -46,6 +46,8 @@ def identity(cfg: DictConfig) -> DictConfig:
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if node is not None and leaf in node:
             del node[leaf]
+    if cfg.get("callbacks"):  # a callback left out (null) trains as one never listed
+        cfg.callbacks = {name: c for name, c in cfg.callbacks.items() if c is not None}
     if "trainer" in cfg:
         accelerator = cfg.trainer.get("accelerator", "auto")
         on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -260,13 +262,13 @@ class TrackedRun:
                                 logits=logits.numpy().astype(np.float16))
             retrying(self.client.log_artifact, self.run_id, str(path))
 
-    def log_weights(self, state: dict) -> None:
-        """``model.pt``: the trained network's state_dict (the unfused layout; load it with
-        ``torch.load(..., weights_only=True)``)."""
+    def log_weights(self, state: dict, name: str = WEIGHTS) -> None:
+        """``model.pt`` (or ``name``): a state_dict of the network (the unfused layout; load it
+        with ``torch.load(..., weights_only=True)``)."""
         import torch
 
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / WEIGHTS
+            path = Path(folder) / name
             torch.save(state, path)
             retrying(self.client.log_artifact, self.run_id, str(path))
 

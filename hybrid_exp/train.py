@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -76,6 +77,24 @@ class EpochBar(RichProgressBar):
         shown = ("train/loss", "train/error", "val/loss", "val/error")
         return {k: f"{v:.4g}" for k, v in pl_module.metrics[alive[0]].items() if k in shown}
 
+    # While the bar is live, rich prints what goes to sys.stdout/sys.stderr above it; logging
+    # handlers keep the streams they were made with and would write over the bar: point the
+    # console handlers at rich's streams for as long as it runs.
+    moved: list[tuple[logging.StreamHandler, object]] = []
+
+    def _init_progress(self, trainer) -> None:
+        super()._init_progress(trainer)
+        if self.progress is not None and not self._progress_stopped and not self.moved:
+            redirected = {id(sys.__stdout__): sys.stdout, id(sys.__stderr__): sys.stderr}
+            self.moved = [(h, h.setStream(redirected[id(h.stream)])) for h in logging.getLogger().handlers
+                          if type(h) is logging.StreamHandler and id(h.stream) in redirected]
+
+    def _stop_progress(self) -> None:
+        super()._stop_progress()
+        for handler, stream in self.moved:
+            handler.setStream(stream)
+        self.moved = []
+
 
 class LastCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` after every epoch, atomically (a kill mid-write leaves the previous
@@ -88,6 +107,46 @@ class LastCheckpoint(Checkpoint):
         partial = self.path.with_suffix(".part")
         trainer.save_checkpoint(partial, weights_only=False)  # optimizer and loops too
         os.replace(partial, self.path)
+
+
+class BestWeights(Checkpoint):
+    """Keeps each member's weights from the epoch of its best ``monitor`` (a validation metric:
+    ``val/error`` or ``val/loss``), which every FINISHED run then stores as ``best.pt`` beside the
+    final ``model.pt``, with ``best/epoch`` and ``best/<monitor>``. Training is unchanged by it.
+    The kept weights travel in the resume checkpoint (``state_dict``): a resumed run keeps them.
+    As a Checkpoint it runs after the module's epoch-end hook, when the epoch's metrics are in."""
+
+    FILE = "best.pt"
+
+    def __init__(self, monitor: str = "val/error", mode: str = "min"):
+        if mode not in ("min", "max") or not monitor.startswith("val/"):
+            raise ValueError(f"callbacks.best_weights: monitor a val/ metric with mode min or max; "
+                             f"got monitor={monitor!r}, mode={mode!r}")
+        self.monitor, self.sign = monitor, 1 if mode == "min" else -1
+        self.best: dict[int, dict] = {}  # member -> {"epoch", "value", "state"}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        state = None
+        for m in range(pl_module.members):
+            value = pl_module.val_metrics[m].get(self.monitor)
+            if m in pl_module.failures or value is None or not math.isfinite(value):
+                continue
+            if m not in self.best or self.sign * value < self.sign * self.best[m]["value"]:
+                state = state or {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
+                member = member_state(state, m, pl_module.members) if pl_module.members > 1 else state
+                self.best[m] = {"epoch": trainer.current_epoch, "value": value, "state": member}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict["best"]
+
+    def store(self, member: int, run: tracking.TrackedRun) -> None:  # not "log": Lightning sets that
+        if member in self.best:
+            best = self.best[member]
+            run.log_weights(best["state"], self.FILE)
+            run.log({"best/epoch": best["epoch"], f"best/{self.monitor}": best["value"]}, best["epoch"])
 
 
 class MemberRuns(Reporter):
@@ -259,6 +318,8 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
             if run and m not in module.failures:
                 run.log_predictions(*data.test_indices(), logits[:, m])
                 run.log_weights(member_state(state, m, M) if M > 1 else state)
+                for best in (c for c in trainer.callbacks if isinstance(c, BestWeights)):
+                    best.store(m, run)
     results = []
     for m, member in enumerate(members):
         if m in module.failures:

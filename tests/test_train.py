@@ -134,7 +134,8 @@ def test_a_finished_run_stores_its_weights_and_evaluate_scores_them(make_cfg, ci
     import subprocess
     import sys
 
-    cfg = make_cfg(*real(cifar10_root, "trainer.max_epochs=2", "seed=[0,1]"))  # an array: both stored
+    cfg = make_cfg(*real(cifar10_root, "trainer.max_epochs=2", "seed=[0,1]",  # an array: both stored
+                         "callbacks=best_weights"))
     results = train(cfg)
     uri = cfg.logger.tracking_uri
     client = MlflowClient(uri)
@@ -152,6 +153,9 @@ def test_a_finished_run_stores_its_weights_and_evaluate_scores_them(make_cfg, ci
     stored = client.get_run(results[0].run_id).data.metrics
     assert stored["evaluate/image_folder/error"] == pytest.approx(stored["test_full/error"], abs=0.1)
     assert "separable-seed0" in run.stdout and "evaluate/image_folder/error" in run.stdout
+    run = evaluate("separable-seed0", "--weights", "best.pt")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "evaluate/subset/best/error" in client.get_run(results[0].run_id).data.metrics
     missing = evaluate("standard-seed9")
     assert missing.returncode != 0 and "no run with id or name 'standard-seed9'" in missing.stderr
 
@@ -167,3 +171,97 @@ def test_callbacks_composed_in_config_join_the_trainer(make_cfg):
     history = MlflowClient(cfg.logger.tracking_uri).get_metric_history(result.run_id, "val/error")
     assert [m.step for m in history] == [0, 1]  # stopped after 2 of 10 epochs
     assert list(Path(cfg.checkpoint_dir).glob("*/last.ckpt"))
+
+
+def test_best_weights_keep_each_members_best_epoch_and_survive_a_resume():
+    """Member m's kept weights are those of the epoch of its lowest val/error, sliced to the
+    unfused layout; the kept weights travel in the checkpoint's callback state."""
+    from types import SimpleNamespace
+
+    from hybrid_exp.fusion import fuse
+    from hybrid_exp.train import BestWeights
+
+    net = fuse([torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)])
+    errors = [(50.0, 40.0), (30.0, 45.0), (35.0, float("nan"))]  # best: member 0 epoch 1, member 1 epoch 0
+    module = SimpleNamespace(net=net, members=2, failures={}, val_metrics=None)
+    best, seen = BestWeights(), []
+    for epoch, (e0, e1) in enumerate(errors):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(epoch)
+        seen.append({k: v.clone() for k, v in net.state_dict().items()})
+        module.val_metrics = [{"val/error": e0}, {"val/error": e1}]
+        best.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), module)
+    assert (best.best[0]["epoch"], best.best[0]["value"]) == (1, 30.0)
+    assert (best.best[1]["epoch"], best.best[1]["value"]) == (0, 40.0)  # a NaN epoch is never best
+    for member, epoch in ((0, 1), (1, 0)):
+        torch.nn.Linear(3, 2).load_state_dict(best.best[member]["state"])  # the unfused layout
+        assert all(torch.all(v == epoch) for v in best.best[member]["state"].values())
+    resumed = BestWeights()
+    resumed.load_state_dict(torch.load(_saved(best.state_dict()), weights_only=True))
+    assert resumed.best[0]["epoch"] == 1 and torch.equal(resumed.best[0]["state"]["weight"],
+                                                          best.best[0]["state"]["weight"])
+    with pytest.raises(ValueError, match="monitor a val/ metric"):
+        BestWeights(monitor="train/loss")
+
+
+def _saved(state):
+    import io
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_best_weights_callback_stores_best_pt_without_changing_training(make_cfg):
+    common = ["data=synthetic", "data.train_subset=256", *TINY, "trainer.max_epochs=3",
+              "optim.lr=0.5", "seed=[0,1]"]
+    plain_cfg = make_cfg(*common)
+    plain = train(plain_cfg)
+    cfg = make_cfg(*common, "callbacks=best_weights", "logger.experiment_name=with-best")
+    from hybrid_exp.tracking import config_hash
+    assert config_hash(cfg) == config_hash(plain_cfg)  # storing best.pt is not a new config
+    with_best = train(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    for a, b in zip(plain, with_best):
+        assert a.metrics["test/error"] == b.metrics["test/error"]  # training unchanged
+        history = client.get_metric_history(b.run_id, "val/error")
+        best = min(history, key=lambda m: (m.value, m.step))
+        stored = client.get_run(b.run_id).data.metrics
+        assert (stored["best/epoch"], stored["best/val/error"]) == (best.step, best.value)
+        assert {"best.pt", "model.pt"} <= {x.path for x in client.list_artifacts(b.run_id)}
+        assert "best.pt" not in {x.path for x in client.list_artifacts(a.run_id)}
+
+
+def test_log_lines_print_above_the_live_bar_not_over_it():
+    """While the rich bar is live, a console log handler writes through rich (which prints
+    above the bar), and gets its own stream back afterwards."""
+    import io
+    import logging
+    import sys
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.demos.boring_classes import BoringModel
+
+    from hybrid_exp.train import EpochBar
+
+    class Model(BoringModel):
+        members, failures, metrics = 1, {}, [{}]
+
+    class LogsMidEpoch(pl.Callback):
+        def on_train_batch_end(self, *args):
+            logging.getLogger("hybrid_exp").warning("a line during training")
+
+    screen = io.StringIO()
+    handler = logging.StreamHandler(sys.__stdout__)
+    logging.getLogger().addHandler(handler)
+    try:
+        trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                             enable_checkpointing=False, enable_model_summary=False,
+                             callbacks=[EpochBar(console_kwargs={"file": screen, "force_terminal": True}),
+                                        LogsMidEpoch()])
+        trainer.fit(Model())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "a line during training" in screen.getvalue()  # printed by rich, above the bar
+    assert handler.stream is sys.__stdout__

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from analysis import load_runs
 from hybrid_exp import tracking
 from hybrid_exp.train import train
-from hydra_plugins.hybrid_exp_launcher.gpus import claim, make_slots
+from hydra_plugins.hybrid_exp_launcher.gpus import claim, default_lock_dir, make_slots, private_dir
 
 SMALL = ["data=synthetic", "data.train_subset=1024", "data.val_size=128", "data.eval_size=128",
          "model.width=8", "model.depth=1", "data.batch_size=64", "optim.warmup_epochs=0"]
@@ -140,9 +140,8 @@ def test_a_crashed_job_cannot_leak_its_slot(tmp_path):
     os.close(fd)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    started = time.time()
-    fd, _ = claim([("cpu-0", "")], tmp_path)  # the kernel released the dead job's lock
-    assert time.time() - started < 2
+    fd, _ = claim([("cpu-0", "")], tmp_path)  # the kernel released the dead job's lock (else: waits)
+    assert os.readlink(f"/proc/self/fd/{fd}").endswith("cpu-0.lock")
     os.close(fd)
 
 
@@ -210,3 +209,28 @@ def test_ctrl_c_of_a_grid_ends_with_its_summary_and_no_traceback(tmp_path):
     assert "model=standard seed=0" in output.split("Grid interrupted")[1]  # named: it will resume
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
     assert (runs.status == "KILLED").all() and len(runs) >= 1
+
+
+def test_slot_locks_live_in_a_private_directory(tmp_path, monkeypatch):
+    """Another user must not be able to pre-create the lock directory and hold our slots."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert default_lock_dir().name == f"hybrid_exp-slots-{os.getuid()}"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_lock_dir() == tmp_path / "hybrid_exp-slots"
+    fresh = private_dir(tmp_path / "fresh")
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    fd, _ = claim([("cpu-0", "")], fresh)
+    assert os.fstat(fd).st_mode & 0o777 == 0o600
+    os.close(fd)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # as a pre-created folder in /tmp would be
+    with pytest.raises(PermissionError, match=r"slot lock directory .*shared is not a private "
+                       r"directory of this user .*hydra.launcher.lock_dir="):
+        private_dir(shared)
+    (tmp_path / "link").symlink_to(fresh)
+    with pytest.raises(PermissionError, match="not a private directory"):
+        private_dir(tmp_path / "link")
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(fresh).st_uid + 1)  # someone else's
+    with pytest.raises(PermissionError, match="owner uid"):
+        private_dir(fresh)

@@ -10,10 +10,10 @@ With ``fuse_seeds`` (the default), the jobs of a grid that differ only in ``seed
 arrays (``max_array_size`` seeds each): one job, one process, one network for all of them.
 """
 import fcntl
-import getpass
 import logging
 import multiprocessing
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,7 +42,7 @@ class GPULauncherConf:
     gpus: Any = None  # None: every visible GPU; N: the first N; [ids]: these
     runs_per_gpu: int = 1  # jobs sharing one GPU (small nets cannot fill an H100 alone)
     n_jobs: int = 1  # parallel jobs when there is no GPU; the CPU cores are split among them
-    lock_dir: Any = None  # None: <tmp>/hybrid_exp-slots-<user>
+    lock_dir: Any = None  # None: $XDG_RUNTIME_DIR/hybrid_exp-slots, else <tmp>/hybrid_exp-slots-<uid>
     fuse_seeds: bool = True  # jobs differing only in seed train as one fused array (one process)
     max_array_size: int = 10  # seeds per array at most (GPU memory grows with it)
 
@@ -73,12 +73,33 @@ def make_slots(gpus, runs_per_gpu: int, n_jobs: int) -> list[tuple[str, str]]:
     return [(f"cpu-{k}", "") for k in range(n_jobs)]
 
 
+def default_lock_dir() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")  # the user's own tmpfs, where there is one
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "hybrid_exp-slots"
+    return Path(tempfile.gettempdir()) / f"hybrid_exp-slots-{os.getuid()}"
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, created with mode 0700, after checking that it is a directory of ours that no
+    one else can write: in a shared /tmp another user could otherwise pre-create it and hold
+    every slot's lock, stopping our grids forever."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise PermissionError(
+            f"the slot lock directory {path} is not a private directory of this user (owner uid "
+            f"{info.st_uid}, mode {stat.filemode(info.st_mode)}): remove it, or choose another "
+            f"with hydra.launcher.lock_dir=...")
+    return path
+
+
 def claim(slots: list[tuple[str, str]], lock_dir: Path) -> tuple[int, str]:
     """Block until one of ``slots`` is ours: (open lock file descriptor, its device)."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(lock_dir)
     while True:
         for name, device in slots:
-            fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return fd, device  # held until this process exits
@@ -121,7 +142,7 @@ class GPULauncher(Launcher):
                              f"max_array_size={max_array_size}")
         self.gpus, self.runs_per_gpu, self.n_jobs = gpus, runs_per_gpu, n_jobs
         self.array_size = max_array_size if fuse_seeds else 1
-        self.lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"hybrid_exp-slots-{getpass.getuser()}")
+        self.lock_dir = private_dir(Path(lock_dir) if lock_dir else default_lock_dir())  # checked up front
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:

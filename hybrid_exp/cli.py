@@ -4,6 +4,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.hybrid_exp_launcher import register
@@ -44,6 +45,14 @@ def task(cfg: DictConfig):
     objectives; ``test/error`` stands in for ``val/error`` when there is no validation split);
     for an array, a list of them, one per seed, None for a seed that failed. A single run that
     fails raises its error."""
+    from hybrid_exp.checks import ConfigError, check_values
+
+    try:
+        check_values(cfg)  # before the heavy imports: a mistyped value is told at once
+    except ConfigError as e:
+        if HydraConfig.get().mode == RunMode.RUN:
+            raise SystemExit(str(e)) from None
+        raise
     from hybrid_exp.train import train  # imported late: `--help` and config errors stay fast
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -53,9 +62,16 @@ def task(cfg: DictConfig):
         results = train(cfg)
     except Exception as e:
         import optuna  # already loaded by train
+
+        from hybrid_exp.data import DataError
+        from hybrid_exp.tracking import TrackingUnavailable
+
         pruned = isinstance(e, optuna.TrialPruned)
         status.write_text(json.dumps({"status": "pruned" if pruned else "failed",
                                       "error": f"{type(e).__name__}: {e}"}))
+        if isinstance(e, (ConfigError, DataError, TrackingUnavailable)) and \
+                HydraConfig.get().mode == RunMode.RUN:
+            raise SystemExit(str(e)) from None  # the user's mistake: one sentence, no traceback
         raise
     status.write_text(json.dumps({"runs": [
         {"seed": r.seed, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,

@@ -306,6 +306,12 @@ class ResidentData(pl.LightningDataModule):
     def load(self) -> Arrays:
         raise NotImplementedError
 
+    @classmethod
+    def sizes(cls, **data_config) -> tuple[int, int, int] | None:
+        """(training images, test images, classes) that ``data_config`` will read, if known
+        before reading (the config checks use it); None: known only once read."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
@@ -392,6 +398,10 @@ class CIFAR10(ResidentData):
 
     def load(self) -> Arrays:
         return load_cifar10(self.root, self.format, self.download)
+
+    @classmethod
+    def sizes(cls, **data_config) -> tuple[int, int, int]:
+        return 50000, 10000, len(CLASSES)
 
 
 class Synthetic(ResidentData):

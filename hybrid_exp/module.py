@@ -231,6 +231,7 @@ class Classifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # logged as validation ends, so callbacks there (Optuna pruning) see this epoch's values
         self.val_metrics = self.summarize("val")
+        self.fail_non_finite(self.val_metrics, "validation")
         self.report(self.val_metrics)
         alive = [m for m in range(self.members) if m not in self.failures] or [0]
         self.log_dict({k: sum(self.val_metrics[m][k] for m in alive) / len(alive)  # for callbacks
@@ -255,8 +256,21 @@ class Classifier(pl.LightningModule):
             f"  (member {alive} of {self.members})" if self.members > 1 else ""))
 
     def on_test_epoch_end(self) -> None:
-        self.report([{**subset, **full} for subset, full in
-                     zip(self.summarize("test"), self.summarize("test_full"))])
+        metrics = [{**subset, **full} for subset, full in zip(self.summarize("test"), self.summarize("test_full"))]
+        self.fail_non_finite(metrics, "test")
+        self.report(metrics)
+
+    def fail_non_finite(self, metrics: list[dict[str, float]], stage: str) -> None:
+        """A member whose evaluation loss is not finite diverged (its training loss can still
+        be finite): it fails, as a non-finite training loss makes it fail."""
+        for member, values in enumerate(metrics):
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad and member not in self.failures:
+                self.fail(member, f"diverged: non-finite {stage} metric ({', '.join(bad)}) at epoch "
+                                  f"{self.current_epoch}; lower optim.lr or check the data")
+        if len(self.failures) == self.members:
+            raise Diverged(self.failures[0] if self.members == 1 else
+                           f"every member of the array diverged: {self.failures}")
 
     def fail(self, member: int, reason: str) -> None:
         """Freeze ``member`` at zero (see the class docstring) and report its failure."""

@@ -1,7 +1,9 @@
 """MLflow bookkeeping: one run per training, its identity (config hash), resume and status."""
 import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import random
 import subprocess
 import tempfile
@@ -113,13 +115,46 @@ def retrying(call, *args, attempts: int = 8, **kwargs):
 # ---------------------------------------------------------------------------- the store
 
 
+SCHEMES = ("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql", "databricks")
+
+
 def resolve_tracking_uri(uri: str) -> tuple[str, str | None]:
-    """(absolute tracking URI, artifact location): a SQLite store keeps artifacts beside it."""
+    """(absolute tracking URI, artifact location): a SQLite store keeps artifacts beside it.
+    A URI MLflow cannot use as a tracking store, or a SQLite file where we cannot write, is
+    refused in one sentence."""
+    uri = str(uri)
+    if not uri.startswith(SCHEMES):
+        raise TrackingUnavailable(
+            f"logger.tracking_uri={uri} is no tracking store: use sqlite:///path/mlflow.db (a "
+            f"local file), http(s)://host:port (a server, docs/tracking.md) or a database URL "
+            f"(postgresql://..., mysql://...)")
     if not uri.startswith("sqlite:///"):
         return uri, None  # a server decides where artifacts go
     db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrackingUnavailable(f"cannot create {db.parent} for the tracking store ({e.strerror}): "
+                                  f"choose a writable place with logger.tracking_uri=sqlite:///...") from None
+    for path in (db.parent, db.parent / "mlartifacts", db):  # SQLite writes a journal beside it
+        if path.exists() and not os.access(path, os.W_OK):
+            raise TrackingUnavailable(f"{path} is not writable, and the tracking store "
+                                      f"{db.name} needs it: choose a writable place with "
+                                      f"logger.tracking_uri=sqlite:///...")
     return f"sqlite:///{db}", (db.parent / "mlartifacts").as_uri()
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Held while a SQLite store is created and migrated: processes that open a fresh store at
+    once would each run MLflow's schema migrations on it and break it."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 class TrackingUnavailable(RuntimeError):
@@ -180,7 +215,8 @@ def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     uri, artifact_location = resolve_tracking_uri(logger_cfg.tracking_uri)
     check_server(uri)
     client = MlflowClient(uri)
-    return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
+    with store_lock(uri):  # the first call creates and migrates a SQLite store
+        return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
 
 
 class CheckTracking(Callback):
@@ -189,7 +225,7 @@ class CheckTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
-            check_server(config.logger.tracking_uri)
+            check_server(resolve_tracking_uri(config.logger.tracking_uri)[0])
         except TrackingUnavailable as e:  # Hydra would only warn and start every job anyway
             raise SystemExit(str(e)) from None
 

@@ -20,6 +20,7 @@ from torch import nn
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from hybrid_exp import tracking
+from hybrid_exp.checks import check_config
 from hybrid_exp.tracking import retrying
 from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.module import Classifier, Reporter, complexity, prepare_network, resolve_precision
@@ -166,10 +167,7 @@ class MemberRuns(Reporter):
 
 def trial_seeds(cfg: DictConfig) -> list[int]:
     """``seed``: one trial seed, or a list of them trained as one fused array."""
-    seeds = OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seed must be one seed or a list of distinct seeds; got {seeds}")
-    return seeds
+    return OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
 
 
 def member_config(cfg: DictConfig, seed: int) -> DictConfig:
@@ -218,6 +216,7 @@ def train(cfg: DictConfig) -> list[Result]:
     Names come from Hydra's choices: ``model`` (the preset) and ``block`` (``model/block``); the
     ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
     """
+    check_config(cfg)  # a mistake stops here, in one sentence: before the data and the store
     choices = HydraConfig.get().runtime.choices
     seeds = trial_seeds(cfg)
     if len(seeds) > 1 and str(cfg.trainer.precision) in ("16-mixed", "16"):

@@ -265,3 +265,16 @@ def test_log_lines_print_above_the_live_bar_not_over_it():
         logging.getLogger().removeHandler(handler)
     assert "a line during training" in screen.getvalue()  # printed by rich, above the bar
     assert handler.stream is sys.__stdout__
+
+
+def test_a_non_finite_validation_or_test_metric_fails_the_run(make_cfg):
+    """lr=1e4 for one epoch (in warm-up): the training loss stays finite (5e26) while the
+    validation loss is NaN; a run must not FINISH with NaN metrics."""
+    cfg = make_cfg("data=synthetic", "model.width=16", "model.depth=1", "trainer.max_epochs=1",
+                   "optim.lr=1e4")
+    with pytest.raises(Diverged, match=r"non-finite validation metric \(val/loss\) at epoch 0"):
+        train(cfg)
+    (run,) = load_runs("hybrid-exp", cfg.logger.tracking_uri).itertuples()
+    assert run.status == "FAILED"
+    error = MlflowClient(cfg.logger.tracking_uri).get_run(run.run_id).data.tags["error"]
+    assert "non-finite validation metric" in error

@@ -1,0 +1,124 @@
+"""Every config is checked before data is read or a run is created, a grid's every job before
+the first starts: one sentence per mistake, naming the key, the allowed values and the value.
+
+``check_values`` (types and ranges, no heavy import) runs first; ``check_config`` adds what
+needs the code: the data split sizes against the dataset, and the network's shape (built on
+the CPU, once per model config: these networks take milliseconds).
+"""
+import itertools
+import logging
+
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config that cannot train: its message is the one sentence the user sees."""
+
+
+def whole(value, key: str, low: int, high: int | None = None, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"a whole number in {low}..{high}" if high is not None else f"a whole number >= {low}"
+        raise ConfigError(f"{key} must be {allowed}{' (or null)' if none_ok else ''}; got {value!r}")
+
+
+def number(value, key: str, low: float, high: float | None = None, low_open: bool = False,
+           high_open: bool = False) -> None:
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (value > low if low_open else value >= low)
+          and (high is None or (value < high if high_open else value <= high)))
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"{key} must be a number in {bounds}; got {value!r}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Types and ranges of the keys every run reads."""
+    seeds = OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be a whole number >= 0, or a list of them (seed=[0,1,2]); "
+                              f"got {seed!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seed must be one seed or a list of distinct seeds; got {seeds}")
+    data, trainer, optim = cfg.data, cfg.trainer, cfg.optim
+    whole(data.batch_size, "data.batch_size", 1)
+    for key in ("val_size", "eval_size", "train_subset"):
+        if key in data:
+            whole(data[key], f"data.{key}", 0 if key == "val_size" else 1, none_ok=key == "train_subset")
+    whole(trainer.max_epochs, "trainer.max_epochs", 1)
+    number(optim.lr, "optim.lr", 0, low_open=True)
+    number(optim.momentum, "optim.momentum", 0, 1, high_open=True)
+    number(optim.weight_decay, "optim.weight_decay", 0)
+    number(optim.warmup_epochs, "optim.warmup_epochs", 0)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """``check_values``, then the split sizes against the dataset and the network's shape."""
+    from hydra.utils import get_class
+
+    check_values(cfg)
+    dataset = get_class(cfg.data._target_)
+    sizes = dataset.sizes(**{k: v for k, v in cfg.data.items() if k != "_target_"})
+    if sizes:
+        n_train, n_test, classes = sizes
+        data = cfg.data
+        whole(data.val_size, "data.val_size", 0, n_train - 1)
+        whole(data.eval_size, "data.eval_size", 1, n_test)
+        whole(data.train_subset, "data.train_subset", classes, n_train - data.val_size, none_ok=True)
+    from hybrid_exp.train import build_network
+
+    model = OmegaConf.to_yaml(cfg.model, resolve=True)
+    if model not in _built:  # a grid's seeds share their model config: built once
+        member = cfg.copy()
+        member.seed = 0
+        try:
+            build_network(member)
+        except InstantiationException as e:  # the blocks say which constraint and which values
+            raise ConfigError(str(e.__cause__ or e)) from None
+        _built.add(model)
+
+
+_built: set[str] = set()  # model configs whose network was built
+
+
+def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+    """(swept overrides, composed config) of each job of the grid ``config`` launches: its command
+    line's sweeps (a,b,c and range(...)) expanded; a sweeper's own search space (interval(...),
+    hydra.sweeper.params) is left to the sweeper."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}  # a preset's sweep; the command line wins
+    lines = {**{key: f"{key}={value}" for key, value in params.items()},
+             **{line.split("=", 1)[0]: line for line in config.hydra.overrides.task}}
+    choices = []
+    for override in OverridesParser.create().parse_overrides(list(lines.values())):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices.append([f"{key}={override.get_value_element_as_str()}"])
+        elif override.is_choice_sweep() or override.is_range_sweep():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+    swept = [i for i, values in enumerate(choices) if len(values) > 1]
+    return [([job[i] for i in swept], compose(config.hydra.job.config_name, overrides=list(job)))
+            for job in itertools.product(*choices)]
+
+
+class CheckConfigs(Callback):
+    """Hydra callback: every job's config of a grid checked before the first job starts (before
+    the data is read and the store created); a mistake stops the grid in one sentence."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        jobs = grid_configs(config)
+        for stage in (check_values, check_config):  # the quick checks first, for all jobs
+            for overrides, cfg in jobs:
+                try:
+                    stage(cfg)
+                except ConfigError as e:
+                    where = f" (job {' '.join(overrides)})" if overrides else ""
+                    raise SystemExit(f"{e}{where}") from None

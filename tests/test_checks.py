@@ -1,0 +1,83 @@
+"""A config mistake is one sentence, before the data is read or a run or folder is created."""
+import subprocess
+import sys
+
+import pytest
+
+from hybrid_exp.checks import ConfigError, check_config, check_values
+from hybrid_exp.tracking import TrackingUnavailable, resolve_tracking_uri
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", "data.batch_size must be a whole number >= 1; got 0"),
+    ("data.batch_size=-5", "data.batch_size must be a whole number >= 1; got -5"),
+    ("data.batch_size=1.5", "data.batch_size must be a whole number >= 1; got 1.5"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be a whole number >= 1; got 0"),
+    ("seed=abc", "seed must be a whole number >= 0, or a list of them .*got 'abc'"),
+    ("seed=-1", "seed must be a whole number >= 0.*got -1"),
+    ("seed=[1,1]", r"seed must be one seed or a list of distinct seeds; got \[1, 1\]"),
+    ("data.val_size=-1", "data.val_size must be a whole number >= 0; got -1"),
+    ("optim.lr=0", r"optim.lr must be a number in \(0, inf\); got 0"),
+    ("optim.momentum=1", r"optim.momentum must be a number in \[0, 1\); got 1"),
+])
+def test_values_out_of_range_are_one_sentence(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_values(make_cfg(override))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.val_size=50000"], "data.val_size must be a whole number in 0..49999; got 50000"),
+    (["data.eval_size=20000"], "data.eval_size must be a whole number in 1..10000; got 20000"),
+    (["data.train_subset=5"], r"data.train_subset must be a whole number in 10..45000 \(or null\); got 5"),
+    (["model=grouped", "model.block.groups=7"], "groups=7 does not divide C_in=64"),
+])
+def test_sizes_and_shapes_are_checked_without_reading_data(make_cfg, overrides, message):
+    cfg = make_cfg("data.root=/nonexistent", "data.download=false", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+def test_a_good_config_passes(make_cfg):
+    check_config(make_cfg("data.root=/nonexistent", "seed=[0,1]"))  # no data needed for the checks
+    check_config(make_cfg("data=synthetic", "model=fractalnet"))
+
+
+def test_tracking_uris_that_cannot_work_are_refused_in_one_sentence():
+    with pytest.raises(TrackingUnavailable, match=r"logger.tracking_uri=garbage://x is no tracking "
+                       r"store: use sqlite:///path/mlflow.db .*http\(s\)://"):
+        resolve_tracking_uri("garbage://x")
+    with pytest.raises(TrackingUnavailable, match=r"cannot create /proc/hybrid/x for the tracking store"):
+        resolve_tracking_uri("sqlite:////proc/hybrid/x/mlflow.db")
+
+
+def hybrid_exp(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "hybrid_exp", *args,
+                           f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                           f"checkpoint_dir={tmp_path}/checkpoints"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_a_bad_value_stops_a_single_run_with_one_sentence(tmp_path):
+    run = hybrid_exp(tmp_path, "data.batch_size=0", "data.root=/nonexistent")
+    assert run.returncode == 1
+    assert run.stderr.strip() == "data.batch_size must be a whole number >= 1; got 0"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_grid_checks_every_job_before_the_first_starts(tmp_path):
+    """groups=8 is valid, groups=7 not: nothing trains, no folder or store is created."""
+    run = hybrid_exp(tmp_path, "-m", "model=grouped", "model.block.groups=8,7", "data=synthetic",
+                     "trainer.max_epochs=1")
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "model.block.groups must divide the unit's input channels; groups=7 does not divide "
+        "C_in=64 (choose a divisor of model.width) (job model.block.groups=7)")
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_grid_preset_checks_the_setups_it_sweeps(tmp_path):
+    run = hybrid_exp(tmp_path, "experiment=fig4", "data.eval_size=20000", "data.root=/nonexistent")
+    assert run.returncode == 1
+    assert "data.eval_size must be a whole number in 1..10000; got 20000 (job model=" in run.stderr
+    assert not (tmp_path / "multirun").exists()

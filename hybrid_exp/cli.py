@@ -1,5 +1,6 @@
 """``python -m hybrid_exp [overrides]`` trains once; ``-m`` launches a grid (Hydra multirun)."""
 import json
+import os
 from pathlib import Path
 
 import hydra
@@ -87,4 +88,6 @@ def task(cfg: DictConfig):
 
 
 register()
+# A single run's folder: two runs started in the same second on one machine get their own.
+OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
 main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(task)

@@ -214,8 +214,8 @@ def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     """(client, experiment id), creating the store and the experiment if needed."""
     uri, artifact_location = resolve_tracking_uri(logger_cfg.tracking_uri)
     check_server(uri)
-    client = MlflowClient(uri)
-    with store_lock(uri):  # the first call creates and migrates a SQLite store
+    with store_lock(uri):  # the first client creates and migrates a SQLite store
+        client = MlflowClient(uri)
         return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
 
 

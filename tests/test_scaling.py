@@ -234,3 +234,18 @@ def test_slot_locks_live_in_a_private_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getuid", lambda: os.stat(fresh).st_uid + 1)  # someone else's
     with pytest.raises(PermissionError, match="owner uid"):
         private_dir(fresh)
+
+
+@pytest.mark.slow
+def test_single_runs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
+    """Six runs started together in one folder with no mlflow.db yet: the store is created and
+    migrated once (under its lock), every run finishes, and each run has its own folder."""
+    runs = [subprocess.Popen([sys.executable, "-m", "hybrid_exp", *SMALL, "trainer.max_epochs=1",
+                              f"seed={seed}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for seed in range(6)]
+    errors = [run.communicate(timeout=900)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0] * 6, "\n".join(e[-1500:] for e in errors)
+    finished = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(finished.seed) == list(range(6)) and set(finished.status) == {"FINISHED"}
+    folders = {p.parent.parent for p in tmp_path.glob("outputs/*/*/.hydra/config.yaml")}
+    assert len(folders) == 6  # none overwrote another's config and log

@@ -13,6 +13,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import zipfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,8 +119,11 @@ def read_class_folders(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if tuple(classes) != CLASSES:
-        raise DataError(f"{folder} must hold one folder per CIFAR-10 class "
-                        f"{', '.join(CLASSES)}; found {', '.join(classes) or 'none'}")
+        missing = [c for c in CLASSES if c not in classes]
+        extra = [c for c in classes if c not in CLASSES]
+        raise DataError(f"{folder} must hold one folder per CIFAR-10 class: " + "; ".join(
+            ([f"{folder.name} lacks the class folder(s) {', '.join(missing)}"] if missing else []) +
+            ([f"it has folder(s) that are no class: {', '.join(extra)}"] if extra else [])))
     files = [(p, label) for label, name in enumerate(classes)
              for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
@@ -180,24 +184,48 @@ def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = F
         raise DataError(f"no CIFAR-10 found under {root}: expected {LAYOUTS}{hint}")
     fmt, folder = found
     cache = folder / f"cifar10-{fmt}-uint8.npz"
+    source = manifest(folder, fmt)
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
-        except (OSError, ValueError, KeyError) as e:
+                if str(z["source"]) == source:
+                    return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
+            log.info("the files under %s changed since %s was built; reading them again", folder, cache.name)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             log.warning("ignoring unreadable cache %s (%s); rebuilding it", cache, e)
     log.info("decoding CIFAR-10 (%s) from %s", fmt, folder)
     arrays = read_pickle(folder) if fmt == "pickle" else read_image_folder(folder)
-    save_atomically(cache, arrays)
+    save_atomically(cache, arrays, source)
     return arrays
 
 
-def save_atomically(cache: Path, arrays: Arrays) -> None:
-    """Write the cache whole or not at all; a read-only data folder just goes uncached."""
+def manifest(folder: Path, fmt: str) -> str:
+    """A digest of the files a cache is built from (names, sizes, modification times): a cache
+    is used only while they are unchanged."""
+    if fmt == "pickle":
+        names = list(BATCH_MD5)
+    else:
+        names = [os.path.relpath(os.path.join(parent, name), folder)
+                 for split in ("train", "test") for parent, _, files in os.walk(folder / split)
+                 for name in files]
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        try:
+            info = os.stat(folder / name)
+            digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            digest.update(f"{name}:missing\n".encode())
+    return digest.hexdigest()
+
+
+def save_atomically(cache: Path, arrays: Arrays, source: str) -> None:
+    """Write the cache whole or not at all, with the manifest of its source; a read-only data
+    folder just goes uncached."""
     partial = cache.with_name(f".{cache.name}.{os.getpid()}.part")
     try:
         with open(partial, "wb") as f:
-            np.savez(f, **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)))
+            np.savez(f, source=np.array(source),
+                     **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)))
         os.replace(partial, cache)
     except OSError as e:
         partial.unlink(missing_ok=True)

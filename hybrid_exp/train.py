@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,25 @@ class MemberRuns(Reporter):
             self.runs[member].fail(reason)
 
 
+def checkpoint_epoch(last: Path, client, run_ids: list[str]) -> int | None:
+    """The epoch ``last`` holds; None when it cannot be read (a crash or a full disk damaged
+    it): then it is renamed aside, not deleted, and its runs end FAILED saying so, for the
+    config to start again in new runs."""
+    try:
+        return torch.load(last, weights_only=True, map_location="cpu")["epoch"]
+    except Exception as e:
+        kept = last.with_name(f"{last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(last, kept)
+        reason = (f"{last} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); kept "
+                  f"as {kept.name}; the config restarts in a new run")
+        log.warning(reason)
+        for run_id in run_ids:
+            if retrying(client.get_run, run_id).info.status != "FAILED":
+                retrying(client.set_tag, run_id, "error", reason)
+                retrying(client.set_terminated, run_id, "FAILED")
+        return None
+
+
 def trial_seeds(cfg: DictConfig) -> list[int]:
     """``seed``: one trial seed, or a list of them trained as one fused array."""
     return OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
@@ -281,7 +301,10 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
     last = checkpoints / "last.ckpt"
     # the epoch (0-based, = MLflow step) after the checkpointed one: where training picks up
-    start = torch.load(last, weights_only=True)["epoch"] + 1 if resume and last.is_file() else None
+    start = None
+    if resume and last.is_file():
+        epoch = checkpoint_epoch(last, client, resume)
+        start, resume = (epoch + 1, resume) if epoch is not None else (None, None)
     checkpoints.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         runs = []

@@ -85,7 +85,7 @@ def test_unknown_format_lists_the_valid_ones(tmp_path):
 def test_image_folder_with_wrong_classes_names_them(tmp_path):
     for split in ("train", "test"):
         (tmp_path / split / "cats").mkdir(parents=True)
-    with pytest.raises(DataError, match="one folder per CIFAR-10 class.*found cats"):
+    with pytest.raises(DataError, match="one folder per CIFAR-10 class.*no class: cats"):
         load_cifar10(tmp_path, "image_folder")
 
 
@@ -192,3 +192,55 @@ def test_splits_are_disjoint_balanced_and_paired_by_seed(cifar10_root):
 def test_impossible_sizes_name_the_key(cifar10_root, kwargs, message):
     with pytest.raises(DataError, match=message):
         CIFAR10(str(cifar10_root), **kwargs).setup()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
+def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
+    """A cache cut short by a full disk, or with a bad CRC, is rebuilt, not fatal on every run."""
+    md5, images, _ = write_official_batches(tmp_path / "cifar-10-batches-py")
+    for name, digest in md5.items():
+        monkeypatch.setitem(data.BATCH_MD5, name, digest)
+    load_cifar10(tmp_path)
+    cache = tmp_path / "cifar-10-batches-py" / "cifar10-pickle-uint8.npz"
+    blob = bytearray(cache.read_bytes())
+    if damage == "truncate":
+        blob = blob[:len(blob) * 2 // 3]
+    else:
+        blob[len(blob) // 2] ^= 0xFF  # inside x_train's pixels: the zip's CRC-32 no longer matches
+    cache.write_bytes(bytes(blob))
+    np.testing.assert_array_equal(load_cifar10(tmp_path)[0][-20:], images["data_batch_5"])
+    with np.load(cache) as z:
+        np.testing.assert_array_equal(z["x_train"][-20:], images["data_batch_5"])
+
+
+def write_image_folder(root, per_class=2):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in data.CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_a_changed_image_folder_is_read_again_not_served_from_its_cache(tmp_path):
+    from PIL import Image
+
+    write_image_folder(tmp_path)
+    first = load_cifar10(tmp_path, "image_folder")[0]
+    assert (tmp_path / "cifar10-image_folder-uint8.npz").is_file()
+    image = tmp_path / "train/cat/0.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)  # new pixels, same name
+    changed = load_cifar10(tmp_path, "image_folder")[0]
+    assert not np.array_equal(first, changed) and changed[6].max() == 0  # cat 0 is image 6
+    image.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"train/cat/0.png is not a readable image"):
+        load_cifar10(tmp_path, "image_folder")
+    image.unlink()
+    for f in (tmp_path / "test/dog").iterdir():
+        f.unlink()
+    (tmp_path / "test/dog").rmdir()
+    with pytest.raises(DataError, match=r"test lacks the class folder\(s\) dog"):
+        load_cifar10(tmp_path, "image_folder")

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -249,3 +250,22 @@ def test_single_runs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
     assert sorted(finished.seed) == list(range(6)) and set(finished.status) == {"FINISHED"}
     folders = {p.parent.parent for p in tmp_path.glob("outputs/*/*/.hydra/config.yaml")}
     assert len(folders) == 6  # none overwrote another's config and log
+
+
+def test_a_corrupt_checkpoint_is_kept_aside_and_its_config_restarts_cleanly(make_cfg, caplog):
+    """A crash left a run RUNNING and its last.ckpt damaged: the relaunch names the file, keeps
+    it renamed, ends the old run FAILED with the reason, and trains the config in a new run."""
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
+    first = train(cfg)[0]
+    client = MlflowClient(cfg.logger.tracking_uri)
+    client.update_run(first.run_id, "RUNNING")  # as a SIGKILL mid-run leaves it
+    (checkpoint,) = Path(cfg.checkpoint_dir).glob("*/last.ckpt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    again = train(cfg)[0]
+    assert again.status == "finished" and again.run_id != first.run_id
+    old = client.get_run(first.run_id)
+    assert old.info.status == "FAILED"
+    assert f"{checkpoint} is unreadable" in old.data.tags["error"]
+    kept = list(checkpoint.parent.glob("last.ckpt.corrupt-*"))
+    assert len(kept) == 1 and kept[0].stat().st_size == 1000
+    assert f"{checkpoint} is unreadable" in caplog.text

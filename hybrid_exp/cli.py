@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hybrid_exp.redact import redact, redact_files
 from hydra_plugins.hybrid_exp_launcher import register
 from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE  # read by the grid summary
 
@@ -29,7 +30,7 @@ def config_tree(cfg: DictConfig, output_dir: Path) -> None:
 
     tree = Tree("config", guide_style="dim")
     for key, value in cfg.items():
-        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        text = redact(OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value))
         tree.add(key).add(Syntax(text.rstrip(), "yaml"))
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "config_tree.log", "w") as f:
@@ -57,6 +58,8 @@ def task(cfg: DictConfig):
     from hybrid_exp.train import train  # imported late: `--help` and config errors stay fast
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().output_subdir:  # Hydra saved the job's configs there as given
+        redact_files(output_dir / HydraConfig.get().output_subdir)
     config_tree(cfg, output_dir)
     status = output_dir / STATUS_FILE
     try:

@@ -19,6 +19,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from hybrid_exp.redact import redact_tree
+
 log = logging.getLogger(__name__)
 
 # Keys that say where things are, or how they are logged, launched or executed: not what is
@@ -333,7 +335,7 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
         run_id = run.info.run_id
     try:
         if not resume:
-            resolved = OmegaConf.to_container(cfg, resolve=True)
+            resolved = redact_tree(OmegaConf.to_container(cfg, resolve=True))  # no passwords
             all_params = {**flatten(resolved), **{k: str(v) for k, v in params.items()}}
             items = [Param(k, v) for k, v in sorted(all_params.items())]
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch

@@ -398,3 +398,39 @@ def test_optuna_sweep_keeps_its_study_in_postgresql(postgres, server, tmp_path):
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert len(server.runs("tuned")) == 3  # the study's parent run and its two trials
+
+
+def test_redact_hides_passwords_in_urls_and_nothing_else():
+    from hybrid_exp.redact import redact, redact_tree
+
+    assert redact("postgresql+psycopg://mlflow:s3cr:t@db:5432/optuna") == "postgresql+psycopg://mlflow:***@db:5432/optuna"
+    assert redact("http://admin:pw@host/x and https://u:v@h") == "http://admin:***@host/x and https://u:***@h"
+    assert redact("sqlite:////tmp/a:b/mlflow.db") == "sqlite:////tmp/a:b/mlflow.db"
+    assert redact("http://host:5000") == "http://host:5000"
+    assert redact_tree({"a": ["mysql://u:p@h/d", 3], "b": None}) == {"a": ["mysql://u:***@h/d", 3], "b": None}
+
+
+@pytest.mark.slow
+def test_a_storage_password_appears_nowhere_in_runs_logs_or_saved_configs(postgres, tmp_path):
+    """An Optuna sweep whose storage URL holds a password (as docs/tracking.md's PostgreSQL
+    setup has it) and a tracking URL with one: the marker is in no MLflow param, tag or artifact,
+    no file of the outputs, the store's own database file included."""
+    storage = postgres("optuna_secret")
+    assert PASSWORD in storage
+    sweep = job(tmp_path, "hydra/sweeper=optuna", "hparams_search=separable_optuna",
+                "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}",
+                "data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=64",
+                *TINY, "trainer.max_epochs=1", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert PASSWORD not in sweep.stdout + sweep.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) >= 2
+    for run in runs:
+        assert PASSWORD not in json.dumps({**run.data.params, **run.data.tags})
+    assert "postgresql://hybrid:***@" in json.dumps([r.data.params for r in runs])
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "optimization_results.yaml" for p in files)
+    assert any(p.name == "overrides.yaml" for p in files)
+    for path in files:  # artifacts, .hydra/*.yaml, multirun.yaml, logs, mlflow.db itself
+        assert PASSWORD.encode() not in path.read_bytes(), path

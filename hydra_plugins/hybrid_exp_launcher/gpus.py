@@ -30,6 +30,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hybrid_exp.redact import redact, redact_files
 from hydra_plugins.hybrid_exp_launcher.arrays import launch_arrays
 from hydra_plugins.hybrid_exp_launcher.summary import log_summary
 
@@ -149,6 +150,7 @@ class GPULauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        redact_files(Path(self.config.hydra.sweep.dir))  # multirun.yaml, as the sweeper saved it
         jobs = launch_arrays(self.launch_jobs, job_overrides, initial_job_idx, self.array_size)
         log_summary(jobs)
         return jobs
@@ -184,7 +186,7 @@ class GPULauncher(Launcher):
             while pending and len(running) < len(slots):
                 idx, overrides = pending.pop(0)
                 started += 1
-                log.info("job %d of %d started: %s", started, total, " ".join(overrides))
+                log.info("job %d of %d started: %s", started, total, redact(" ".join(overrides)))
                 reader, writer = spawn.Pipe(duplex=False)
                 job = cloudpickle.dumps((overrides, self.hydra_context, self.config,
                                          self.task_function, state))  # closures included
@@ -204,4 +206,4 @@ class GPULauncher(Launcher):
                                                  f"job process ended with exit code {process.exitcode}"))
                 process.join()
                 log.info("job %d of %d done (%d running): %s", len(results), total, len(running),
-                         " ".join(overrides))
+                         redact(" ".join(overrides)))

@@ -6,6 +6,8 @@ from typing import Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from hybrid_exp.redact import redact
+
 log = logging.getLogger(__name__)
 STATUS_FILE = "job_status.json"  # written by hybrid_exp.cli.task into each job's output dir
 
@@ -35,5 +37,5 @@ def log_summary(jobs: Sequence[JobReturn]) -> dict[str, int]:
              counts["failed"], len(jobs))
     for job, (kind, reason) in zip(jobs, outcomes):
         if kind == "failed":
-            log.error("  FAILED %s: %s", " ".join(job.overrides or []), reason)
+            log.error("  FAILED %s: %s", redact(" ".join(job.overrides or [])), redact(reason))
     return counts

@@ -23,6 +23,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hybrid_exp.redact import redact
+
 log = logging.getLogger(__name__)
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
         optuna.trial.TrialState.FAIL)
@@ -101,7 +103,7 @@ class OptunaSweeper(Sweeper):
             study_name=name, storage=storage, load_if_exists=True, directions=self.directions,
             sampler=self.sampler, pruner=self.pruner)
         done = sum(t.state in DONE for t in study.trials)
-        log.info("Study %s in %s: %d of %d trials done", name, storage, done, self.n_trials)
+        log.info("Study %s in %s: %d of %d trials done", name, redact(storage), done, self.n_trials)
         sampler_cfg = self.config.hydra.sweeper.sampler
         if done and sampler_cfg.get("seed") is not None:
             # a resumed sweep must not replay the trials its seed drew the first time
@@ -171,7 +173,7 @@ class OptunaSweeper(Sweeper):
         """optimization_results.yaml and best.yaml (an experiment preset) in the sweep dir."""
         out = Path(self.config.hydra.sweep.dir)
         out.mkdir(parents=True, exist_ok=True)
-        results = {"name": "optuna", "study_name": study.study_name, "storage": storage}
+        results = {"name": "optuna", "study_name": study.study_name, "storage": redact(storage)}
         if len(self.directions) == 1:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best.number)

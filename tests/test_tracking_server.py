@@ -29,6 +29,7 @@ from tests.conftest import PARALLEL, REPO, TINY
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 PASSWORD = "test-only-password"
+GUARD = "/usr/local/bin/refuse-placeholders"
 
 
 def free_port() -> int:
@@ -63,7 +64,7 @@ def test_compose_file_defines_the_services_bound_to_loopback_without_secrets():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
         for key, value in service.get("environment", {}).items():
-            if re.search("PASSWORD|SECRET", key):  # only ever from .env
+            if re.search("PASSWORD|SECRET", key) and key != "REQUIRED_SECRETS":  # only from .env
                 assert re.fullmatch(r"\$\{\w+:[-?][^}]*\}", value), f"{name}.{key} is a literal"
         uri = service.get("environment", {}).get("MLFLOW_BACKEND_STORE_URI")
         if uri:
@@ -73,7 +74,7 @@ def test_compose_file_defines_the_services_bound_to_loopback_without_secrets():
     assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert server["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     args = server["entrypoint"]
-    assert args[:2] == ["mlflow", "server"] and "--serve-artifacts" in args
+    assert args[:3] == [GUARD, "mlflow", "server"] and "--serve-artifacts" in args
     assert args[args.index("--artifacts-destination") + 1] == "/mlartifacts"
     assert "mlartifacts:/mlartifacts" in server["volumes"]
     assert "--allowed-hosts" in args
@@ -81,6 +82,13 @@ def test_compose_file_defines_the_services_bound_to_loopback_without_secrets():
     assert auth["entrypoint"] == args and auth["command"] == ["--app-name", "basic-auth"]
     assert auth["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_AUTH_ADMIN_PASSWORD:?")
     assert {"open"} == set(server["profiles"]) and {"auth"} == set(auth["profiles"])
+    assert SERVICES["postgres"]["entrypoint"][0] == GUARD
+    assert f"./docker/refuse-placeholders.sh:{GUARD}:ro" in SERVICES["postgres"]["volumes"]
+    for name in ("postgres", "mlflow", "mlflow-auth"):  # the guard checks each secret it is given
+        service = SERVICES[name]
+        secrets = {k for k, v in service["environment"].items()
+                   if re.search("PASSWORD|SECRET_KEY", k) and "${" in str(v) and k != "MLFLOW_BACKEND_STORE_URI"}
+        assert secrets <= set(service["environment"]["REQUIRED_SECRETS"].split()), name
     gpus = SERVICES["trainer"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpus["capabilities"] == ["gpu"] and SERVICES["trainer"]["profiles"] == ["trainer"]
 
@@ -88,6 +96,33 @@ def test_compose_file_defines_the_services_bound_to_loopback_without_secrets():
     version = re.search(r'"mlflow\[auth\]==(\d+)\.(\d+)\.(\d+)"', dockerfile).groups()
     assert tuple(map(int, version)) >= (3, 16, 1)  # basic auth without a default admin password
     assert re.search(r'"psycopg\[binary\]==[\d.]+"', dockerfile)
+
+
+@pytest.mark.parametrize("value, refusal", [
+    ("change-me", "refusing to start: POSTGRES_PASSWORD in .env is the placeholder 'change-me'"),
+    ("short", "refusing to start: POSTGRES_PASSWORD in .env has 5 characters; use 12 or more"),
+    ("", "refusing to start: POSTGRES_PASSWORD in .env has 0 characters"),
+    ("a-real-secret-value", None),
+])
+def test_services_refuse_to_start_with_a_placeholder_secret(value, refusal):
+    guard = subprocess.run([str(REPO / "docker/refuse-placeholders.sh"), "echo", "started"],
+                           env={"PATH": os.environ["PATH"], "REQUIRED_SECRETS": "POSTGRES_PASSWORD",
+                                "POSTGRES_PASSWORD": value}, capture_output=True, text=True)
+    if refusal:
+        assert guard.returncode == 1 and guard.stdout == ""
+        assert len(guard.stderr.strip().splitlines()) == 1 and guard.stderr.startswith(refusal)
+    else:
+        assert guard.returncode == 0 and guard.stdout == "started\n"
+
+
+def test_the_default_profile_logs_in_and_secrets_stay_out_of_images():
+    example = (REPO / ".env.example").read_text()
+    assert re.search(r"(?m)^COMPOSE_PROFILES=auth$", example)
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ".env" in ignored
+    for dockerfile in ("docker/trainer/Dockerfile", "docker/mlflow/Dockerfile"):
+        users = re.findall(r"(?m)^USER (\S+)", (REPO / dockerfile).read_text())
+        assert users and users[-1] not in ("root", "0"), dockerfile
 
 
 def test_env_example_holds_placeholders_and_env_is_ignored():
@@ -180,9 +215,11 @@ class MlflowServer:
         args = [interpolate(a, {}) for a in spec["entrypoint"] + spec.get("command", [])]
         for flag, value in local.items():
             args[args.index(flag) + 1] = value
-        args[0] = str(Path(sys.executable).parent / "mlflow")
+        assert args[0] == GUARD  # run as in the container: the guard, then the server
+        args[:2] = [str(REPO / "docker/refuse-placeholders.sh"), str(Path(sys.executable).parent / "mlflow")]
         self.args = args
-        self.env = {**os.environ, **env, "MLFLOW_BACKEND_STORE_URI": backend_uri}
+        self.env = {**os.environ, "POSTGRES_PASSWORD": PASSWORD, **env, "MLFLOW_BACKEND_STORE_URI": backend_uri,
+                    "REQUIRED_SECRETS": spec["environment"]["REQUIRED_SECRETS"]}
         self.log = folder / "server.log"
         self.process = None
 

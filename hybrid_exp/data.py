@@ -176,6 +176,9 @@ def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = F
     check_format(fmt)
     root = Path(root).expanduser().resolve()
     found = locate(root, fmt)
+    if found is None and fmt != "auto" and (other := locate(root, "auto")):
+        raise DataError(f"data.format={fmt}, but {other[1]} holds CIFAR-10 as {other[0]}: set "
+                        f"data.format={other[0]} (or auto)")
     if found is None and download_missing and fmt != "image_folder":
         download(root)
         found = locate(root, "pickle")

@@ -81,3 +81,11 @@ def test_a_grid_preset_checks_the_setups_it_sweeps(tmp_path):
     assert run.returncode == 1
     assert "data.eval_size must be a whole number in 1..10000; got 20000 (job model=" in run.stderr
     assert not (tmp_path / "multirun").exists()
+
+
+def test_an_unwritable_store_folder_is_named(tmp_path, monkeypatch):
+    import os
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path))  # as for a non-root user
+    with pytest.raises(TrackingUnavailable, match=rf"{tmp_path} is not writable, and the tracking "
+                       r"store mlflow.db needs it: choose a writable place"):
+        resolve_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")

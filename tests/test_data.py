@@ -244,3 +244,10 @@ def test_a_changed_image_folder_is_read_again_not_served_from_its_cache(tmp_path
     (tmp_path / "test/dog").rmdir()
     with pytest.raises(DataError, match=r"test lacks the class folder\(s\) dog"):
         load_cifar10(tmp_path, "image_folder")
+
+
+def test_a_wrong_format_says_what_was_found(tmp_path):
+    write_image_folder(tmp_path, per_class=1)
+    with pytest.raises(DataError, match=rf"data.format=pickle, but {tmp_path} holds CIFAR-10 as "
+                       r"image_folder: set data.format=image_folder \(or auto\)"):
+        load_cifar10(tmp_path, "pickle", download_missing=True)

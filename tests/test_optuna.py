@@ -35,10 +35,77 @@ def trials(tmp_path):
     ("range(16, 65, 16)", optuna.distributions.IntDistribution(16, 64, step=16)),
     ("choice(32, 64, 96)", optuna.distributions.CategoricalDistribution([32, 64, 96])),
     ("separable,hybrid", optuna.distributions.CategoricalDistribution(["separable", "hybrid"])),
+    # as hydra-optuna-sweeper reads them (its own test cases)
+    ("choice(true, false)", optuna.distributions.CategoricalDistribution([True, False])),
+    ("choice('hello', 'world')", optuna.distributions.CategoricalDistribution(["hello", "world"])),
+    ("shuffle(range(1,3))", optuna.distributions.CategoricalDistribution([1, 2])),
+    ("range(1,3)", optuna.distributions.IntDistribution(1, 3)),  # the end included
+    ("interval(1, 5)", optuna.distributions.FloatDistribution(1, 5)),
+    ("int(interval(1, 5))", optuna.distributions.IntDistribution(1, 5)),
+    ("tag(log, interval(1, 5))", optuna.distributions.FloatDistribution(1, 5, log=True)),
+    ("tag(log, int(interval(1, 5)))", optuna.distributions.IntDistribution(1, 5, log=True)),
+    ("range(0.5, 5.5, step=1)", optuna.distributions.FloatDistribution(0.5, 5.5, step=1)),
 ])
 def test_search_space_follows_hydras_grammar(text, expected):
     (override,) = OverridesParser.create().parse_overrides([f"key={text}"])
     assert distribution(override) == expected
+
+
+def sweeper(**kwargs):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.hybrid_exp_sweeper.optuna_sweeper import OptunaSweeper
+
+    made = OptunaSweeper(optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner(), **kwargs)
+    made.config = OmegaConf.create({"model": {"width": 16}})
+    return made
+
+
+def test_a_key_pinned_on_the_command_line_leaves_the_search_space():
+    search = sweeper(params={"model.width": "choice(32, 64)", "optim.lr": "interval(0.1, 0.5)"})
+    space, fixed = search.search_space(["model.width=64", "seed=3"])
+    assert set(space) == {"optim.lr"} and fixed == ["model.width=64", "seed=3"]
+    space, fixed = search.search_space(["optim.lr=0.2"])
+    assert set(space) == {"model.width"} and fixed == ["optim.lr=0.2"]
+
+
+def conditional_space(cfg, trial):
+    """A custom search space: momentum is searched only for wide networks."""
+    if trial.params["model.width"] >= 64:
+        trial.suggest_float("optim.momentum", 0.8, 0.99)
+    assert cfg.model.width == 16  # the sweep's config is handed over
+
+
+def test_custom_search_space_adds_conditional_parameters():
+    search = sweeper(params={"model.width": "choice(32, 64)"},
+                     custom_search_space="tests.test_optuna.conditional_space")
+    space, _ = search.search_space([])
+    study = optuna.create_study()
+    asked = [search.ask(study, space) for _ in range(12)]
+    for trial in asked:
+        assert ("optim.momentum" in trial.params) == (trial.params["model.width"] == 64)
+    assert {t.params["model.width"] for t in asked} == {32, 64}
+
+
+def test_the_grid_sampler_needs_values_it_can_enumerate():
+    from hydra_plugins.hybrid_exp_sweeper.optuna_sweeper import grid_values
+
+    assert grid_values("k", optuna.distributions.IntDistribution(1, 3)) == [1, 2, 3]
+    assert grid_values("k", optuna.distributions.CategoricalDistribution(["a", "b"])) == ["a", "b"]
+    with pytest.raises(ValueError, match="so optim.lr needs choice"):
+        grid_values("optim.lr", optuna.distributions.FloatDistribution(0.1, 0.5))
+
+
+@pytest.mark.slow
+def test_the_grid_sampler_tries_every_combination_once(tmp_path):
+    run = sweep(*SYNTHETIC, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=10",
+                "model.width=choice(8,16)", "optim.lr=choice(0.05,0.1)",
+                "trainer.max_epochs=1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    study, done = trials(tmp_path)
+    assert len(done) == 4 and all(t.state.name == "COMPLETE" for t in done)  # capped at the grid
+    assert sorted((t.params["model.width"], t.params["optim.lr"]) for t in done) == [
+        (8, 0.05), (8, 0.1), (16, 0.05), (16, 0.1)]
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ time through the configured launcher (``hydra/launcher=gpus``: in parallel, one 
 job receives its trial (``++optuna.storage/study_name/trial_id``) and reports to the storage,
 so pruning works across processes and machines.
 """
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -20,7 +22,7 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hybrid_exp.redact import redact
@@ -31,35 +33,56 @@ DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
 
 
 def distribution(override: Override) -> optuna.distributions.BaseDistribution:
-    """An Optuna distribution from a sweep in Hydra's grammar: choice(...), range(a,b[,step]),
-    interval(a,b), with tags log and int: tag(log, interval(a,b)), tag(int, interval(a,b))."""
+    """An Optuna distribution from a sweep in Hydra's grammar, read as hydra-optuna-sweeper reads
+    it: choice(...) and shuffle(range(...)) are categorical; range(a, b[, step]) is a stepped
+    distribution from a to b *inclusive* (unlike a grid's range); interval(a, b) is a float
+    range, an int one with int bounds (int(interval(a, b))); tag(log, ...) samples on a log scale.
+    tag(int, interval(a, b)), this sweeper's earlier spelling, still means int(interval(a, b))."""
     sweep = override.value()
-    if isinstance(sweep, ChoiceSweep) or override.is_discrete_sweep() and not isinstance(sweep, RangeSweep):
+    if override.is_choice_sweep():
         return optuna.distributions.CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(sweep, RangeSweep) and sweep.shuffle:  # in order: a resumed study's space is the same
+        return optuna.distributions.CategoricalDistribution(sorted(override.sweep_iterator()))
     if isinstance(sweep, RangeSweep):
-        values = list(override.sweep_iterator())
-        kind = (optuna.distributions.IntDistribution if all(isinstance(v, int) for v in values)
-                else optuna.distributions.FloatDistribution)
-        return kind(values[0], values[-1], step=sweep.step)
-    if isinstance(sweep, IntervalSweep):  # Hydra reads its bounds as floats: tag(int, ...) for ints
+        if any(isinstance(v, float) for v in (sweep.start, sweep.stop, sweep.step)):
+            return optuna.distributions.FloatDistribution(sweep.start, sweep.stop, step=sweep.step)
+        return optuna.distributions.IntDistribution(int(sweep.start), int(sweep.stop), step=int(sweep.step))
+    if isinstance(sweep, IntervalSweep):
         log_scale = "log" in sweep.tags
-        if "int" in sweep.tags:
+        if "int" in sweep.tags or isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return optuna.distributions.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
         return optuna.distributions.FloatDistribution(sweep.start, sweep.end, log=log_scale)
     raise ValueError(f"hydra.sweeper.params: cannot search '{override.input_line}'; use "
                      f"choice(...), range(a,b[,step]), interval(a,b) or tag(log, interval(a,b))")
 
 
+def grid_values(key: str, dist: optuna.distributions.BaseDistribution) -> list:
+    """The values the grid sampler tries for one parameter: a choice, or a stepped range."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, (optuna.distributions.IntDistribution, optuna.distributions.FloatDistribution)) \
+            and dist.step is not None and not dist.log:
+        n = int(round((dist.high - dist.low) / dist.step)) + 1
+        return [dist.low + i * dist.step for i in range(n)]
+    raise ValueError(f"hydra/sweeper/sampler=grid tries every value, so {key} needs choice(...) or "
+                     f"range(a, b, step); an interval has no grid")
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
                  direction: Any = "minimize",
                  storage: str | None = None, study_name: str | None = None, n_trials: int = 20,
-                 n_jobs: int = 2, max_failure_rate: float = 0.0, params: dict | None = None):
-        self.sampler, self.pruner = sampler, pruner  # built by Hydra from their _target_ configs
+                 n_jobs: int = 2, max_failure_rate: float = 0.0, params: dict | None = None,
+                 custom_search_space: str | None = None):
+        # built by Hydra from their _target_ configs; the grid sampler is a partial, completed
+        # with the grid once the search space is known
+        self.sampler, self.pruner = sampler, pruner
         self.directions = [direction] if isinstance(direction, str) else list(direction)
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.params = dict(params or {})
+        # a function (cfg, trial) that suggests more parameters, e.g. conditional on others
+        self.extend_space = get_method(custom_search_space) if custom_search_space else None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -70,16 +93,21 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def search_space(self, arguments: list[str]) -> tuple[dict, list[str]]:
-        """({key: distribution}, fixed overrides) from hydra.sweeper.params and the command line."""
+        """({key: distribution}, fixed overrides) from hydra.sweeper.params and the command line.
+        A key given one value on the command line leaves the search space (as in
+        hydra-optuna-sweeper): ``model.width=64`` pins what the preset would search."""
         parser = OverridesParser.create()
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + arguments)
-        space, fixed = {}, []
+        space, fixed = {}, {}
         for override in overrides:
+            key = override.get_key_element()
             if override.is_sweep_override():
-                space[override.get_key_element()] = distribution(override)
+                space[key] = distribution(override)
+                fixed.pop(key, None)
             else:
-                fixed.append(override.input_line)
-        return space, fixed
+                fixed[key] = override.input_line
+                space.pop(key, None)
+        return space, list(fixed.values())
 
     def check_objective(self) -> None:
         """Tune on validation, never on the test subset (hybrid-exp's configs)."""
@@ -94,24 +122,34 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         self.check_objective()
         space, fixed = self.search_space(arguments)
-        if not space:
+        if not space and not self.extend_space:
             raise ValueError("nothing to search: give hydra.sweeper.params or sweeps on the command "
                              "line, e.g. optim.lr='tag(log, interval(0.01, 0.5))'")
         storage = self.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
         name = self.study_name or self.default_study_name(space, fixed)
+        n_trials, grid = self.n_trials, None
+        if isinstance(self.sampler, functools.partial) and self.sampler.func is optuna.samplers.GridSampler:
+            # the grid sampler: every combination once
+            grid = {key: grid_values(key, dist) for key, dist in space.items()}
+            n_trials = min(n_trials, math.prod(len(values) for values in grid.values()))
+            # queued as trials rather than drawn by Optuna's GridSampler, which stops the study
+            # from inside tell() and can draw one point twice for trials launched together
+            self.sampler = optuna.samplers.RandomSampler(seed=self.sampler.keywords.get("seed"))
         study = optuna.create_study(
             study_name=name, storage=storage, load_if_exists=True, directions=self.directions,
             sampler=self.sampler, pruner=self.pruner)
+        for values in itertools.product(*grid.values()) if grid else ():
+            study.enqueue_trial(dict(zip(grid, values)), skip_if_exists=True)
         done = sum(t.state in DONE for t in study.trials)
-        log.info("Study %s in %s: %d of %d trials done", name, redact(storage), done, self.n_trials)
+        log.info("Study %s in %s: %d of %d trials done", name, redact(storage), done, n_trials)
         sampler_cfg = self.config.hydra.sweeper.sampler
-        if done and sampler_cfg.get("seed") is not None:
+        if done and sampler_cfg.get("seed") is not None and not grid:
             # a resumed sweep must not replay the trials its seed drew the first time
             study.sampler = instantiate(sampler_cfg, seed=sampler_cfg.seed + done)
         parent = self.parent_run(name)
         failures = 0
-        while done < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+        while done < n_trials:
+            trials = [self.ask(study, space) for _ in range(min(self.n_jobs, n_trials - done))]
             batch = [fixed + [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                               for k, v in trial.params.items()]
                      + [f"++optuna.storage='{storage}'", f"++optuna.study_name='{name}'",
@@ -127,6 +165,13 @@ class OptunaSweeper(Sweeper):
         self.report(study, storage, fixed)
         if parent:
             self.tracking_client.set_terminated(parent, "FINISHED")
+
+    def ask(self, study: optuna.Study, space: dict) -> optuna.Trial:
+        """A new trial with the space's parameters, plus those ``custom_search_space`` suggests."""
+        trial = study.ask(space)
+        if self.extend_space:
+            self.extend_space(self.config, trial)
+        return trial
 
     def tell(self, study: optuna.Study, trial: optuna.Trial, job) -> int:
         """Record a job's outcome in the study; 1 if the trial failed."""

@@ -269,3 +269,44 @@ def test_a_corrupt_checkpoint_is_kept_aside_and_its_config_restarts_cleanly(make
     kept = list(checkpoint.parent.glob("last.ckpt.corrupt-*"))
     assert len(kept) == 1 and kept[0].stat().st_size == 1000
     assert f"{checkpoint} is unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("kill", ["mid-epoch 1", "after epoch 2 is logged, before its checkpoint"])
+def test_a_run_interrupted_and_resumed_matches_the_uninterrupted_run_epoch_by_epoch(
+        make_cfg, monkeypatch, kill):
+    """Ctrl-C (the run is KILLED, resumable) at two points; the relaunch resumes from the last
+    checkpoint and every epoch's metrics equal those of a run never interrupted: the data
+    stream, the augmentation and the optimizer continue exactly."""
+    import hybrid_exp.train as train_module
+
+    common = [*SMALL, "trainer.max_epochs=4", "seed=[0,1]"]
+    whole = train(make_cfg(*common, "logger.experiment_name=whole"))
+    cfg = make_cfg(*common)
+
+    if kill.startswith("mid-epoch"):
+        def interrupt(self, trainer, *args):
+            if trainer.current_epoch == 1 and trainer.fit_loop.epoch_loop.batch_progress.current.completed == 3:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(train_module.LastCheckpoint, "on_train_batch_end", interrupt, raising=False)
+    else:
+        real_save = train_module.LastCheckpoint.on_train_epoch_end
+
+        def interrupt(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise KeyboardInterrupt
+            real_save(self, trainer, pl_module)
+        monkeypatch.setattr(train_module.LastCheckpoint, "on_train_epoch_end", interrupt)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train(cfg)
+    monkeypatch.undo()
+    client = MlflowClient(cfg.logger.tracking_uri)
+    killed = load_runs("hybrid-exp", cfg.logger.tracking_uri)
+    assert set(killed.status) == {"KILLED"}
+    resumed = train(cfg)
+    for a, b in zip(whole, resumed):
+        assert b.status == "finished" and b.run_id in set(killed.run_id)  # the same runs continue
+        for key in ("train/loss", "val/error", "val/loss", "lr", "test/error"):
+            expected = [(m.step, m.value) for m in sorted(client.get_metric_history(a.run_id, key), key=lambda m: m.step)]
+            got = [(m.step, m.value) for m in sorted(client.get_metric_history(b.run_id, key), key=lambda m: m.step)]
+            assert [s for s, _ in got] == [s for s, _ in expected], key  # each epoch once
+            assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-5), key

@@ -9,7 +9,6 @@ import itertools
 import logging
 
 from hydra.errors import InstantiationException
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -107,18 +106,3 @@ def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     swept = [i for i, values in enumerate(choices) if len(values) > 1]
     return [([job[i] for i in swept], compose(config.hydra.job.config_name, overrides=list(job)))
             for job in itertools.product(*choices)]
-
-
-class CheckConfigs(Callback):
-    """Hydra callback: every job's config of a grid checked before the first job starts (before
-    the data is read and the store created); a mistake stops the grid in one sentence."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        jobs = grid_configs(config)
-        for stage in (check_values, check_config):  # the quick checks first, for all jobs
-            for overrides, cfg in jobs:
-                try:
-                    stage(cfg)
-                except ConfigError as e:
-                    where = f" (job {' '.join(overrides)})" if overrides else ""
-                    raise SystemExit(f"{e}{where}") from None

@@ -23,9 +23,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from hybrid_exp.seeding import derive_seed
@@ -404,18 +401,6 @@ class ResidentData(pl.LightningDataModule):
         """(positions in the official test set, labels) of the evaluation subset's images."""
         images, labels, (indices, *_) = self.splits["test"]
         return indices.cpu().numpy(), labels[indices].cpu().numpy()
-
-
-class PrepareData(Callback):
-    """Hydra callback: read the grid's dataset once, before any job starts (downloaded, checked,
-    decoded and cached), so that parallel jobs neither download it side by side nor each fail
-    alone; a dataset that cannot be had stops the grid here, in one sentence."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            instantiate(config.data, seeds=[0]).load()
-        except DataError as e:  # Hydra would only warn about a callback's exception
-            raise SystemExit(f"{e}") from None
 
 
 class CIFAR10(ResidentData):

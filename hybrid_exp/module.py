@@ -231,13 +231,15 @@ class Classifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # logged as validation ends, so callbacks there (Optuna pruning) see this epoch's values
         self.val_metrics = self.summarize("val")
+        self.fail_diverged_training()  # validation runs before the epoch's end: say why first
         self.fail_non_finite(self.val_metrics, "validation")
         self.report(self.val_metrics)
         alive = [m for m in range(self.members) if m not in self.failures] or [0]
         self.log_dict({k: sum(self.val_metrics[m][k] for m in alive) / len(alive)  # for callbacks
                        for k in ("val/loss", "val/error")})
 
-    def on_train_epoch_end(self) -> None:
+    def fail_diverged_training(self) -> None:
+        """Fail each member whose training loss went non-finite this epoch."""
         for member, step in enumerate(self.first_bad_step.tolist()):
             if step >= 0 and member not in self.failures:
                 self.fail(member, f"training diverged: non-finite loss at epoch "
@@ -245,6 +247,9 @@ class Classifier(pl.LightningModule):
         if len(self.failures) == self.members:
             raise Diverged(self.failures[0] if self.members == 1 else
                            f"every member of the array diverged: {self.failures}")
+
+    def on_train_epoch_end(self) -> None:
+        self.fail_diverged_training()
         images = self.counts["train"]
         seconds = time.perf_counter() - self.epoch_start
         common = {"lr": self.lr_now.item(), "epoch_seconds": seconds,

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 
-from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -219,28 +218,6 @@ def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     with store_lock(uri):  # the first client creates and migrates a SQLite store
         client = MlflowClient(uri)
         return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
-
-
-class CheckTracking(Callback):
-    """Hydra callback: a tracking server that is down or refuses us stops a grid before
-    anything else is done (the data, the store), in one sentence."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            check_server(resolve_tracking_uri(config.logger.tracking_uri)[0])
-        except TrackingUnavailable as e:  # Hydra would only warn and start every job anyway
-            raise SystemExit(str(e)) from None
-
-
-class PrepareTracking(Callback):
-    """Hydra callback: create the store and the experiment once, before any job starts, so
-    parallel jobs never race to initialise the database or create the experiment."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            connect(config.logger)
-        except TrackingUnavailable as e:  # Hydra would only warn and start every job anyway
-            raise SystemExit(str(e)) from None
 
 
 def finished_run(client: MlflowClient, experiment_id: str, hash_: str) -> Run | None:

@@ -1,0 +1,62 @@
+"""Hydra callbacks: what a grid does once, before its first job starts, in this order
+(conf/config.yaml). Each stops the grid with one sentence when it fails: Hydra would only warn
+about a callback's exception and start every job anyway. The heavy modules load inside the hooks:
+a single run, which instantiates these too, stays quick to say what is wrong."""
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class CheckConfigs(Callback):
+    """Every job's config checked (before the data is read and the store created)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hybrid_exp.checks import ConfigError, check_config, check_values, grid_configs
+
+        jobs = grid_configs(config)
+        for stage in (check_values, check_config):  # the quick checks first, for all jobs
+            for overrides, cfg in jobs:
+                try:
+                    stage(cfg)
+                except ConfigError as e:
+                    where = f" (job {' '.join(overrides)})" if overrides else ""
+                    raise SystemExit(f"{e}{where}") from None
+
+
+class CheckTracking(Callback):
+    """A tracking URI that cannot work, or a server that is down or refuses us."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hybrid_exp.tracking import TrackingUnavailable, check_server, resolve_tracking_uri
+
+        try:
+            check_server(resolve_tracking_uri(config.logger.tracking_uri)[0])
+        except TrackingUnavailable as e:
+            raise SystemExit(str(e)) from None
+
+
+class PrepareData(Callback):
+    """The grid's dataset read once (downloaded, checked, decoded and cached), so that parallel
+    jobs neither download it side by side nor each fail alone."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.utils import instantiate
+
+        from hybrid_exp.data import DataError
+
+        try:
+            instantiate(config.data, seeds=[0]).load()
+        except DataError as e:
+            raise SystemExit(str(e)) from None
+
+
+class PrepareTracking(Callback):
+    """The store and the experiment created once, so that parallel jobs never race to
+    initialise the database or create the experiment."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hybrid_exp.tracking import TrackingUnavailable, connect
+
+        try:
+            connect(config.logger)
+        except TrackingUnavailable as e:
+            raise SystemExit(str(e)) from None

@@ -36,6 +36,15 @@ def number(value, key: str, low: float, high: float | None = None, low_open: boo
         raise ConfigError(f"{key} must be a number in {bounds}; got {value!r}")
 
 
+def missing_keys(node: DictConfig, prefix: str = ""):
+    """The keys left ``???``, without resolving interpolations (which would fail on them)."""
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            yield f"{prefix}{key}"
+        elif isinstance(child := node._get_node(key), DictConfig) and not child._is_interpolation():
+            yield from missing_keys(child, f"{prefix}{key}.")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Types and ranges of the keys every run reads."""
     seeds = OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
@@ -45,8 +54,15 @@ def check_values(cfg: DictConfig) -> None:
                               f"got {seed!r}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seed must be one seed or a list of distinct seeds; got {seeds}")
+    missing = sorted(missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} must be given (it has no default here): add "
+                          f"{missing[0]}=... to the command line")
     data, trainer, optim = cfg.data, cfg.trainer, cfg.optim
     whole(data.batch_size, "data.batch_size", 1)
+    if "num_classes" in data:
+        whole(data.num_classes, "data.num_classes", 2)
+        whole(data.pad, "data.pad", 0)
     for key in ("val_size", "eval_size", "train_subset"):
         if key in data:
             whole(data[key], f"data.{key}", 0 if key == "val_size" else 1, none_ok=key == "train_subset")
@@ -67,6 +83,9 @@ def check_config(cfg: DictConfig) -> None:
     if sizes:
         n_train, n_test, classes = sizes
         data = cfg.data
+        if data.get("num_classes", classes) != classes:
+            raise ConfigError(f"data.num_classes={data.num_classes}, but {dataset.__name__} with these "
+                              f"settings has {classes} classes: set data.num_classes={classes}")
         whole(data.val_size, "data.val_size", 0, n_train - 1)
         whole(data.eval_size, "data.eval_size", 1, n_test)
         whole(data.train_subset, "data.train_subset", classes, n_train - data.val_size, none_ok=True)

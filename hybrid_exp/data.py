@@ -1,9 +1,11 @@
-"""CIFAR-10 as device-resident uint8 tensors, augmented a whole batch at a time.
+"""Datasets as device-resident uint8 tensors, augmented a whole batch at a time.
 
-The dataset is read once (official python batches or an image folder), cached as one uint8
-array beside the data, and moved to the training device whole. Batches are drawn by index;
-random crop (4-pixel zero padding) and horizontal flip run on the device; there are no
-DataLoader workers and no per-image Python work in the training loop.
+A dataset is one reader (the official files to uint8 arrays, md5-checked, downloaded
+atomically) and one YAML file in conf/data/ (its classes, normalisation, padding and flip):
+CIFAR-10, CIFAR-100, SVHN, and any image folder. It is read once, cached as one uint8 array
+beside the data (keyed on the files it was built from), and moved to the training device whole.
+Batches are drawn by index; random crop (zero padding) and horizontal flip run on the device;
+there are no DataLoader workers and no per-image Python work in the training loop.
 """
 import hashlib
 import logging
@@ -45,6 +47,14 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")  # official label order
 MEAN = (0.4914, 0.4822, 0.4465)  # per-channel statistics of the official training images
 STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+CIFAR100_ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{}_32x32.mat"
+SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3",
+            "extra": "a93ce644f1a588dc4d68dda5feec44a7"}
 FORMATS = ("auto", "pickle", "image_folder")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 LAYOUTS = (f"the official python batches in <root>/{BATCHES_DIR}/ (data_batch_1..5, test_batch), "
@@ -99,8 +109,10 @@ def read_image_folder(folder: Path) -> Arrays:
     return (*read_class_folders(folder / "train"), *read_class_folders(folder / "test"))
 
 
-def read_class_folders(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``<class>/*`` images of one split: (N, 32, 32, 3) uint8 and their labels."""
+def read_class_folders(folder: Path, classes: tuple[str, ...] | None = CLASSES,
+                       size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``<class>/*`` images of one split: (N, size, size, 3) uint8 and their labels, the index of
+    their folder in ``classes`` (CIFAR-10's by default; None: the folder names found, sorted)."""
     from PIL import Image
 
     def decode(path: Path) -> np.ndarray:
@@ -109,16 +121,20 @@ def read_class_folders(folder: Path) -> tuple[np.ndarray, np.ndarray]:
                 image = np.asarray(im.convert("RGB"))
         except OSError as e:
             raise DataError(f"{path} is not a readable image ({e}); replace or delete it") from e
-        if image.shape != (32, 32, 3):
-            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}, not 32x32: "
-                            "CIFAR-10 images are 32x32 RGB")
+        if image.shape != (size, size, 3):
+            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}, not {size}x{size}: "
+                            f"every image must be {size}x{size} RGB (data.image_size)")
         return image
 
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if tuple(classes) != CLASSES:
-        missing = [c for c in CLASSES if c not in classes]
-        extra = [c for c in classes if c not in CLASSES]
-        raise DataError(f"{folder} must hold one folder per CIFAR-10 class: " + "; ".join(
+    found = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
+    if classes is None:
+        if not found:
+            raise DataError(f"{folder} holds no class folders: expected {folder}/<class>/*.png|jpg")
+        classes = found
+    if found != tuple(classes):
+        missing = [c for c in classes if c not in found]
+        extra = [c for c in found if c not in classes]
+        raise DataError(f"{folder} must hold one folder per class: " + "; ".join(
             ([f"{folder.name} lacks the class folder(s) {', '.join(missing)}"] if missing else []) +
             ([f"it has folder(s) that are no class: {', '.join(extra)}"] if extra else [])))
     files = [(p, label) for label, name in enumerate(classes)
@@ -141,26 +157,35 @@ def locate(root: Path, fmt: str) -> tuple[str, Path] | None:
     return None
 
 
-def download(root: Path) -> None:
-    """Fetch the official archive into ``root`` (md5-checked) and extract its batches."""
-    archive = root / ARCHIVE
-    root.mkdir(parents=True, exist_ok=True)
-    if not archive.exists():
-        log.info("downloading CIFAR-10 from %s to %s", URL, archive)
-        partial = archive.with_suffix(".part")
+def fetch(url: str, path: Path, md5: str, name: str, layouts: str) -> None:
+    """``url`` saved as ``path`` (whole or not at all) unless it is there; md5-checked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        log.info("downloading %s from %s to %s", name, url, path)
+        partial = path.with_name(path.name + ".part")
         try:
-            urllib.request.urlretrieve(URL, partial)
+            urllib.request.urlretrieve(url, partial)
         except OSError as e:
             partial.unlink(missing_ok=True)
-            raise DataError(f"could not download CIFAR-10 from {URL} ({e}); put {ARCHIVE} in "
-                            f"{root} by hand, or set data.root to a folder holding {LAYOUTS}") from e
-        partial.replace(archive)
-    verify_md5(archive, ARCHIVE_MD5, f"delete {archive} and download it again")
-    with tempfile.TemporaryDirectory(dir=root) as tmp:  # extract whole or not at all
+            raise DataError(f"could not download {name} from {url} ({e}); put {path.name} in "
+                            f"{path.parent} by hand, or set data.root to a folder holding {layouts}") from e
+        partial.replace(path)
+    verify_md5(path, md5, f"delete {path} and download it again")
+
+
+def extract(archive: Path, member: str) -> None:
+    """The folder ``member`` of a tar archive, extracted beside it whole or not at all."""
+    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-        shutil.rmtree(root / BATCHES_DIR, ignore_errors=True)
-        os.replace(Path(tmp) / BATCHES_DIR, root / BATCHES_DIR)
+        shutil.rmtree(archive.parent / member, ignore_errors=True)
+        os.replace(Path(tmp) / member, archive.parent / member)
+
+
+def download(root: Path) -> None:
+    """Fetch the official CIFAR-10 archive into ``root`` (md5-checked) and extract its batches."""
+    fetch(URL, root / ARCHIVE, ARCHIVE_MD5, "CIFAR-10", LAYOUTS)
+    extract(root / ARCHIVE, BATCHES_DIR)
 
 
 def check_format(fmt: str) -> None:
@@ -183,31 +208,48 @@ def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = F
         hint = "" if download_missing else ", or set data.download=true to fetch the official archive"
         raise DataError(f"no CIFAR-10 found under {root}: expected {LAYOUTS}{hint}")
     fmt, folder = found
-    cache = folder / f"cifar10-{fmt}-uint8.npz"
-    source = manifest(folder, fmt)
+    names = list(BATCH_MD5) if fmt == "pickle" else folder_files(folder)
+    read = (lambda: read_pickle(folder)) if fmt == "pickle" else (lambda: read_image_folder(folder))
+    return split_arrays(cached(folder / f"cifar10-{fmt}-uint8.npz", folder, names,
+                               lambda: dict(zip(SPLIT_ARRAYS, read())), f"CIFAR-10 ({fmt})"))
+
+
+SPLIT_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def split_arrays(arrays: dict[str, np.ndarray]) -> Arrays:
+    return tuple(arrays[k] for k in SPLIT_ARRAYS)
+
+
+def folder_files(folder: Path) -> list[str]:
+    """The files of an image folder's two splits, relative to it."""
+    return [os.path.relpath(os.path.join(parent, name), folder)
+            for split in ("train", "test") for parent, _, files in os.walk(folder / split)
+            for name in files]
+
+
+def cached(cache: Path, folder: Path, names: list[str], read: Callable[[], dict[str, np.ndarray]],
+           what: str) -> dict[str, np.ndarray]:
+    """``read()`` (named arrays), through a cache file that holds them with the manifest of the
+    files ``names`` (relative to ``folder``) it was built from: used only while those are
+    unchanged, rebuilt when unreadable (cut short, a bad CRC)."""
+    source = manifest(folder, names)
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 if str(z["source"]) == source:
-                    return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
+                    return {k: z[k] for k in z.files if k != "source"}
             log.info("the files under %s changed since %s was built; reading them again", folder, cache.name)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             log.warning("ignoring unreadable cache %s (%s); rebuilding it", cache, e)
-    log.info("decoding CIFAR-10 (%s) from %s", fmt, folder)
-    arrays = read_pickle(folder) if fmt == "pickle" else read_image_folder(folder)
+    log.info("decoding %s from %s", what, folder)
+    arrays = read()
     save_atomically(cache, arrays, source)
     return arrays
 
 
-def manifest(folder: Path, fmt: str) -> str:
-    """A digest of the files a cache is built from (names, sizes, modification times): a cache
-    is used only while they are unchanged."""
-    if fmt == "pickle":
-        names = list(BATCH_MD5)
-    else:
-        names = [os.path.relpath(os.path.join(parent, name), folder)
-                 for split in ("train", "test") for parent, _, files in os.walk(folder / split)
-                 for name in files]
+def manifest(folder: Path, names: list[str]) -> str:
+    """A digest of the files a cache is built from (names, sizes, modification times)."""
     digest = hashlib.sha256()
     for name in sorted(names):
         try:
@@ -218,18 +260,53 @@ def manifest(folder: Path, fmt: str) -> str:
     return digest.hexdigest()
 
 
-def save_atomically(cache: Path, arrays: Arrays, source: str) -> None:
+def save_atomically(cache: Path, arrays: dict[str, np.ndarray], source: str) -> None:
     """Write the cache whole or not at all, with the manifest of its source; a read-only data
     folder just goes uncached."""
     partial = cache.with_name(f".{cache.name}.{os.getpid()}.part")
     try:
         with open(partial, "wb") as f:
-            np.savez(f, source=np.array(source),
-                     **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)))
+            np.savez(f, source=np.array(source), **arrays)
         os.replace(partial, cache)
     except OSError as e:
         partial.unlink(missing_ok=True)
         log.warning("could not write the cache %s (%s); the next run decodes again", cache, e)
+
+
+def read_cifar100(folder: Path, labels: str) -> dict[str, np.ndarray]:
+    """The official python files ``train`` and ``test``: pickled dicts with b'data' (N, 3072)
+    and b'fine_labels' / b'coarse_labels'."""
+    arrays = {}
+    for split in ("train", "test"):
+        path = folder / split
+        verify_md5(path, CIFAR100_MD5[split], "delete it (and the archive) and download CIFAR-100 again")
+        with open(path, "rb") as f:  # safe to unpickle: the md5 matched the official file
+            batch = pickle.load(f, encoding="bytes")
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        arrays[f"x_{split}"] = np.ascontiguousarray(x)
+        arrays[f"y_{split}"] = np.asarray(batch[f"{labels}_labels".encode()], dtype=np.int64)
+    return arrays
+
+
+def read_svhn(path: Path, md5: str) -> tuple[np.ndarray, np.ndarray]:
+    """An official SVHN .mat file: X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0."""
+    from scipy.io import loadmat
+
+    verify_md5(path, md5, f"delete {path} and download it again")
+    mat = loadmat(path)
+    x = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2), dtype=np.uint8)
+    return x, mat["y"].ravel().astype(np.int64) % 10
+
+
+def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, H, W, C) images, in [0, 1], in chunks (no float copy)."""
+    total, squares, count = 0.0, 0.0, 0
+    for chunk in np.array_split(images, max(1, len(images) // 4096)):
+        pixels = chunk.reshape(-1, chunk.shape[-1]).astype(np.float64) / 255
+        total, squares, count = total + pixels.sum(0), squares + (pixels ** 2).sum(0), count + len(pixels)
+    mean = total / count
+    return tuple(mean.tolist()), tuple(np.sqrt(squares / count - mean ** 2).tolist())
+
 
 # ---------------------------------------------------------------------------- batches
 
@@ -263,13 +340,15 @@ class Batches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
                  batch_size: int, augment_seeds: list[int] | None = None,
-                 epoch: int | Callable[[], int] = 0):
+                 epoch: int | Callable[[], int] = 0, mean=MEAN, std=STD, pad: int = 4,
+                 flip: bool = True):
         self.images, self.labels, self.indices = images, labels, indices  # (N_all, H, W, C), (M, N)
         self.batch_size, self.augment_seeds, self.epoch = batch_size, augment_seeds, epoch
+        self.pad, self.flip = pad, flip  # the dataset's: its config's pad and flip
         members = len(indices)
-        shape = (1, members * 3, 1, 1)
-        self.mean = torch.tensor(MEAN, device=images.device).repeat(members).view(shape)
-        self.std = torch.tensor(STD, device=images.device).repeat(members).view(shape)
+        shape = (1, members * len(mean), 1, 1)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).repeat(members).view(shape)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device).repeat(members).view(shape)
 
     def __len__(self) -> int:
         n = self.indices.shape[1]
@@ -280,7 +359,7 @@ class Batches:
         train = self.augment_seeds is not None
         if train:
             epoch = self.epoch() if callable(self.epoch) else self.epoch
-            draws = [self.draw(seed, epoch, n) for seed in self.augment_seeds]
+            draws = [self.draw(seed, epoch, n, self.pad, self.flip) for seed in self.augment_seeds]
             order, offsets, flips = (torch.stack(d).to(device) for d in zip(*draws))  # (M, n, ...)
             if not callable(self.epoch):
                 self.epoch += 1
@@ -293,17 +372,19 @@ class Batches:
             x = self.images[idx]  # (M, B, H, W, C) uint8
             if train:
                 x = crop_flip(x.flatten(0, 1), offsets[members, position].flatten(0, 1),
-                              flips[members, position].flatten(0, 1)).view(x.shape)
+                              flips[members, position].flatten(0, 1), self.pad).view(x.shape)
             B, H, W = x.shape[1:4]
             yield self.normalize(x.permute(1, 2, 3, 0, 4).reshape(B, H, W, -1)), self.labels[idx].T
 
     @staticmethod
-    def draw(seed: int, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One member's epoch: (order (n,), crop offsets (n, 2), flips (n,)), on the CPU."""
+    def draw(seed: int, epoch: int, n: int, pad: int = 4, flip: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One member's epoch: (order (n,), crop offsets (n, 2), flips (n,)), on the CPU. The
+        flips are drawn also without flipping: the stream's other draws stay the same."""
         g = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch))
         order = torch.randperm(n, generator=g)
-        offsets = torch.randint(0, 9, (n, 2), generator=g)  # 2 * pad + 1 positions
-        return order, offsets, torch.randint(0, 2, (n,), generator=g).bool()
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
+        return order, offsets, torch.randint(0, 2, (n,), generator=g).bool() & flip
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, M*C) uint8 -> (B, M*C, H, W) float, channels_last in memory."""
@@ -325,8 +406,12 @@ class ResidentData(pl.LightningDataModule):
     """
 
     def __init__(self, batch_size: int = 128, val_size: int = 5000, eval_size: int = 6000,
-                 eval_seed: int = 0, train_subset: int | None = None, seeds: list[int] = (0,)):
+                 eval_seed: int = 0, train_subset: int | None = None, num_classes: int = 10,
+                 mean=MEAN, std=STD, pad: int = 4, flip: bool = True, seeds: list[int] = (0,)):
         super().__init__()
+        self.num_classes, self.pad, self.flip = num_classes, pad, flip
+        self.mean = tuple(mean) if mean is not None else None  # None: computed by load()
+        self.std = tuple(std) if std is not None else None
         self.batch_size, self.val_size, self.eval_size = batch_size, val_size, eval_size
         self.eval_seed, self.train_subset, self.seeds = eval_seed, train_subset, list(seeds)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -385,17 +470,22 @@ class ResidentData(pl.LightningDataModule):
             train = np.concatenate([per_class[c][:quota[c]] for c in classes])
         return np.sort(train), np.sort(val)
 
-    def train_dataloader(self) -> Batches:
+    def batches(self, split: str, train: bool = False) -> Batches:
+        """The minibatches of ``split``, normalised with the dataset's statistics; augmented
+        with its padding and flip, epoch by epoch, for training."""
         epoch = (lambda: self.trainer.current_epoch) if self.trainer else 0
-        return Batches(*self.splits["train"], self.batch_size, augment_seeds=self.seeds, epoch=epoch)
+        return Batches(*self.splits[split], self.batch_size, augment_seeds=self.seeds if train else None,
+                       epoch=epoch, mean=self.mean, std=self.std, pad=self.pad, flip=self.flip)
+
+    def train_dataloader(self) -> Batches:
+        return self.batches("train", train=True)
 
     def val_dataloader(self) -> Batches | list:
-        return Batches(*self.splits["val"], self.batch_size) if self.val_size else []
+        return self.batches("val") if self.val_size else []
 
     def test_dataloader(self) -> list[Batches]:
         """The evaluation subset (the paper's metric), then the whole test set."""
-        return [Batches(*self.splits["test"], self.batch_size),
-                Batches(*self.splits["test_full"], self.batch_size)]
+        return [self.batches("test"), self.batches("test_full")]
 
     def test_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions in the official test set, labels) of the evaluation subset's images."""
@@ -420,6 +510,108 @@ class CIFAR10(ResidentData):
         return 50000, 10000, len(CLASSES)
 
 
+class CIFAR100(ResidentData):
+    """CIFAR-100 from ``root``: the official python files (``cifar-100-python/train, test``),
+    extracted from the official archive, downloaded if allowed; fine or coarse ``labels``."""
+
+    def __init__(self, root: str = "data/cifar100", download: bool = True, labels: str = "fine",
+                 **split_args):
+        super().__init__(**split_args)
+        if labels not in ("fine", "coarse"):
+            raise DataError(f"data.labels must be fine or coarse; got {labels!r}")
+        self.root, self.download, self.labels = root, download, labels
+
+    def load(self) -> Arrays:
+        root = Path(self.root).expanduser().resolve()
+        folder = next((f for f in (root / CIFAR100_DIR, root) if (f / "train").is_file()), None)
+        if folder is None and self.download:
+            fetch(CIFAR100_URL, root / CIFAR100_ARCHIVE, CIFAR100_ARCHIVE_MD5, "CIFAR-100",
+                  f"{CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}")
+            extract(root / CIFAR100_ARCHIVE, CIFAR100_DIR)
+            folder = root / CIFAR100_DIR
+        if folder is None:
+            raise DataError(f"no CIFAR-100 found under {root}: expected {root / CIFAR100_DIR}/ (train, "
+                            f"test) or {CIFAR100_ARCHIVE}, or set data.download=true to fetch it")
+        return split_arrays(cached(folder / f"cifar100-{self.labels}-uint8.npz", folder, list(CIFAR100_MD5),
+                                   lambda: read_cifar100(folder, self.labels), "CIFAR-100"))
+
+    @classmethod
+    def sizes(cls, labels: str = "fine", **data_config) -> tuple[int, int, int]:
+        return 50000, 10000, 100 if labels == "fine" else 20
+
+
+class SVHN(ResidentData):
+    """SVHN's cropped digits from ``root``: the official ``train_32x32.mat`` and
+    ``test_32x32.mat`` (and ``extra_32x32.mat`` added to training with ``extra``), downloaded
+    if allowed; label 10 is the digit 0."""
+
+    SIZES = {"train": 73257, "test": 26032, "extra": 531131}
+
+    def __init__(self, root: str = "data/svhn", download: bool = True, extra: bool = False, **split_args):
+        super().__init__(**split_args)
+        self.root, self.download, self.extra = root, download, extra
+
+    def load(self) -> Arrays:
+        root = Path(self.root).expanduser().resolve()
+        files = {split: root / f"{split}_32x32.mat" for split in ("train", "test", *(["extra"] * self.extra))}
+        for split, path in files.items():
+            if path.exists():
+                continue
+            if not self.download:
+                raise DataError(f"no SVHN found under {root}: expected train_32x32.mat and "
+                                f"test_32x32.mat (extra_32x32.mat with data.extra=true), or set "
+                                f"data.download=true to fetch them")
+            fetch(SVHN_URL.format(split), path, SVHN_MD5[split], "SVHN", path.name)
+
+        def read() -> dict[str, np.ndarray]:
+            parts = {split: read_svhn(path, SVHN_MD5[split]) for split, path in files.items()}
+            train = [parts["train"], *([parts["extra"]] if self.extra else [])]
+            return {"x_train": np.concatenate([x for x, _ in train]), "y_train": np.concatenate([y for _, y in train]),
+                    "x_test": parts["test"][0], "y_test": parts["test"][1]}
+
+        name = "svhn-extra" if self.extra else "svhn"
+        return split_arrays(cached(root / f"{name}-uint8.npz", root, [p.name for p in files.values()], read, "SVHN"))
+
+    @classmethod
+    def sizes(cls, extra: bool = False, **data_config) -> tuple[int, int, int]:
+        return cls.SIZES["train"] + extra * cls.SIZES["extra"], cls.SIZES["test"], 10
+
+
+class ImageFolder(ResidentData):
+    """Any dataset laid out as ``root/train/<class>/*`` and ``root/test/<class>/*`` (png, jpg):
+    classes are the training split's folder names, sorted; every image ``image_size`` square.
+    With ``mean``/``std`` null they are computed from the training images, cached with them."""
+
+    def __init__(self, root: str, image_size: int = 32, **split_args):
+        super().__init__(**split_args)
+        self.root, self.image_size, self.classes = root, image_size, None
+
+    def load(self) -> Arrays:
+        root = Path(self.root).expanduser().resolve()
+        train = root / "train"
+        classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir())) if train.is_dir() else ()
+        if not classes or not (root / "test").is_dir():
+            raise DataError(f"no image folder under {root}: expected {root}/train/<class>/*.png|jpg "
+                            f"and {root}/test/<class>/*.png|jpg")
+        if len(classes) != self.num_classes:
+            raise DataError(f"data.num_classes={self.num_classes}, but {train} has {len(classes)} class "
+                            f"folders: set data.num_classes={len(classes)}")
+
+        def read() -> dict[str, np.ndarray]:
+            x_train, y_train = read_class_folders(train, classes, self.image_size)
+            x_test, y_test = read_class_folders(root / "test", classes, self.image_size)
+            mean, std = channel_statistics(x_train)
+            return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+                    "mean": np.array(mean), "std": np.array(std), "classes": np.array(classes)}
+
+        arrays = cached(root / f"image_folder-{self.image_size}-uint8.npz", root, folder_files(root), read,
+                        "the image folder")
+        self.classes = [str(c) for c in arrays["classes"]]
+        self.mean = self.mean or tuple(arrays["mean"].tolist())
+        self.std = self.std or tuple(arrays["std"].tolist())
+        return split_arrays(arrays)
+
+
 class Synthetic(ResidentData):
     """Random CIFAR-shaped images with balanced random labels: plumbing tests only."""
 
@@ -427,7 +619,7 @@ class Synthetic(ResidentData):
         rng = np.random.default_rng(0)
         n_train = 2 * (self.train_subset or 25000) + self.val_size  # any subset balances
         images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        labels = lambda n: rng.permutation(np.arange(n) % 10)
+        labels = lambda n: rng.permutation(np.arange(n) % self.num_classes)
         return images(n_train), labels(n_train), images(self.eval_size), labels(self.eval_size)
 
 

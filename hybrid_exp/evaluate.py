@@ -3,7 +3,7 @@
 Evaluates the trained weights of a FINISHED run (its ``model.pt`` artifact, with the network
 rebuilt from its ``config.yaml``) on the evaluation subset of the test set (``subset``, the
 paper's metric), the whole test set (``full``), or a folder of images in one sub-folder per
-CIFAR-10 class (``--image-folder``); logs the loss and error into that run as
+class of the training data (``--image-folder``); logs the loss and error into that run as
 ``evaluate/<split>/loss`` and ``evaluate/<split>/error`` and prints them. ``--weights best.pt``
 evaluates the best validation epoch's weights instead (runs trained with
 ``callbacks=best_weights``), logged as ``evaluate/<split>/best/...``. RUN is a run id, or a
@@ -59,7 +59,7 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from hybrid_exp.data import Batches, read_class_folders
+    from hybrid_exp.data import CIFAR10, CLASSES, Batches, read_class_folders
     from hybrid_exp.module import Classifier
 
     if weights not in {a.path for a in client.list_artifacts(run_id)}:
@@ -73,22 +73,25 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
                            weights_only=True)
     net = instantiate(cfg.model)
     net.load_state_dict(state)
-    if image_folder:
-        x, y = read_class_folders(Path(image_folder))
+    if data_root:
+        cfg.data.root = data_root
+    data = instantiate(cfg.data, seeds=[cfg.seed])
+    if image_folder or data.mean is None:  # an image folder's statistics come with its data
+        data.setup()
+    if image_folder:  # the training data's classes, in its label order
+        classes = getattr(data, "classes", None) or (CLASSES if isinstance(data, CIFAR10) else None)
+        x, y = read_class_folders(Path(image_folder), classes, size=data.splits["train"][0].shape[1])
         split_name = "image_folder"
         images, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         rows = torch.arange(len(x), device=device)[None]
     else:
-        if data_root:
-            cfg.data.root = data_root
-        data = instantiate(cfg.data, seeds=[cfg.seed])
         data.setup()
         images, labels, rows = data.splits[SPLITS[split]]
         split_name = split
     module = Classifier(net.to(device)).eval()
     sums = torch.zeros(1, 2, device=device)
     with torch.no_grad():
-        for batch in Batches(images, labels, rows, batch_size=256):
+        for batch in Batches(images, labels, rows, batch_size=256, mean=data.mean, std=data.std):
             module.evaluate(batch, sums)
     loss, errors = sums[0].tolist()
     prefix = f"evaluate/{split_name}/" + ("best/" if weights == "best.pt" else "")

@@ -329,3 +329,19 @@ def test_command_on_a_real_grid(tmp_path, cifar10_root):
     assert "Control `equivalent` (stacked): mean |Δ| =" in report
     assert "Functional similarity with the baseline" in report  # from the runs' predictions
     assert len(clean(load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")).finished) == 6
+
+
+def test_the_papers_values_appear_only_for_its_dataset(tmp_path):
+    """190 epochs and the 6000-image subset, but CIFAR-100: the paper's CIFAR-10 numbers are
+    not shown beside it."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("c100", artifact_location=(tmp_path / "a").as_uri())
+    cifar100 = {**PAPER, "data._target_": "hybrid_exp.data.CIFAR100", "data.num_classes": "100"}
+    for seed in range(5):
+        log_run(client, exp, "separable", seed, BASE[seed], protocol=cifar100)
+        log_run(client, exp, "inception", seed, INCEPTION[seed], protocol=cifar100)
+    out = analyze("c100", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    table = read_summary(out)
+    assert table.loc["inception", "mean_delta"] == pytest.approx(np.mean(np.subtract(INCEPTION, BASE)))
+    assert np.isnan(table.loc["inception", "paper_mean_abs_delta"])

@@ -85,7 +85,7 @@ def test_unknown_format_lists_the_valid_ones(tmp_path):
 def test_image_folder_with_wrong_classes_names_them(tmp_path):
     for split in ("train", "test"):
         (tmp_path / split / "cats").mkdir(parents=True)
-    with pytest.raises(DataError, match="one folder per CIFAR-10 class.*no class: cats"):
+    with pytest.raises(DataError, match="one folder per class.*no class: cats"):
         load_cifar10(tmp_path, "image_folder")
 
 

@@ -39,6 +39,8 @@ def number(value, key: str, low: float, high: float | None = None, low_open: boo
 def missing_keys(node: DictConfig, prefix: str = ""):
     """The keys left ``???``, without resolving interpolations (which would fail on them)."""
     for key in node.keys():
+        if not prefix and key == "hydra":  # Hydra's own node fills in as it runs
+            continue
         if OmegaConf.is_missing(node, key):
             yield f"{prefix}{key}"
         elif isinstance(child := node._get_node(key), DictConfig) and not child._is_interpolation():

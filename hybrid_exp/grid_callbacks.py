@@ -1,5 +1,5 @@
 """Hydra callbacks: what a grid does once, before its first job starts, in this order
-(conf/config.yaml). Each stops the grid with one sentence when it fails: Hydra would only warn
+(conf/config.yaml); a single run's config is checked too, before anything is created. Each stops the grid with one sentence when it fails: Hydra would only warn
 about a callback's exception and start every job anyway. The heavy modules load inside the hooks:
 a single run, which instantiates these too, stays quick to say what is wrong."""
 from hydra.experimental.callback import Callback
@@ -7,7 +7,17 @@ from omegaconf import DictConfig
 
 
 class CheckConfigs(Callback):
-    """Every job's config checked (before the data is read and the store created)."""
+    """Every job's config checked (before the data is read and the store created); a single
+    run's before Hydra creates its output folder."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from hybrid_exp.checks import ConfigError, check_config, check_values
+
+        try:
+            check_values(config)  # quick: before the heavy imports of the second stage
+            check_config(config)
+        except ConfigError as e:
+            raise SystemExit(str(e)) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hybrid_exp.checks import ConfigError, check_config, check_values, grid_configs

@@ -62,6 +62,11 @@ def test_a_bad_value_stops_a_single_run_with_one_sentence(tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip() == "data.batch_size must be a whole number >= 1; got 0"
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "outputs").exists()  # not even the run's folder
+    shape = hybrid_exp(tmp_path, "model=grouped", "model.block.groups=7")
+    assert shape.returncode == 1 and "Traceback" not in shape.stderr
+    assert shape.stderr.strip().endswith("groups=7 does not divide C_in=64 (choose a divisor of model.width)")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_grid_checks_every_job_before_the_first_starts(tmp_path):

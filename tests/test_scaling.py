@@ -270,6 +270,7 @@ def test_a_corrupt_checkpoint_is_kept_aside_and_its_config_restarts_cleanly(make
     assert f"{checkpoint} is unreadable" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", ["mid-epoch 1", "after epoch 2 is logged, before its checkpoint"])
 def test_a_run_interrupted_and_resumed_matches_the_uninterrupted_run_epoch_by_epoch(
         make_cfg, monkeypatch, kill):

@@ -47,14 +47,6 @@ def task(cfg: DictConfig):
     objectives; ``test/error`` stands in for ``val/error`` when there is no validation split);
     for an array, a list of them, one per seed, None for a seed that failed. A single run that
     fails raises its error."""
-    from hybrid_exp.checks import ConfigError, check_values
-
-    try:
-        check_values(cfg)  # before the heavy imports: a mistyped value is told at once
-    except ConfigError as e:
-        if HydraConfig.get().mode == RunMode.RUN:
-            raise SystemExit(str(e)) from None
-        raise
     from hybrid_exp.train import train  # imported late: `--help` and config errors stay fast
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -67,6 +59,7 @@ def task(cfg: DictConfig):
     except Exception as e:
         import optuna  # already loaded by train
 
+        from hybrid_exp.checks import ConfigError
         from hybrid_exp.data import DataError
         from hybrid_exp.tracking import TrackingUnavailable
 

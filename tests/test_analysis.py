@@ -60,6 +60,13 @@ def log_run(client, experiment_id, setup, seed, error, status="FINISHED", start=
     return run_id
 
 
+def new_experiment(tmp_path, name: str):
+    """(tracking URI, client, experiment id) of a fresh SQLite store holding experiment ``name``."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    return uri, client, client.create_experiment(name, artifact_location=(tmp_path / "a").as_uri())
+
+
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -188,9 +195,7 @@ def test_statistics_helpers_against_the_libraries_and_by_hand():
 
 
 def test_one_seed_gives_the_table_without_cis_and_says_why(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("single", artifact_location=(tmp_path / "a").as_uri())
+    uri, client, exp = new_experiment(tmp_path, "single")
     log_run(client, exp, "separable", 0, 10.0)
     log_run(client, exp, "inception", 0, 11.0)
     out = analyze("single", uri, str(tmp_path / "report"), log_to_mlflow=False)
@@ -202,9 +207,7 @@ def test_one_seed_gives_the_table_without_cis_and_says_why(tmp_path):
 
 
 def test_a_tryout_is_never_paired_with_a_baseline_of_another_protocol(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("mixed", artifact_location=(tmp_path / "a").as_uri())
+    uri, client, exp = new_experiment(tmp_path, "mixed")
     for seed in range(5):
         log_run(client, exp, "separable", seed, BASE[seed])  # 190 epochs
         log_run(client, exp, "inception", seed, 40.0 + seed, protocol=TRYOUT)  # a 2-epoch try-out
@@ -224,9 +227,7 @@ def test_a_tryout_is_never_paired_with_a_baseline_of_another_protocol(tmp_path):
 
 
 def test_a_baseline_only_experiment_gets_a_sentence(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("alone", artifact_location=(tmp_path / "a").as_uri())
+    uri, client, exp = new_experiment(tmp_path, "alone")
     for seed in range(3):
         log_run(client, exp, "separable", seed, BASE[seed])
     out = analyze("alone", uri, str(tmp_path / "r"), log_to_mlflow=False)
@@ -234,9 +235,7 @@ def test_a_baseline_only_experiment_gets_a_sentence(tmp_path):
 
 
 def test_the_papers_ranking_and_functional_similarity(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("rank", artifact_location=(tmp_path / "a").as_uri())
+    uri, client, exp = new_experiment(tmp_path, "rank")
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 600)
     indices = np.arange(600) * 3
@@ -264,9 +263,7 @@ def test_the_papers_ranking_and_functional_similarity(tmp_path):
 
 
 def test_fig5_and_fig6_pair_within_each_backbone_by_unit(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("fig56", artifact_location=(tmp_path / "a").as_uri())
+    uri, client, exp = new_experiment(tmp_path, "fig56")
     for seed, (with_sep, without) in enumerate([(6.0, 7.5), (6.5, 7.7), (6.2, 7.6), (6.1, 7.9), (6.3, 7.4)]):
         log_run(client, exp, "fractalnet+separable", seed, with_sep, backbone="fractalnet", block="separable")
         log_run(client, exp, "fractalnet+standard", seed, without, backbone="fractalnet", block="standard")
@@ -334,9 +331,7 @@ def test_command_on_a_real_grid(tmp_path, cifar10_root):
 def test_the_papers_values_appear_only_for_its_dataset(tmp_path):
     """190 epochs and the 6000-image subset, but CIFAR-100: the paper's CIFAR-10 numbers are
     not shown beside it."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("c100", artifact_location=(tmp_path / "a").as_uri())
+    uri, client, exp = new_experiment(tmp_path, "c100")
     cifar100 = {**PAPER, "data._target_": "hybrid_exp.data.CIFAR100", "data.num_classes": "100"}
     for seed in range(5):
         log_run(client, exp, "separable", seed, BASE[seed], protocol=cifar100)

@@ -40,6 +40,10 @@ def abs_delta(summary: pd.DataFrame, out: Path) -> tuple[Path, str]:
            color="tab:blue", label="mean Δ (signed)")
     ax.bar(x + 0.2, rows.mean_abs_delta, 0.4, yerr=errorbars(rows, "mean_abs_delta"), capsize=3,
            color="tab:gray", label="mean |Δ| (paper's metric)")
+    if "noise_abs_delta" in summary:  # each protocol's control: E|Δ| of pure noise, sd·√(2/π)
+        noise = rows.protocol_hash.map(summary.groupby("protocol_hash").noise_abs_delta.max())
+        ax.hlines(noise, x - 0.05, x + 0.45, colors="black", linestyles="dashed",
+                  label="noise level of |Δ| (control's sd·√(2/π))")
     if rows.paper_mean_abs_delta.notna().any():
         ax.scatter(x + 0.2, rows.paper_mean_abs_delta, marker="D", color="tab:red", zorder=3,
                    label="paper's mean |Δ|")
@@ -49,42 +53,83 @@ def abs_delta(summary: pd.DataFrame, out: Path) -> tuple[Path, str]:
     ax.legend(fontsize="small")
     return save(fig, out, "abs_delta", "Each setup against the baseline",
                 "Mean Δ and mean |Δ| over seeds, Δ = error(setup) − error(baseline) on the same "
-                "seed, with 95% t intervals (none below 5 seeds); red: the paper's Fig. 4 values "
-                "(shown only for runs at the paper's protocol).")
+                "seed, with 95% t intervals (none below 5 seeds); dashed: the |Δ| that noise alone "
+                "gives on average (the control's sd of Δ times √(2/π)), which mean |Δ| exceeds "
+                "even for an identical function; red: the paper's Fig. 4 values (shown only for "
+                "runs at the paper's protocol).")
+
+
+class AveragingRefused(ValueError):
+    """A figure would average several runs that should be one point."""
+
+
+def one_per_point(runs: pd.DataFrame, keys: list[str]) -> None:
+    """Refuse to draw a point that would average two runs of one (setup, seed, protocol)."""
+    doubled = runs[runs.duplicated(keys, keep=False)]
+    if not doubled.empty:
+        first = doubled.iloc[0]
+        raise AveragingRefused(f"{len(doubled)} runs share {', '.join(f'{k}={first[k]}' for k in keys)}: "
+                               f"a figure would average them; clean the runs first (analysis.clean)")
+
+
+def facets(runs: pd.DataFrame, width: float, height: float = 3.8):
+    """One panel per protocol (runs of different protocols are never drawn as one point)."""
+    protocols = sorted(runs.protocol_hash.unique())
+    fig, axes = plt.subplots(len(protocols), 1, figsize=(width, height * len(protocols)), squeeze=False)
+    for ax, protocol in zip(axes[:, 0], protocols):
+        if len(protocols) > 1:
+            ax.set_title(f"protocol {protocol[:8]}", fontsize="small")
+        yield fig, ax, runs[runs.protocol_hash == protocol]
+
+
+def paired_points(runs: pd.DataFrame, summary: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
+    """{protocol: (seed x setup) table of ``metric``}, baseline first: the points of
+    ``paired_dots``, one run each (never a mean of several)."""
+    one_per_point(runs, ["protocol_hash", "setup", "seed"])
+    baseline_first = summary.assign(later=summary.role.ne("baseline"))
+    ordered = list(dict.fromkeys(baseline_first.sort_values(["backbone", "later", "setup"]).setup))
+    points = {}
+    for protocol, panel in runs.groupby("protocol_hash", sort=True):
+        order = [s for s in ordered if s in set(panel.setup)]
+        points[protocol] = panel.pivot(index="seed", columns="setup", values=metric)[order]
+    return points
 
 
 def paired_dots(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, out: Path) -> tuple[Path, str]:
-    """Each seed's error in every setup, joined across setups: pairing made visible."""
-    baseline_first = summary.assign(later=summary.role.ne("baseline"))
-    order = list(dict.fromkeys(baseline_first.sort_values(["backbone", "later", "setup"]).setup))
-    fig, ax = plt.subplots(figsize=(1.2 * len(order) + 2.5, 3.8))
-    by_seed = runs.pivot_table(index="seed", columns="setup", values=metric)[order]
-    for seed, errors in by_seed.iterrows():
-        ax.plot(range(len(order)), errors.to_numpy(), "-o", alpha=0.6, ms=4, label=f"seed {int(seed)}")
-    ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
-    ax.set_ylabel(f"{metric} (%)")
-    if len(by_seed) <= 12:
-        ax.legend(fontsize="small", ncol=2)
+    """Each seed's error in every setup, joined across setups: pairing made visible, one panel
+    per protocol."""
+    points = paired_points(runs, summary, metric)
+    width = 1.2 * runs.setup.nunique() + 2.5
+    for (fig, ax, _), by_seed in zip(facets(runs, width), points.values()):
+        order = list(by_seed.columns)
+        for seed, errors in by_seed.iterrows():
+            ax.plot(range(len(order)), errors.to_numpy(), "-o", alpha=0.6, ms=4, label=f"seed {int(seed)}")
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.set_ylabel(f"{metric} (%)")
+        if len(by_seed) <= 12:
+            ax.legend(fontsize="small", ncol=2)
     return save(fig, out, "paired_seeds", "Every seed in every setup",
                 f"{metric} of each run; a line joins the runs of one seed (the same data stream), "
-                f"so paired differences show as slopes.")
+                f"so paired differences show as slopes; one panel per protocol.")
 
 
 def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, out: Path) -> tuple[Path, str]:
-    """Validation error per epoch: mean over seeds with a +-1 sd band, one line per setup."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    merged = history.merge(runs[["run_id", "setup"]], on="run_id")
-    for setup, curves in merged.groupby("setup"):
-        by_epoch = curves.groupby("epoch").value
-        mean, sd = by_epoch.mean(), by_epoch.std().fillna(0)
-        ax.plot(mean.index + 1, mean, marker="o", ms=3, label=setup)  # markers: one epoch shows
-        ax.fill_between(mean.index + 1, mean - sd, mean + sd, alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val/error (%)")
-    ax.legend(fontsize="small")
+    """Validation error per epoch: mean over seeds with a +-1 sd band, one line per setup, one
+    panel per protocol."""
+    one_per_point(runs, ["protocol_hash", "setup", "seed"])
+    merged = history.merge(runs[["run_id", "setup", "protocol_hash"]], on="run_id")
+    for fig, ax, panel in facets(merged, 6.5, 4):
+        for setup, curves in panel.groupby("setup"):
+            by_epoch = curves.groupby("epoch").value
+            mean, sd = by_epoch.mean(), by_epoch.std().fillna(0)
+            ax.plot(mean.index + 1, mean, marker="o", ms=3, label=setup)  # markers: one epoch shows
+            ax.fill_between(mean.index + 1, mean - sd, mean + sd, alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("val/error (%)")
+        ax.legend(fontsize="small")
     return save(fig, out, "learning_curves", "Learning curves",
-                "Validation error per epoch, mean over seeds with a ±1 sd band. Curves still "
-                "falling at the end mean the runs are not converged.")
+                "Validation error per epoch, mean over seeds with a ±1 sd band, one panel per "
+                "protocol. Curves still falling at the end mean the runs are not converged.")
 
 
 def error_vs_size(runs: pd.DataFrame, metric: str, out: Path) -> tuple[Path, str]:
@@ -114,4 +159,5 @@ def similarity(frame: pd.DataFrame, out: Path) -> tuple[Path, str]:
     return save(fig, out, "similarity", "Functional similarity with the baseline",
                 "Per setup, mean over seeds with 95% t intervals: the share of evaluation images "
                 "on which it predicts the baseline's class, and Cohen's κ of their errors. The "
-                "control (the baseline's own function) is the ceiling.")
+                "control (the baseline's own function) is a reference level, not a ceiling: a setup "
+                "with a lower error can agree more; κ corrects for accuracy.")

@@ -26,8 +26,13 @@ def with_ci(row, name: str) -> str:
     return f"{fmt(row.get(name))} {bracket(row, name)}".strip()
 
 
-def yes_no(flag) -> str:
-    return "–" if flag is None or (isinstance(flag, float) and math.isnan(flag)) else "yes" if flag else "no"
+def yes_no(flag, yes: str = "yes", no: str = "no") -> str:
+    return "–" if flag is None or (isinstance(flag, float) and math.isnan(flag)) else yes if flag else no
+
+
+def shown(flag) -> str:
+    """A test's verdict: 'not shown' is not 'shown false' (absence of evidence)."""
+    return yes_no(flag, "shown", "not shown")
 
 
 def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Path, str]],
@@ -41,13 +46,19 @@ def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Pa
                     f"the evaluation subset; baseline `{baseline}`, control `{control}`. Each setup "
                     f"is paired seed by seed with the baseline of its backbone trained under the "
                     f"same protocol. Intervals are 95% t intervals over seeds, given from "
-                    f"{stats.MIN_N_INTERVAL} seeds on. Margins fixed before the data: equivalence "
+                    f"{stats.MIN_N_INTERVAL} seeds on; they hold for the one fixed evaluation subset "
+                    f"every run is scored on (`data.eval_seed`), not for the images it could have "
+                    f"drawn: the seed × image bootstrap column (from the stored predictions) covers "
+                    f"both. Margins fixed before the data: equivalence "
                     f"±{margin} points (TOST), smallest effect of interest {sesoi} points."),
               ("h2", "Runs set aside")]
     aside = [f"Duplicate (an older FINISHED run of the same config and seed; the newest is kept): "
              f"`{r.run_name}` ({r.run_id})" for r in runs.duplicates.itertuples()]
     aside += [f"{r.status}, not averaged in: `{r.run_name}` ({r.run_id})"
               + (f": {r.error}" if isinstance(r.error, str) else "") for r in runs.not_finished.itertuples()]
+    aside += [f"Cannot be placed (no setup or model tag, no seed, or no logged config to rebuild "
+              f"its setup and protocol from), not counted: `{r.run_name}` ({r.run_id})"
+              for r in runs.unplaced.itertuples()]
     for r in records(summary):
         if r.get("setup_only_seeds"):
             aside.append(f"Seeds of `{r['setup']}` without a baseline run, left out of its pairing: "
@@ -88,20 +99,26 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
                        if compared.empty else "No baseline ran under this protocol: its setups "
                             "are described, not compared."))
     header = ["backbone", "setup", "n", "error mean ± sd [95% CI]", "mean Δ [95% CI]",
-              "p paired t (Holm)", "p signed-rank", f"equivalent ±{margin} (TOST, Holm)",
-              "mean |Δ| [95% CI]", "paper mean |Δ|"]
+              "mean Δ [seed × image bootstrap]", "p paired t (Holm)", "p signed-rank",
+              f"equivalence ±{margin} (TOST, Holm)", "mean |Δ| [95% CI]", "|mean Δ| [95% CI]",
+              "noise-corrected distance", "paper mean |Δ|"]
     rows = [[r["backbone"], f"`{r['setup']}` ({r['role']})", r["n"],
              f"{fmt(r['mean_error'])} ± {fmt(r['sd_error'])} {bracket(r, 'mean_error')}",
-             with_ci(r, "mean_delta"), fmt(r.get("p_ttest_holm"), 3), fmt(r.get("p_signed_rank"), 3),
-             f"{yes_no(r.get('equivalent_within_margin'))} (p {fmt(r.get('p_tost_holm'), 3)})",
-             with_ci(r, "mean_abs_delta"), fmt(r["paper_mean_abs_delta"])] for r in records(group)]
+             with_ci(r, "mean_delta"), bracket(r, "mean_delta_boot") or "–",
+             fmt(r.get("p_ttest_holm"), 3), fmt(r.get("p_signed_rank"), 3),
+             f"{shown(r.get('equivalent_within_margin'))} (p {fmt(r.get('p_tost_holm'), 3)})",
+             with_ci(r, "mean_abs_delta"), with_ci(r, "abs_mean_delta"),
+             fmt(r.get("noise_corrected_distance")), fmt(r["paper_mean_abs_delta"])] for r in records(group)]
     blocks += [("h3", "Each setup against the baseline"), ("table", header, rows),
                ("p", "Δ = error(setup) − error(baseline) on the same seed, in percentage points. The "
                      "signed mean Δ is the primary result: its interval, a paired t-test, and a TOST "
-                     f"equivalence test that calls a setup equivalent when the mean Δ lies within "
-                     f"±{margin} points (a margin fixed before the data); p-values Holm-adjusted "
-                     "across the setups. Mean |Δ| is the paper's metric, a description: it is "
-                     "positive even between two runs of one function (see the control).")]
+                     f"equivalence test that shows a setup equivalent when the mean Δ lies within "
+                     f"±{margin} points (a margin fixed before the data; 'not shown' is no evidence "
+                     "of a difference); p-values Holm-adjusted across the setups. Mean |Δ| is the "
+                     "paper's metric, a description biased by noise: it is positive even between two "
+                     "runs of one function (see the control). |mean Δ| and the noise-corrected "
+                     "distance √max(0, mean Δ² − s²/n) estimate how far apart the setups' mean "
+                     "errors are without that bias.")]
     controls = group[group.role == "control"]
     tested = group[group.role == "setup"]
     blocks.append(("h3", "The noise floor"))
@@ -111,18 +128,26 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
         blocks.append(("p", f"Control `{r['setup']}` ({r['backbone']}): mean |Δ| = "
                             f"{with_ci(r, 'mean_abs_delta')} points over {int(r['n_paired'])} seeds, "
                             f"sd of its Δ {fmt(r.get('sd_delta'))}: the difference two "
-                            f"runs of the same function show by chance alone."))
+                            f"runs of the same function show by chance alone (noise level of |Δ|, "
+                            f"sd·√(2/π): {fmt(r.get('noise_abs_delta'))}). Its own mean Δ "
+                            f"{with_ci(r, 'mean_delta')}, paired t p {fmt(r.get('p_ttest'), 3)}; "
+                            f"equivalence within ±{margin} {shown(none_if_nan(r.get('p_tost'), lambda p: p < 0.05))} "
+                            f"(TOST p {fmt(r.get('p_tost'), 3)}): at this many seeds even a strictly "
+                            f"equivalent unit need not be shown equivalent."))
     if not controls.empty and not tested.empty and "p_vs_control" in tested:
         header = ["setup", "|Δ| − |Δ control| [95% CI]", "p one-sided (Holm)", "farther than the control",
                   f"seeds needed for {sesoi} points"]
         rows = [[f"`{r['setup']}`", with_ci(r, "mean_abs_delta_minus_control"),
                  fmt(r.get("p_vs_control_holm"), 3), yes_no(r.get("farther_than_control")),
                  fmt(r.get("seeds_needed"), 0)] for r in records(tested)]
+        ctrl = records(controls)[0]
         blocks += [("table", header, rows), ("list", [
-            "This comparison describes; it is weak evidence either way: a signed-rank test on "
-            "|Δ| − |Δ control| has about 11% power at 10 seeds against a 0.2-point shift, where "
-            "the paired t-test on Δ above has about 62%. A setup closer to the baseline than the "
-            "control is not called farther (the test is one-sided).",
+            f"This comparison describes; it is weak evidence either way: with the control's sd of "
+            f"Δ ({fmt(ctrl.get('sd_delta'))}) at {int(ctrl['n_paired'])} seeds, the signed-rank test "
+            f"on |Δ| − |Δ control| has {percent(ctrl.get('power_vs_control_at_sesoi'))} power "
+            f"against a {sesoi}-point shift (simulated), where the paired t-test on Δ above has "
+            f"{percent(ctrl.get('power_ttest_at_sesoi'))}. A setup closer to the baseline than the "
+            f"control is not called farther (the test is one-sided).",
             f"Seeds needed: how many seeds a paired t-test needs to detect a true mean Δ of "
             f"{sesoi} points (the smallest effect of interest, stated before the data) with power "
             f"0.8 at alpha 0.05, given the control's sd of Δ (run-to-run noise); never fewer than "
@@ -137,7 +162,21 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
         blocks += [("h3", "The paper's ranking"), ("table", header, rows),
                    ("p", "The paper's claim is an order: " + " < ".join(f"`{s}`" for s in PAPER_RANKING)
                          + " in |Δ| from the baseline. Each consecutive pair is compared seed by seed; "
-                           "'supported' means the farther one's |Δ| is larger at Holm-adjusted p < 0.05.")]
+                           "'supported' means the farther one's |Δ| is larger at Holm-adjusted p < 0.05: "
+                           "that the errors order as the paper says, not that its interpretation "
+                           "holds. `hybrid` is the baseline plus an identity shortcut on most units, "
+                           "so a small |Δ| is what one expects of it whatever separable convolutions "
+                           "are; the functional similarity below says more.")]
+    trends = table.trend[table.trend.protocol_hash == first.protocol_hash] if not table.trend.empty else table.trend
+    if not trends.empty:
+        header = ["backbone", "channels per group", "seeds", "slope per doubling [95% CI]", "p paired t"]
+        rows = [[r["backbone"], r["levels"], r["n_seeds"], with_ci(r, "mean_slope"), fmt(r["p_ttest"], 3)]
+                for r in records(trends)]
+        blocks += [("h3", "Trend over channels per group"), ("table", header, rows),
+                   ("p", "The error's change, in points, per doubling of the channels per group "
+                         "(from depthwise towards dense), fitted per seed by least squares over "
+                         "log2(channels per group), then tested over seeds: one test for the "
+                         "continuum instead of one per level.")]
     similar = table.similarity[table.similarity.protocol_hash == first.protocol_hash] if not table.similarity.empty else table.similarity
     if not similar.empty:
         header = ["setup", "n", "prediction agreement % [95% CI]", "error consistency κ [95% CI]"]
@@ -147,10 +186,20 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
                    ("p", "Per seed, on the evaluation images (`test_predictions.npz` of each run): "
                          "the share of images on which the setup and the baseline predict the same "
                          "class, and error consistency, Cohen's κ of being right (0: no more shared "
-                         "errors than their accuracies imply). The control's values are the ceiling "
-                         "two runs of the same function reach; a setup that computes 'the same "
-                         "thing' as the baseline should come close to it, whatever its error rate.")]
+                         "errors than their accuracies imply). The control's values are a reference "
+                         "level, what two runs of the same function reach, not a ceiling: an arm "
+                         "with a lower error can agree more with the baseline; only κ corrects for "
+                         "accuracy. A setup that computes 'the same thing' as the baseline should "
+                         "come close to the control's κ, whatever its error rate.")]
     return blocks
+
+
+def percent(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+def none_if_nan(p, verdict):
+    return None if p is None or (isinstance(p, float) and math.isnan(p)) else verdict(p)
 
 
 def bracket(row, name: str) -> str:
@@ -241,7 +290,8 @@ def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str
         paths.append(figures.similarity(table.similarity, out))
     blocks = build(experiment, runs, table, paths, baseline, control, margin, sesoi, metric)
     table.summary.to_csv(out / "summary.csv", index=False)
-    for name, frame_out in (("ranking", table.ranking), ("similarity", table.similarity)):
+    for name, frame_out in (("ranking", table.ranking), ("similarity", table.similarity),
+                            ("trend", table.trend)):
         if not frame_out.empty:
             frame_out.to_csv(out / f"{name}.csv", index=False)
     (out / "report.md").write_text(to_markdown(blocks))

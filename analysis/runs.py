@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-# The run schema training writes (hybrid_exp.tracking.run_schema and the run's tags): a run's
-# identity is its config_hash; its setup (the same config over seeds) its setup_hash; what it is
-# compared under its protocol (data, optimiser, epochs, precision, device) and protocol_hash.
-TAGS = ("setup", "model", "block", "backbone", "seed", "precision", "config_hash", "setup_hash",
-        "protocol", "protocol_hash", "git_sha", "error")
+# The run schema training writes (hybrid_exp.schema, plain data: the analysis imports nothing
+# else of the training side): a run's identity is its config_hash; its setup (the same config
+# over seeds) its setup_hash; what it is compared under its protocol (data, optimiser, epochs,
+# precision, device) and protocol_hash; the pixels it saw its data_fingerprint.
+from hybrid_exp.schema import TAGS, hashed, protocol_text, short_hash
+
 KIND_TAG = "hybrid_exp.kind"  # 'analysis' on the runs this package logs; training runs lack it
-UNKNOWN_PROTOCOL = "unknown (logged before runs recorded their protocol)"
 PREDICTIONS = "test_predictions.npz"  # per-image evidence every run logs
+SIZE_PARAMS = ("params", "mult_adds")  # counted from the network, logged beside the config
 
 
 class AnalysisError(ValueError):
@@ -33,8 +34,9 @@ def client_and_experiment(experiment: str, tracking_uri: str) -> tuple[MlflowCli
 
 def load_runs(experiment: str, tracking_uri: str = "sqlite:///mlflow.db") -> pd.DataFrame:
     """One row per training run: run_id, run_name, status, start_time, train_seconds, the tags
-    above, ``params`` and ``mult_adds``, the final value of every metric (``test/error``, ...),
-    and ``config``, the run's logged params as a dict."""
+    of the run schema (rebuilt from the params where a run lacks them: ``rebuild_identity``),
+    ``params`` and ``mult_adds``, the final value of every metric (``test/error``, ...), and
+    ``config``, the run's logged params as a dict."""
     client, experiment_id = client_and_experiment(experiment, tracking_uri)
     runs, token = [], None
     while True:  # every page
@@ -46,19 +48,42 @@ def load_runs(experiment: str, tracking_uri: str = "sqlite:///mlflow.db") -> pd.
              "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
              "train_seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None,
              **{t: r.data.tags.get(t) for t in TAGS},
-             **{p: r.data.params.get(p) for p in ("params", "mult_adds")},
+             **{p: r.data.params.get(p) for p in SIZE_PARAMS},
              **r.data.metrics, "config": dict(r.data.params)} for r in runs]
     frame = pd.DataFrame(rows)
     if not frame.empty:
         for column in ("params", "mult_adds", "train_seconds"):
             frame[column] = pd.to_numeric(frame[column])
         frame["seed"] = pd.to_numeric(frame.seed, errors="coerce")
-        frame["setup"] = frame.setup.fillna(frame.model)  # runs logged before the setup tag
-        # runs logged before the schema tags: one setup per tag, an unknown protocol
-        frame["setup_hash"] = frame.setup_hash.fillna("setup:" + frame.setup.astype(str))
-        frame["protocol"] = frame.protocol.fillna(UNKNOWN_PROTOCOL)
-        frame["protocol_hash"] = frame.protocol_hash.fillna("unknown")
+        frame = frame.apply(rebuild_identity, axis=1)
     return frame
+
+
+def rebuild_identity(run: pd.Series) -> pd.Series:
+    """A run logged before the schema tags (an older version, runs copied in) gets them back
+    from its params: its protocol from the protocol keys (with the precision it ran in, where
+    tagged), its setup and config from every param that is part of what it trains. Runs of
+    different setups or epochs are then never merged or paired. Then the data it saw joins its
+    protocol: runs of one config on other pixels (official files, a JPEG copy) are apart."""
+    run = run.copy()
+    config = {k: v for k, v in run.config.items() if k not in SIZE_PARAMS}
+    if pd.isna(run.setup):  # runs logged before the setup tag
+        run["setup"] = run.model
+    if pd.isna(run.seed) and "seed" in config:
+        run["seed"] = pd.to_numeric(config["seed"], errors="coerce")
+    if pd.isna(run.protocol) and config:
+        flat = {**config, **({"trainer.precision": run.precision} if isinstance(run.precision, str) else {})}
+        run["protocol"] = protocol_text(flat) or "no protocol keys logged"
+        run["protocol_hash"] = short_hash(run.protocol)
+    trained = sorted((k, v) for k, v in config.items() if hashed(k) and k != "seed")
+    if pd.isna(run.setup_hash) and trained:
+        run["setup_hash"] = "params:" + short_hash(repr(trained))
+    if pd.isna(run.config_hash) and trained:
+        run["config_hash"] = "params:" + short_hash(repr(trained + [("seed", config.get("seed"))]))
+    if isinstance(run.data_fingerprint, str) and isinstance(run.protocol, str):
+        run["protocol"] = f"{run.protocol}, data fingerprint={run.data_fingerprint}"
+        run["protocol_hash"] = short_hash(run.protocol)
+    return run
 
 
 def load_predictions(tracking_uri: str, run_ids) -> dict[str, dict[str, np.ndarray]]:
@@ -88,33 +113,39 @@ class Runs:
     finished: pd.DataFrame
     duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # older reruns, dropped
     not_finished: pd.DataFrame = field(default_factory=pd.DataFrame)  # FAILED, KILLED, RUNNING
+    unplaced: pd.DataFrame = field(default_factory=pd.DataFrame)  # no setup, seed or protocol
+
+
+IDENTITY = ["protocol_hash", "setup_hash", "seed"]  # one run counts per setup, protocol and seed
 
 
 def clean(frame: pd.DataFrame, metric: str = "test/error") -> Runs:
-    """Keep one FINISHED run per config (its hash: seed included), the newest; label setups
-    whose configs differ."""
-    done = (frame.status.eq("FINISHED") & frame.setup.notna() & frame.seed.notna()
-            & (frame[metric].notna() if metric in frame else False))
-    finished = frame[done].sort_values("start_time", ascending=False)
-    newest = ~finished.duplicated(["config_hash", "seed"])
+    """Keep one FINISHED run per setup, protocol (data included) and seed, the newest; label
+    setups within each protocol; set aside runs that cannot be placed."""
+    placed = frame.setup.notna() & frame.seed.notna() & frame.protocol_hash.notna() & frame.setup_hash.notna()
+    done = frame.status.eq("FINISHED") & (frame[metric].notna() if metric in frame else False)
+    finished = frame[done & placed].sort_values("start_time", ascending=False)
+    newest = ~finished.duplicated(IDENTITY)
     kept = label_setups(finished[newest].sort_values(["setup", "seed"]))
     return Runs(kept.reset_index(drop=True), finished[~newest].reset_index(drop=True),
-                frame[~done].reset_index(drop=True))
+                frame[~done & placed].reset_index(drop=True), frame[~placed].reset_index(drop=True))
 
 
 def label_setups(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs of one setup tag that are different setups (their ``setup_hash`` differs: a sweep
-    over model.block.groups, say) are told apart by the params that differ between them and are
-    constant within each: ``grouped[groups=4]``. Runs of one setup_hash stay one setup, whatever
-    else (paths, execution switches) they logged."""
-    frame = frame.copy()
-    for setup, group in frame.groupby("setup"):
+    """Within each protocol, runs of one setup tag that are different setups (their
+    ``setup_hash`` differs: a sweep over model.block.groups, say) are told apart by the params
+    that differ between them and are constant within each: ``grouped[groups=4]``. A setup that
+    is one config in its protocol keeps its plain name, whatever other protocols hold (a
+    try-out beside the paper's runs, a CPU run beside a GPU one), and whatever else (paths,
+    execution switches) its runs logged. ``setup_tag`` keeps the name training gave."""
+    frame = frame.assign(setup_tag=frame.setup)
+    for _, group in frame.groupby(["protocol_hash", "setup"]):
         if group.setup_hash.nunique() < 2:
             continue
         params = pd.DataFrame(list(group.config), index=group.index).astype(str)
         within = params.groupby(group.setup_hash).nunique().max() <= 1  # constant in each setup
         knobs = [k for k in params if within[k] and params[k].nunique() > 1]
         for i in group.index:
-            frame.loc[i, "setup"] = setup + "[" + ",".join(
+            frame.loc[i, "setup"] = group.setup_tag[i] + "[" + ",".join(
                 f"{k.rsplit('.', 1)[-1]}={params.loc[i, k]}" for k in knobs) + "]"
     return frame

@@ -85,3 +85,54 @@ def error_consistency(correct_a, correct_b) -> float:
     p_a, p_b = a.mean(), b.mean()
     expected = p_a * p_b + (1 - p_a) * (1 - p_b)
     return math.nan if expected == 1 else float((observed - expected) / (1 - expected))
+
+
+def power_paired_t(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test on Δ against a true mean Δ of ``effect`` when Δ
+    has standard deviation ``sd`` over ``n`` seeds; NaN where undefined."""
+    if not sd > 0 or n < 2:
+        return math.nan
+    return float(TTestPower().power(effect_size=effect / sd, nobs=n, alpha=alpha, alternative="two-sided"))
+
+
+def power_vs_control(effect: float, sd: float, n: int, alpha: float = 0.05, reps: int = 2000) -> float:
+    """Power of the one-sided signed-rank test on |Δ| − |Δ control| (the noise-floor comparison)
+    against a setup whose mean Δ is ``effect``, by simulation (seeded: the same number every
+    time): each seed's errors of baseline, control and setup independent normal with the
+    run-to-run sd that gives Δ the standard deviation ``sd``; NaN where undefined."""
+    if not sd > 0 or n < 2:
+        return math.nan
+    rng = np.random.default_rng(0)
+    base, control, setup = rng.normal(0, sd / math.sqrt(2), (3, reps, n))
+    excess = np.abs(setup + effect - base) - np.abs(control - base)
+    p = stats.wilcoxon(excess, zero_method="pratt", alternative="greater", axis=1).pvalue
+    return float(np.mean(p < alpha))
+
+
+def abs_interval(low: float, high: float) -> tuple[float, float]:
+    """A 95% interval of |μ| from one of μ: its image under |·| (coverage at least the same)."""
+    if math.isnan(low):
+        return math.nan, math.nan
+    if low <= 0 <= high:
+        return 0.0, max(-low, high)
+    return min(abs(low), abs(high)), max(abs(low), abs(high))
+
+
+def seed_image_bootstrap(correct_setup: np.ndarray, correct_base: np.ndarray, level: float = 0.95,
+                         reps: int = 2000) -> tuple[float, float]:
+    """Percentile interval of mean Δ (error points) resampling seeds and evaluation images
+    together: ``correct_*`` (seeds, images) booleans of the paired runs on the same images.
+    Intervals over seeds alone hold for this one test subset; this one also for the images it
+    could have drawn. Seeded: the same interval every time; NaNs below ``MIN_N_INTERVAL`` seeds."""
+    n, images = correct_setup.shape
+    if n < MIN_N_INTERVAL:
+        return math.nan, math.nan
+    delta = correct_base.astype(np.float32) - correct_setup.astype(np.float32)  # error(S) - error(B)
+    rng = np.random.default_rng(0)
+    means = np.empty(reps)
+    for r in range(reps):
+        rows = rng.integers(0, n, n)
+        cols = rng.integers(0, images, images)
+        means[r] = delta[rows][:, cols].mean() * 100
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

@@ -10,6 +10,7 @@ described with a one-sided signed-rank test (a setup closer to the baseline than
 not "farther than noise"). p-values are Holm-adjusted across the setups of a protocol.
 """
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,7 @@ PAPER_PROTOCOL = {"trainer.max_epochs": "190", "data.eval_size": "6000", "data.t
 class Table:
     summary: pd.DataFrame  # one row per protocol and setup: every number of the report's tables
     ranking: pd.DataFrame = field(default_factory=pd.DataFrame)  # the paper's order, pair by pair
+    trend: pd.DataFrame = field(default_factory=pd.DataFrame)  # error over log2(channels per group)
     similarity: pd.DataFrame = field(default_factory=pd.DataFrame)  # prediction agreement, kappa
     set_apart: list[str] = field(default_factory=list)  # sentences: what could not be paired, why
 
@@ -59,7 +61,7 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
     """Every number of the report (cleaned runs in), protocol by protocol."""
     sesoi = margin if sesoi is None else sesoi
     table, baselines = Table(pd.DataFrame()), 0
-    rows, rankings, similarity = [], [], []
+    rows, rankings, similarity, trends = [], [], [], []
     for (protocol, backbone), group in runs.groupby(["protocol_hash", "backbone"], sort=True):
         setups = sorted(group.setup.unique())
         blocks = dict(zip(group.setup, group.block))
@@ -86,13 +88,24 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
                    "n": len(err), "seeds": " ".join(map(str, err.index)),
                    "mean_error": err.mean(), "sd_error": err.std(ddof=1) if len(err) > 1 else math.nan,
                    **interval("mean_error", err), "params": first.params, "mult_adds": first.mult_adds,
-                   "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan) if paper else math.nan}
+                   # the paper's names are setup tags: a label that names knobs is not its setup
+                   "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan)
+                   if paper and setup == first.setup_tag else math.nan}
             if base and setup != base:
                 row.update(paired(err, base_err, ctrl_delta if setup != ctrl else None, margin,
                                   sesoi, alpha))
+                if predictions:
+                    row.update(dict(zip(("mean_delta_boot_ci_low", "mean_delta_boot_ci_high"),
+                                        bootstrap(group, setup, base, predictions))))
+            if setup == ctrl and ctrl_delta is not None:  # what the noise floor can detect
+                sd, n = ctrl_delta.std(ddof=1) if len(ctrl_delta) > 1 else math.nan, len(ctrl_delta)
+                row.update({"power_ttest_at_sesoi": stats.power_paired_t(sesoi, sd, n, alpha),
+                            "power_vs_control_at_sesoi": stats.power_vs_control(sesoi, sd, n, alpha),
+                            "noise_abs_delta": sd * math.sqrt(2 / math.pi)})
             group_rows.append(row)
         adjust(group_rows, alpha)
         rows += group_rows
+        trends += trend(group, metric, protocol, backbone)
         if base:
             rankings += ranking(group, base_err, metric, alpha, protocol, backbone)
             if predictions:
@@ -102,7 +115,7 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
         raise AnalysisError(f"no runs of the baseline '{baseline}' (finished, with {metric}); "
                             f"setups present: {present}; choose one with --baseline")
     table.summary, table.ranking = pd.DataFrame(rows), pd.DataFrame(rankings)
-    table.similarity = pd.DataFrame(similarity)
+    table.similarity, table.trend = pd.DataFrame(similarity), pd.DataFrame(trends)
     return table
 
 
@@ -117,6 +130,10 @@ def paired(err: pd.Series, base_err: pd.Series, ctrl_delta: pd.Series | None, ma
     seeds = err.index.intersection(base_err.index)
     delta = (err[seeds] - base_err[seeds]).to_numpy()
     p_tost = stats.tost(delta, margin)
+    mean = delta.mean() if len(delta) else math.nan
+    sd = delta.std(ddof=1) if len(delta) > 1 else math.nan
+    low, high = stats.t_interval(delta)
+    abs_low, abs_high = stats.abs_interval(low, high)
     row = {"n_paired": len(seeds),
            "setup_only_seeds": " ".join(map(str, err.index.difference(base_err.index))),
            "baseline_only_seeds": " ".join(map(str, base_err.index.difference(err.index))),
@@ -124,7 +141,12 @@ def paired(err: pd.Series, base_err: pd.Series, ctrl_delta: pd.Series | None, ma
            "p_ttest": stats.paired_t(delta), "p_signed_rank": stats.signed_rank(delta),
            "p_tost": p_tost, "sd_delta": delta.std(ddof=1) if len(delta) > 1 else math.nan,
            "mean_abs_delta": np.abs(delta).mean() if len(delta) else math.nan,
-           **interval("mean_abs_delta", np.abs(delta))}
+           **interval("mean_abs_delta", np.abs(delta)),
+           # the distance of the means, unbiased by noise: |mean Δ| (its interval: that of mean Δ
+           # under |.|) and sqrt(max(0, mean Δ² − s²/n)), where mean |Δ| > 0 even at Δ = 0
+           "abs_mean_delta": abs(mean), "abs_mean_delta_ci_low": abs_low, "abs_mean_delta_ci_high": abs_high,
+           "noise_corrected_distance": math.sqrt(max(0.0, mean**2 - sd**2 / len(delta)))
+           if len(delta) > 1 else math.nan}
     if ctrl_delta is not None:  # the noise floor, on the seeds all three share
         shared = seeds.intersection(ctrl_delta.index)
         excess = (err[shared] - base_err[shared]).abs().to_numpy() - ctrl_delta[shared].abs().to_numpy()
@@ -134,6 +156,23 @@ def paired(err: pd.Series, base_err: pd.Series, ctrl_delta: pd.Series | None, ma
                     "seeds_needed": stats.seeds_needed(
                         sesoi, ctrl_delta.std(ddof=1) if len(ctrl_delta) > 1 else math.nan, alpha)})
     return row
+
+
+def bootstrap(group: pd.DataFrame, setup: str, base: str, predictions: dict) -> tuple[float, float]:
+    """Seed x image bootstrap interval of mean Δ from the paired runs' stored predictions
+    (``stats.seed_image_bootstrap``); NaNs unless every paired seed has both on the same images."""
+    runs = lambda name: group[group.setup == name].set_index("seed").run_id
+    mine, theirs = runs(setup), runs(base)
+    correct_s, correct_b = [], []
+    for seed in mine.index.intersection(theirs.index):
+        a, b = predictions.get(mine[seed]), predictions.get(theirs[seed])
+        if a is None or b is None or not np.array_equal(a["indices"], b["indices"]):
+            return math.nan, math.nan
+        correct_s.append(a["predicted"] == a["labels"])
+        correct_b.append(b["predicted"] == b["labels"])
+    if not correct_s:
+        return math.nan, math.nan
+    return stats.seed_image_bootstrap(np.array(correct_s), np.array(correct_b))
 
 
 def adjust(rows: list[dict], alpha: float) -> None:
@@ -170,11 +209,32 @@ def ranking(group: pd.DataFrame, base_err: pd.Series, metric: str, alpha: float,
     return rows
 
 
+CHANNELS_PER_GROUP = re.compile(r"channels_per_group=(\d+)")
+
+
+def trend(group: pd.DataFrame, metric: str, protocol: str, backbone: str) -> list[dict]:
+    """The dense-to-depthwise continuum (experiment=cardinality) as one test: per seed, the
+    least-squares slope of the error over log2(channels per group) across the setups labelled
+    ``...[channels_per_group=k]``, then a t-test of the slopes (a paired design: each seed's
+    setups share its data). Positive: the error grows as the groups get dense."""
+    levels = {s: int(m.group(1)) for s in group.setup.unique() if (m := CHANNELS_PER_GROUP.search(s))}
+    if len(set(levels.values())) < 3:
+        return []
+    table = group[group.setup.isin(levels)].pivot(index="seed", columns="setup", values=metric).dropna()
+    x = np.log2([levels[s] for s in table.columns])
+    slopes = np.polyfit(x, table.to_numpy().T, 1)[0] if len(table) else np.array([])
+    return [{"protocol_hash": protocol, "backbone": backbone, "levels": " ".join(
+                 str(k) for k in sorted(levels.values())), "n_seeds": len(slopes),
+             "mean_slope": slopes.mean() if len(slopes) else math.nan, **interval("mean_slope", slopes),
+             "p_ttest": stats.paired_t(slopes)}]
+
+
 def agreement(group: pd.DataFrame, base: str, predictions: dict, protocol: str,
               backbone: str) -> list[dict]:
     """Functional similarity with the baseline, seed by seed, on the evaluation images: the share
     of images on which the two predict the same class, and error consistency (Cohen's kappa of
-    being right). The control's values are the ceiling two runs of the same function reach."""
+    being right). The control's values are a reference level: what two runs of the same
+    function reach (an arm with lower error can agree more; only kappa corrects for accuracy)."""
     by_seed = lambda setup: {row.seed: predictions.get(row.run_id)
                              for row in group[group.setup == setup].itertuples()}
     base_predictions = by_seed(base)

@@ -8,7 +8,7 @@ from torch import nn
 
 from hybrid_exp.blocks import Standard, conv_bn_act
 from hybrid_exp.fusion import channels
-from hybrid_exp.seeding import derive_seed
+from hybrid_exp.seeding import counter_uniform, derive_seed
 
 Block = Callable[..., nn.Module]  # block(c_in, c_out, stride) -> module
 
@@ -103,39 +103,47 @@ class DropPath:
     """One training step's drop-path draws for each member (Larsson et al. 2016): with
     probability ``global_fraction`` one column end to end through every block (global), else
     each join drops each input with probability ``local_drop``, and keeps one at random if it
-    dropped all (local). ``generators=None``: evaluation, every input joined.
+    dropped all (local). ``seeds=None``: evaluation, every input joined.
 
-    A dropped input is weighted 0 in its join rather than skipped: every unit runs every step
-    (so the members of a fused array can take different paths in one pass). Its gradient is
-    exactly 0, BN statistics see every unit's activations, and weight decay acts on all weights.
+    The draws come from ``seeding.counter_uniform`` keyed on (member's noise seed, ``step``,
+    join): they are computed on the device, the same on a CPU and a GPU, with no host round
+    trip per join. A dropped input is weighted 0 in its join rather than skipped: every unit
+    runs every step (so the members of a fused array can take different paths in one pass).
+    Its gradient is exactly 0, BN statistics see every unit's activations, and weight decay acts
+    on all weights. ``generators``: each member's dropout generator (``MemberDropout``).
     """
 
     def __init__(self, columns: int, global_fraction: float, local_drop: float, members: int,
-                 generators: list[tuple[torch.Generator, torch.Generator]] | None = None):
-        self.members = members
-        self.draws = [g for g, _ in generators] if generators else None  # CPU: path choices
-        self.generators = [g for _, g in generators] if generators else None  # device: dropout
-        self.local_drop = local_drop
-        self.column = ([int(torch.randint(columns, (), generator=g))
-                        if torch.rand((), generator=g) < global_fraction else None
-                        for g in self.draws] if generators else None)
+                 seeds: torch.Tensor | None = None, step: torch.Tensor | None = None,
+                 generators: list[torch.Generator] | None = None):
+        self.members, self.local_drop = members, local_drop
+        self.seeds, self.step, self.generators = seeds, step, generators
+        self.draws = 0  # draws made this step: the stream of the next one
+        if seeds is not None:
+            u = self.draw(2)  # (M, 2): global or local, and the global column
+            self.is_global = u[:, 0] < global_fraction
+            self.column = (u[:, 1] * columns).long().clamp(max=columns - 1)
+
+    def draw(self, n: int) -> torch.Tensor:
+        self.draws += 1
+        return counter_uniform(self.seeds, self.step, self.draws, n)
 
     def weights(self, active: list[int]) -> torch.Tensor:
-        """(M, len(active)) join weights, each row summing to 1."""
+        """(M, len(active)) join weights, each row summing to 1; ``active``: the consecutive
+        columns that meet in this join."""
         n = len(active)
-        if self.draws is None:
-            return torch.full((self.members, n), 1 / n)
-        rows = []
-        for g, column in zip(self.draws, self.column):
-            if column is not None:  # global: the chosen column alone (a join it is not in
-                keep = torch.tensor([i == column for i in active])  # feeds only dropped paths)
-                keep = keep if keep.any() else torch.ones(n, dtype=torch.bool)
-            else:
-                keep = torch.rand(n, generator=g) >= self.local_drop
-                if not keep.any():
-                    keep[torch.randint(n, (), generator=g)] = True
-            rows.append(keep.double() / keep.sum())
-        return torch.stack(rows)
+        if self.seeds is None:
+            return torch.full((self.members, n), 1 / n, dtype=torch.float64)
+        u = self.draw(n + 1)  # (M, n + 1): a keep draw per input, then the fallback's
+        local = u[:, :n] >= self.local_drop
+        fallback = F.one_hot((u[:, n] * n).long().clamp(max=n - 1), n).bool()
+        local = torch.where(local.any(1, keepdim=True), local, fallback)
+        # global: the chosen column alone (a join it is not in feeds only dropped paths)
+        columns = torch.arange(n, device=u.device) + active[0]
+        chosen = columns == self.column[:, None]
+        chosen = chosen | ~chosen.any(1, keepdim=True)
+        keep = torch.where(self.is_global[:, None], chosen, local)
+        return keep.double() / keep.sum(1, keepdim=True)
 
 
 class FractalNet(nn.Module):
@@ -147,13 +155,15 @@ class FractalNet(nn.Module):
     ``dense_stem``: the first layer of each column of the first block, the convs that read the
     RGB image, are dense ``Standard`` convs (as DarkNet's stem), else the unit.
     ``dropout[b]`` follows each unit of block b. Drop-path and dropout draw from the network's
-    own stream, ``derive_seed(noise seed, training step)``: its seed is drawn from the init
-    stream and the step counts training passes, both saved in the state_dict, so a resumed run
-    continues the stream, and each member of a fused array keeps its own.
+    own streams, keyed on (noise seed, training step): drop-path from a counter-based stream
+    computed on the device (``seeding.counter_uniform``: the same on a CPU and a GPU, and a CUDA
+    graph can capture it), dropout from torch generators seeded with ``derive_seed(noise seed,
+    step, "dropout")`` on the host (which no CUDA graph can capture). The noise seed is drawn
+    from the init stream and the step counts training passes, both saved in the state_dict, so a
+    resumed run continues the streams, and each member of a fused array keeps its own.
     """
 
     members = 1  # set by fusion.fuse
-    cuda_graph_safe = False  # drop-path is decided on the host each step: no CUDA graph
 
     def __init__(self, block: Block, columns: int = 3,
                  widths: tuple[int, ...] = (64, 128, 256, 512, 512),
@@ -166,30 +176,45 @@ class FractalNet(nn.Module):
                              f"must have one entry per block; got columns={columns}, "
                              f"{len(widths)} widths, {len(dropout)} dropout rates")
         self.columns, self.local_drop, self.global_fraction = columns, local_drop, global_fraction
+        self.dropout = any(p > 0 for p in dropout)
         c_ins = (3, *widths[:-1])
         entries = [Standard if dense_stem else block] + [block] * (len(widths) - 1)
         self.blocks = nn.ModuleList(FractalBlock(block, c_in, c_out, columns, p, entry)
                                     for c_in, c_out, p, entry in zip(c_ins, widths, dropout, entries))
         self.head = nn.Linear(widths[-1], num_classes)
-        self.noise_seeds, self.steps = [int(torch.randint(2**62, ()))], 0  # after every weight
+        # each member's noise seed (drawn after every weight) and training passes so far;
+        # buffers outside the state_dict's keys, saved as its extra state
+        self.register_buffer("noise_seed", torch.randint(2**62, (1,)), persistent=False)
+        self.register_buffer("step", torch.tensor(0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M*3, 32, 32) -> (B, M*classes)
-        generators = None
+        paths = DropPath(self.columns, self.global_fraction, self.local_drop, self.members)
         if self.training:
-            generators = [(torch.Generator().manual_seed(derive_seed(seed, self.steps, "path")),
-                           torch.Generator(x.device).manual_seed(derive_seed(seed, self.steps, "dropout")))
-                          for seed in self.noise_seeds]
-            self.steps += 1
-        paths = DropPath(self.columns, self.global_fraction, self.local_drop, self.members, generators)
+            generators = None
+            if self.dropout:  # torch's generators, seeded on the host
+                step = int(self.step)
+                generators = [torch.Generator(x.device).manual_seed(derive_seed(seed, step, "dropout"))
+                              for seed in self.noise_seed.tolist()]
+            paths = DropPath(self.columns, self.global_fraction, self.local_drop, self.members,
+                             self.noise_seed, self.step, generators)
         for block in self.blocks:
             x = F.max_pool2d(block(x, paths), 2)  # 32 -> 16 -> 8 -> 4 -> 2 -> 1
+        if self.training:
+            self.step.add_(1)  # in place: a captured step counts its replays
         return self.head(x.mean(dim=(2, 3)))
 
+    @property
+    def cuda_graph_blocker(self) -> str | None:
+        """Why a CUDA graph cannot capture this network's training step (None: it can)."""
+        return ("FractalNet seeds its dropout on the host every step (model.dropout all 0 "
+                "allows a graph)" if self.dropout else None)
+
     def get_extra_state(self) -> torch.Tensor:  # (M, 2): each member's noise seed and step
-        return torch.tensor([[seed, self.steps] for seed in self.noise_seeds])
+        return torch.stack([self.noise_seed, self.step.expand(len(self.noise_seed))], 1).cpu()
 
     def set_extra_state(self, state: torch.Tensor) -> None:
-        self.noise_seeds, self.steps = state[:, 0].tolist(), int(state[0, 1])
+        self.noise_seed = state[:, 0].to(self.noise_seed.device).clone()
+        self.step = state[0, 1].to(self.step.device).clone()
 
 
 class DarkNet(nn.Module):

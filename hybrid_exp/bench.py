@@ -1,4 +1,4 @@
-"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--fuse N] [--e2e] [--pack 1,2,4,8] [--json FILE]
+"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--fuse N] [--compile] [--e2e] [--pack 1,2,4,8] [--json FILE]
 
 Training throughput (images/s) of each way to train a setup, in one process on one machine,
 alternating between the platform's modes so that they share the machine's noise:
@@ -14,14 +14,21 @@ alternating between the platform's modes so that they share the machine's noise:
 - fused (``--fuse N``): a fused array of N seeds in one network (hybrid_exp.fusion, what a
   grid runs by default), images/s over all N;
 - graph (``--fuse N`` on a GPU): the same array with its whole step as one CUDA graph
-  (``trainer.cuda_graph=true``).
+  (``trainer.cuda_graph=true``);
+- compiled, compiled_graph (``--compile``): the array (one run at ``--fuse 1``) compiled with
+  ``torch.compile`` (``trainer.compile=true``), and on a GPU its compiled step captured as a
+  CUDA graph (both switches); the compile time counts in the warm-up.
 
 Every mode trains the same network with the same loss and SGD settings. The table gives images/s
 per mode, the ratio fast/conventional (JSON ``ratio``), peak GPU memory (on a CPU, the JSON gives
-the process's peak RSS) and the projected device-hours of the paper's protocol in each mode:
-Figs. 4, 5 and 6 (experiment=fig4, fig5, fig6), 10 seeds each, 190 epochs, with evaluation
-(5000 validation images every epoch, 6000 test images at the end) at the measured evaluation
-rate and each process's warm-up (cudnn autotuning, capture: once per run, or per array).
+the process's peak RSS), the FLOPs and bytes a training step moves per image (counted from the
+network as it runs, hybrid_exp/costs.py: grouped convs counted right, bytes as eager kernels move
+them) and, on a GPU whose peak bandwidth is known (or ``--bandwidth``), the share of it that each
+mode reaches. Then the projected device-hours of each figure's protocol in each mode: Fig. 4
+(experiment=fig4: the preset's 11 setups, and the paper's 6 of them), Figs. 5 and 6, 10 seeds
+each, 190 epochs, with evaluation (5000 validation images every epoch, 6000 test images at the
+end) at the measured evaluation rate and each process's warm-up (cudnn autotuning, compiling,
+capture: once per run, or per array).
 ``--e2e`` also trains a short real grid through ``python -m hybrid_exp`` (2 epochs, fused) and
 reports seconds per epoch per member, to check the projection against the product path.
 ``--pack`` also times several fast-path runs sharing the device at once, each its own process
@@ -46,7 +53,12 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                      help="DataLoader workers of the lightning and conventional modes (default: %(default)s)")
     cli.add_argument("--batch-size", type=int, default=128)
-    cli.add_argument("--compile", action="store_true", help="torch.compile the platform's network")
+    cli.add_argument("--compile", action="store_true",
+                     help="also time the array (one run at --fuse 1) compiled, and on a GPU its "
+                          "compiled step as a CUDA graph")
+    cli.add_argument("--bandwidth", type=float, metavar="GB/s",
+                     help="the device's peak memory bandwidth, for the share each mode reaches "
+                          "(default: known for H100, H200, A100 80GB)")
     cli.add_argument("--fuse", type=int, default=1, metavar="N",
                      help="also time fused seed arrays of N members (and, on a GPU, as a CUDA graph)")
     cli.add_argument("--e2e", action="store_true",
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         cli.error("--device cuda: no CUDA device visible to torch")
-    args.models = args.models or list(benchmark.protocol())
+    args.models = args.models or benchmark.protocol_setups()
     known = lambda group: sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
     for setup in args.models:
         model, _, block = setup.partition("+")
@@ -91,26 +103,37 @@ def main(argv: list[str] | None = None) -> dict:
     except DataError as e:
         cli.error(f"{e} (--data-root)")
 
-    modes = [m for m in benchmark.MODES if m not in ("fused", "graph") or args.fuse > 1]
-    modes = [m for m in modes if m != "graph" or device.type == "cuda"]
+    on_gpu = device.type == "cuda"
+    modes = ["lightning", "conventional", "fast", *(["fused"] if args.fuse > 1 else []),
+             *(["graph"] if args.fuse > 1 and on_gpu else []), *(["compiled"] if args.compile else []),
+             *(["compiled_graph"] if args.compile and args.fuse > 1 and on_gpu else [])]
     print("images/s per mode (" + "; ".join(f"{m}: {benchmark.MODES[m]}" for m in modes) + ")")
-    print(f"{'setup':<24}" + "".join(f"{m:>13}" for m in modes) + f"{'ratio':>7}{'peak MB':>9}")
+    print(f"{'setup':<24}" + "".join(f"{m:>15}" for m in modes)
+          + f"{'ratio':>7}{'peak MB':>9}{'GFLOP/img':>10}{'MB/img':>8}")
     mb = lambda value: f"{value:.0f}" if value else "-"
     results = []
     for setup in args.models:
         r = benchmark.bench(setup, arrays, device, args.seconds, args.workers, args.batch_size,
-                            args.compile, fuse=args.fuse)
+                            args.compile, fuse=args.fuse,
+                            bandwidth=args.bandwidth and args.bandwidth * 1e9)
         results.append(r)
         peak = max((r.get(f"{m}_peak_memory_mb") or 0) for m in modes)
-        print(f"{setup:<24}" + "".join(f"{r[f'{m}_images_per_s']:>13.0f}" for m in modes)
-              + f"{r['ratio']:>6.2f}x{mb(peak):>9}")
+        share = lambda m: (f" ({100 * r[f'{m}_bandwidth_share']:.0f}%)"
+                           if f"{m}_bandwidth_share" in r else "")
+        print(f"{setup:<24}" + "".join(f"{r[f'{m}_images_per_s']:>.0f}{share(m)}".rjust(15) for m in modes)
+              + f"{r['ratio']:>6.2f}x{mb(peak):>9}{r['flops_per_image'] / 1e9:>10.2f}"
+              f"{r['bytes_per_image'] / 1e6:>8.1f}")
+    if any("fast_bandwidth_share" in r for r in results):
+        print("(n%): the share of the device's peak memory bandwidth the mode's step reaches")
     projection = benchmark.project(results)
-    share = "" if projection["complete"] else (
-        f" (only the {projection['setups_measured']} of {projection['setups_in_protocol']} "
-        "protocol setups measured)")
-    print(f"Figs. 4-6 protocol, {benchmark.SEEDS} seeds, training + evaluation + warm-ups{share}, "
-          f"device-hours: " + ", ".join(f"{m} {projection[f'{m}_device_hours']:.2f}"
-                                        for m in modes if f"{m}_device_hours" in projection))
+    for figure, p in projection.items():
+        if not p["setups_measured"]:
+            continue
+        share = "" if p["complete"] else (
+            f" (only {p['setups_measured']} of its {p['setups_in_protocol']} setups measured)")
+        print(f"{figure}: {benchmark.SEEDS} seeds, training + evaluation + warm-ups{share}, "
+              f"device-hours: " + ", ".join(f"{m} {p[f'{m}_device_hours']:.2f}"
+                                            for m in modes if f"{m}_device_hours" in p))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {"machine": benchmark.machine(device), "seconds": args.seconds, "results": results,
               "ratio": statistics.geometric_mean(r["ratio"] for r in results),

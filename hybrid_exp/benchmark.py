@@ -17,14 +17,20 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from hybrid_exp import costs
 from hybrid_exp.cli import config_dir
 from hybrid_exp.data import Batches, conventional_loader, load_cifar10
 from hybrid_exp.fusion import fuse
 from hybrid_exp.module import Classifier, prepare_network, resolve_precision
 
-PROTOCOL = ("fig4", "fig5", "fig6")
+PROTOCOL = ("fig4", "fig5", "fig6")  # the presets whose grids the projection covers
+PAPER_FIG4 = ("separable", "inception", "resnext", "reformulated_inception", "equivalent", "hybrid")
 SEEDS = 10  # trials per setup in the protocol
 EPOCHS, VAL, TEST, TRAIN = 190, 5000, 6000, 45000  # the paper's protocol (experiment=paper)
+# Peak memory bandwidth (bytes/s) of the GPUs measured here, from their data sheets: the
+# denominator of a step's bandwidth share (--bandwidth gives any other device's).
+BANDWIDTH = {"H200": 4.8e12, "H100 80GB HBM3": 3.35e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12,
+             "A100-SXM4-80GB": 2.04e12}
 
 
 def setup_overrides(setup: str) -> list[str]:
@@ -33,19 +39,25 @@ def setup_overrides(setup: str) -> list[str]:
     return [f"model={model}", *([f"model/block={block}"] if block else [])]
 
 
-def protocol() -> dict[str, int]:
-    """{setup: training images over the whole protocol}: Figs. 4-6, SEEDS seeds each."""
-    images = {}
+def protocol() -> dict[str, dict[str, int]]:
+    """{figure: {setup: training images over its protocol}}, SEEDS seeds each: ``fig4`` (the
+    preset's 11 setups), ``fig4-paper`` (the paper's six of them), ``fig5``, ``fig6``."""
+    figures = {}
     with initialize_config_dir(config_dir(), version_base="1.3"):
         for experiment in PROTOCOL:
             cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
             (key, values), = cfg.hydra.sweeper.params.items()
             model = cfg.hydra.runtime.choices["model"]
             per_run = cfg.trainer.max_epochs * (50000 - cfg.data.val_size)
-            for value in str(values).split(","):
-                setup = value if key == "model" else f"{model}+{value}"
-                images[setup] = images.get(setup, 0) + SEEDS * per_run
-    return images
+            figures[experiment] = {value if key == "model" else f"{model}+{value}": SEEDS * per_run
+                                   for value in str(values).split(",")}
+    figures["fig4-paper"] = {s: n for s, n in figures["fig4"].items() if s in PAPER_FIG4}
+    return figures
+
+
+def protocol_setups() -> list[str]:
+    """Every setup of Figs. 4-6, once."""
+    return list(dict.fromkeys(s for figure in protocol().values() for s in figure))
 
 
 def network(setup: str, device: torch.device, members: int = 1) -> torch.nn.Module:
@@ -148,6 +160,10 @@ class Platform(Pipeline):
         self.steps += 1
         return y.numel()
 
+    def step_costs(self) -> dict[str, int]:
+        """FLOPs and bytes of one training step (``costs.step_costs``), over the batch's images."""
+        return costs.step_costs(self.step)
+
     def eval_rate(self, batches: int = 20) -> float:
         """Images/s of evaluation (each member's), as validation and test run it."""
         x, _ = next(self.stream)
@@ -219,34 +235,57 @@ def endless(batches):
 MODES = {"lightning": "Lightning + DataLoader workers + fp32, one run per process",
          "conventional": "plain loop + DataLoader workers + fp32",
          "fast": "python -m hybrid_exp, one run", "fused": "a fused array of --fuse seeds",
-         "graph": "a fused array, the step as a CUDA graph"}
+         "graph": "a fused array, the step as a CUDA graph",
+         "compiled": "the fused array (one run at --fuse 1) compiled with torch.compile",
+         "compiled_graph": "the compiled array, its step as a CUDA graph"}
+ARRAY_MODES = ("fused", "graph", "compiled", "compiled_graph")  # with --fuse N > 1: N members
+
+
+def peak_bandwidth(device: torch.device) -> float | None:
+    """The device's peak memory bandwidth in bytes/s, where ``BANDWIDTH`` knows it."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((bw for key, bw in BANDWIDTH.items() if key in name), None)
 
 
 def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int,
-          batch_size: int = 128, compile: bool = False, rounds: int = 2, fuse: int = 1) -> dict:
+          batch_size: int = 128, compile: bool = False, rounds: int = 2, fuse: int = 1,
+          bandwidth: float | None = None) -> dict:
     """Images/s of each mode the device supports (over all members for arrays), peak memory,
-    warm-up seconds and evaluation images/s."""
+    warm-up seconds (compiling included), evaluation images/s, the FLOPs and bytes of a training
+    step per image, and the share of the device's memory bandwidth each mode reaches."""
     x_train, y_train = arrays[0], arrays[1]
+    platform = lambda **kwargs: Platform(setup, x_train, y_train, device, batch_size, **kwargs)
     pipelines = {"conventional": Conventional(setup, x_train, y_train, device, batch_size, workers),
-                 "fast": Platform(setup, x_train, y_train, device, batch_size, compile)}
+                 "fast": platform()}
     if fuse > 1:
-        pipelines["fused"] = Platform(setup, x_train, y_train, device, batch_size, compile, fuse)
+        pipelines["fused"] = platform(members=fuse)
         if device.type == "cuda":
-            pipelines["graph"] = Platform(setup, x_train, y_train, device, batch_size, compile, fuse,
-                                          cuda_graph=True)
+            pipelines["graph"] = platform(members=fuse, cuda_graph=True)
+    if compile:
+        pipelines["compiled"] = platform(members=fuse, compile=True)
+        if device.type == "cuda" and fuse > 1:
+            pipelines["compiled_graph"] = platform(members=fuse, compile=True, cuda_graph=True)
+    costs = pipelines["fast"].step_costs()  # before any timing: counting runs a step slowly
     warmup = {mode: pipeline.warm_up() for mode, pipeline in pipelines.items()}
     for _ in range(rounds):  # alternate, so slow drifts of the machine hit every pipeline
         for pipeline in pipelines.values():
             pipeline.run(seconds / rounds)
     result = {"setup": setup, "device": device.type, "precision": pipelines["fast"].precision,
               "compile": compile, "workers": workers, "batch_size": batch_size, "fuse": fuse,
+              "flops_per_image": costs["flops"] / batch_size,
+              "bytes_per_image": costs["bytes"] / batch_size,
               "lightning_images_per_s": lightning_rate(setup, x_train, y_train, device, batch_size,
                                                        workers, seconds / rounds)}
+    bandwidth = bandwidth or peak_bandwidth(device)
     for mode, pipeline in pipelines.items():
         steady = pipeline.seconds / pipeline.images * 5 * batch_size * getattr(pipeline, "members", 1)
         result.update({f"{mode}_images_per_s": pipeline.rate,
                        f"{mode}_peak_memory_mb": pipeline.peak_mb or None,
                        f"{mode}_warmup_seconds": max(0.0, warmup[mode] - steady)})  # beyond 5 steady steps
+        if bandwidth and mode != "conventional":  # the platform's own step's bytes
+            result[f"{mode}_bandwidth_share"] = result["bytes_per_image"] * pipeline.rate / bandwidth
     for mode in ("fast", "fused"):
         if mode in pipelines:
             result[f"{mode}_eval_images_per_s"] = pipelines[mode].eval_rate()
@@ -293,28 +332,31 @@ def packing(setup: str, data_root: str, device: torch.device, seconds: float, ru
     return rows
 
 
-def project(results: list[dict]) -> dict:
-    """GPU-hours (device-hours) of Figs. 4-6, 10 seeds, in each measured mode: training at the
-    measured rate, evaluation (validation every epoch, the test subset at the end) at the
-    measured evaluation rate, and each process's warm-up (one per run, or per array)."""
-    needed = protocol()
+def project(results: list[dict]) -> dict[str, dict]:
+    """Device-hours of each figure's protocol (``protocol()``: 10 seeds, 190 epochs) in each
+    measured mode: training at the measured rate, evaluation (validation every epoch, the test
+    subset at the end) at the measured evaluation rate, and each process's warm-up (cudnn
+    autotuning, compiling, capture: once per run, or per array)."""
     rates = {r["setup"]: r for r in results}
-    covered = [s for s in needed if s in rates]
     eval_images = lambda runs: runs * (EPOCHS * VAL + TEST)
-    projection = {"setups_measured": len(covered), "setups_in_protocol": len(needed),
-                  "complete": len(covered) == len(needed)}
-    for mode in MODES:
-        if not all(f"{mode}_images_per_s" in rates[s] for s in covered):
-            continue
-        seconds = 0.0
-        for setup in covered:
-            r, runs = rates[setup], needed[setup] / (EPOCHS * TRAIN)
-            members = r["fuse"] if mode in ("fused", "graph") else 1
-            evaluator = r["fused_eval_images_per_s"] if members > 1 else r["fast_eval_images_per_s"]
-            seconds += (needed[setup] / r[f"{mode}_images_per_s"] + eval_images(runs) / evaluator
-                        + runs / members * r.get(f"{mode}_warmup_seconds", 0.0))
-        projection[f"{mode}_device_hours"] = seconds / 3600
-    return projection
+    projections = {}
+    for figure, needed in protocol().items():
+        covered = [s for s in needed if s in rates]
+        projection = projections[figure] = {"setups_measured": len(covered),
+                                            "setups_in_protocol": len(needed),
+                                            "complete": len(covered) == len(needed)}
+        for mode in MODES:
+            if not covered or not all(f"{mode}_images_per_s" in rates[s] for s in covered):
+                continue
+            seconds = 0.0
+            for setup in covered:
+                r, runs = rates[setup], needed[setup] / (EPOCHS * TRAIN)
+                members = r["fuse"] if mode in ARRAY_MODES else 1
+                evaluator = r["fused_eval_images_per_s"] if members > 1 else r["fast_eval_images_per_s"]
+                seconds += (needed[setup] / r[f"{mode}_images_per_s"] + eval_images(runs) / evaluator
+                            + runs / members * r.get(f"{mode}_warmup_seconds", 0.0))
+            projection[f"{mode}_device_hours"] = seconds / 3600
+    return projections
 
 
 def e2e(setups: list[str], data_root: str, members: int, epochs: int = 2,

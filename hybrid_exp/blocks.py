@@ -207,6 +207,19 @@ class ExtremeInception(ReformulatedInception):
         super().__init__(c_in, c_out, stride, towers=c_out, act=act)
 
 
+class PointwiseDepthwise(nn.Sequential):
+    """The 1x1-first order with nothing between, Xception's two steps swapped:
+
+        y = ReLU(BN(D * (P x))),  P a 1x1 (C_in -> C_out), D a depthwise 3x3 on its output
+
+    Against ``Separable`` it changes the order alone; against ``ExtremeInception`` the BN-ReLU
+    between the two alone: each comparison tests one thing.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, act: Activation = nn.ReLU):
+        super().__init__(conv(c_in, c_out, 1), *conv_bn_act(c_out, c_out, 3, stride, c_out, act))
+
+
 class Inception(nn.Module):
     """GoogLeNet's Inception module (Szegedy et al. 2015, Fig. 2b), four parallel branches,
     each conv followed by BN-ReLU, concatenated to C_out:

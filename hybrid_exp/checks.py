@@ -72,6 +72,8 @@ def check_values(cfg: DictConfig) -> None:
     number(optim.lr, "optim.lr", 0, low_open=True)
     number(optim.momentum, "optim.momentum", 0, 1, high_open=True)
     number(optim.weight_decay, "optim.weight_decay", 0)
+    if optim.get("depthwise_weight_decay") is not None:
+        number(optim.depthwise_weight_decay, "optim.depthwise_weight_decay", 0)
     number(optim.warmup_epochs, "optim.warmup_epochs", 0)
 
 

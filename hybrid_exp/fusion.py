@@ -24,8 +24,16 @@ from torch import nn
 
 
 def cat_channels(tensors: list[torch.Tensor], members: int) -> torch.Tensor:
-    """Concatenate (B, M*C_i, H, W) tensors within each member's block: (B, M*sum C_i, H, W)."""
+    """Concatenate (B, M*C_i, H, W) tensors within each member's block: (B, M*sum C_i, H, W),
+    in the inputs' memory layout.
+
+    NHWC tensors (channels_last) are concatenated as (B, H, W, M, C_i) views on their last dim:
+    reshaping across the channel dim of an NHWC tensor would copy it to NCHW, and every conv
+    after it would pay layout copies forward and backward."""
     B, _, H, W = tensors[0].shape
+    if all(t.is_contiguous(memory_format=torch.channels_last) for t in tensors):
+        blocks = [t.permute(0, 2, 3, 1).view(B, H, W, members, -1) for t in tensors]
+        return torch.cat(blocks, dim=-1).view(B, H, W, -1).permute(0, 3, 1, 2)
     blocks = [t.reshape(B, members, -1, H, W) for t in tensors]
     return torch.cat(blocks, dim=2).reshape(B, -1, H, W)
 

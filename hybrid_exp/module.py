@@ -7,8 +7,8 @@ import time
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from hybrid_exp.costs import flop_counter
 from hybrid_exp.fusion import member_slices, per_member_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ class Diverged(RuntimeError):
 def complexity(net: nn.Module) -> dict[str, int]:
     """Parameter count and multiply-adds of one forward pass on a 32x32 image."""
     was_training = net.training
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         net.eval()(torch.zeros(1, 3, 32, 32, device=next(net.parameters()).device))
     net.train(was_training)
     return {"params": sum(p.numel() for p in net.parameters()),
@@ -88,12 +88,13 @@ class Classifier(pl.LightningModule):
 
     def __init__(self, net: nn.Module, lr: float = 0.1, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 5e-4, warmup_epochs: float = 2,
-                 members: int = 1, reporter: Reporter | None = None, cuda_graph: bool = False):
+                 depthwise_weight_decay: float | None = None, members: int = 1, reporter: Reporter | None = None, cuda_graph: bool = False):
         super().__init__()
         self.automatic_optimization = False
         self.net, self.members, self.reporter = net, members, reporter or Reporter()
         self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
         self.weight_decay, self.warmup_epochs = weight_decay, warmup_epochs
+        self.depthwise_weight_decay = depthwise_weight_decay
         self.cuda_graph, self.graph, self.eager_steps = cuda_graph, None, 0
         self.sums: dict[str, torch.Tensor] = {}  # eval stage -> (M, 2): loss sum, errors
         self.counts: dict[str, int] = {}  # stage -> images per member
@@ -302,5 +303,16 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self):
         # fused: one kernel for every parameter's update; lr a tensor (see the class docstring)
-        return torch.optim.SGD(self.parameters(), lr=self.lr_now, momentum=self.momentum,
+        groups = [{"params": list(self.parameters())}]
+        if self.depthwise_weight_decay is not None:  # MobileNet: little or none on depthwise filters
+            depthwise = [p for p in self.parameters() if is_depthwise(p)]
+            groups = [{"params": [p for p in self.parameters() if not is_depthwise(p)]},
+                      {"params": depthwise, "weight_decay": self.depthwise_weight_decay}]
+        return torch.optim.SGD(groups, lr=self.lr_now, momentum=self.momentum,
                                nesterov=self.nesterov, weight_decay=self.weight_decay, fused=True)
+
+
+def is_depthwise(weight: torch.Tensor) -> bool:
+    """A depthwise filter bank: a 4-D conv weight with one input channel per group and a
+    spatial kernel (a depthwise conv's, fused or not, and ``Equivalent``'s towers)."""
+    return weight.dim() == 4 and weight.shape[1] == 1 and weight.shape[2] * weight.shape[3] > 1

@@ -19,20 +19,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from hybrid_exp.redact import redact_tree
+from hybrid_exp.schema import DEFAULTS_OUT_OF_HASH, UNHASHED_KEYS, protocol_text, short_hash
 
 log = logging.getLogger(__name__)
 
-# Keys that say where things are, or how they are logged, launched or executed: not what is
-# trained (precision stays hashed, resolved: bf16 and fp32 runs are different experiments).
-UNHASHED_KEYS = ("logger", "tags", "grid", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
-                 "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
-                 "trainer.cuda_graph", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-                 "trainer.log_every_n_steps", "trainer.profiler", "trainer.default_root_dir",
-                 "trainer.enable_autolog_hparams", "trainer.model_registry", "trainer.enable_checkpointing",
-                 "trainer.num_sanity_val_steps", "callbacks.best_weights")
 WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)
-# What a setup is compared under: runs of different setups pair only on the same protocol.
-PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")
 
 
 def identity(cfg: DictConfig) -> DictConfig:
@@ -48,6 +39,11 @@ def identity(cfg: DictConfig) -> DictConfig:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if node is not None and leaf in node:
+            del node[leaf]
+    for key, default in DEFAULTS_OUT_OF_HASH.items():  # a new key at its default: hash unchanged
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if node is not None and leaf in node and node[leaf] == default:
             del node[leaf]
     if cfg.get("callbacks"):  # a callback left out (null) trains as one never listed
         cfg.callbacks = {name: c for name, c in cfg.callbacks.items() if c is not None}
@@ -75,11 +71,9 @@ def run_schema(cfg: DictConfig) -> dict[str, str]:
     ``protocol_hash``."""
     trained = identity(cfg)
     setup = OmegaConf.masked_copy(trained, [k for k in trained if k != "seed"])
-    protocol = {k: v for k, v in flatten(OmegaConf.to_container(trained)).items()
-                if k.startswith(tuple(f"{p}." for p in PROTOCOL_KEYS)) or k in PROTOCOL_KEYS}
-    text = ", ".join(f"{k}={v}" for k, v in sorted(protocol.items()))
+    text = protocol_text(flatten(OmegaConf.to_container(trained)))
     return {"config_hash": digest(trained), "setup_hash": digest(setup), "protocol": text,
-            "protocol_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+            "protocol_hash": short_hash(text)}
 
 
 def flatten(node, prefix: str = "") -> dict[str, str]:
@@ -220,12 +214,15 @@ def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
         return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
 
 
-def finished_run(client: MlflowClient, experiment_id: str, hash_: str) -> Run | None:
-    """The newest FINISHED run of this config, if any."""
+def finished_run(client: MlflowClient, experiment_id: str, hash_: str, fingerprint: str) -> Run | None:
+    """The newest FINISHED run of this config on the same data (``data_fingerprint``), if any.
+    A run logged before runs recorded their data counts as on the same data: an upgrade does
+    not retrain what finished."""
     runs = retrying(client.search_runs, [experiment_id],
                     f"tags.config_hash = '{hash_}' and attributes.status = 'FINISHED'",
-                    max_results=1, order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
+                    max_results=100, order_by=["attributes.start_time DESC"])
+    same = [r for r in runs if r.data.tags.get("data_fingerprint", fingerprint) == fingerprint]
+    return same[0] if same else None
 
 
 def resumable_runs(client: MlflowClient, checkpoint_dir: Path) -> list[str] | None:

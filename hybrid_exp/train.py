@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from hybrid_exp import tracking
 from hybrid_exp.checks import check_config
 from hybrid_exp.tracking import retrying
 from hybrid_exp.fusion import fuse, member_state
+from hybrid_exp.redact import redact
 from hybrid_exp.module import Classifier, Reporter, complexity, prepare_network, resolve_precision
 from hybrid_exp.seeding import derive_seed
 
@@ -212,12 +214,29 @@ def build_network(cfg: DictConfig) -> nn.Module:
     return instantiate(cfg.model)
 
 
+def machine(accelerator: str) -> str:
+    """What a run trains on, for the record: the GPU's name and memory, or the CPU's model."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                 None) if Path("/proc/cpuinfo").is_file() else None
+    return f"CPU {model or platform.machine()}, {os.cpu_count()} cores"
+
+
+def launch_command() -> str:
+    """This job's command line: its Hydra overrides (a grid job's, with the sweep's values),
+    without credentials."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return redact(" ".join(["python -m hybrid_exp", *overrides]))[:5000]
+
+
 def graph_applies(net: nn.Module, accelerator: str) -> bool:
     """Whether ``trainer.cuda_graph=true`` can capture this training step; says why not, once."""
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     why_not = ("it needs a CUDA device" if not on_gpu else
-               f"{type(net).__name__} draws on the host every step" if not getattr(net, "cuda_graph_safe", True)
-               else None)
+               getattr(net, "cuda_graph_blocker", None))
     if why_not:
         log.info("trainer.cuda_graph=true: %s; training without a CUDA graph", why_not)
     return why_not is None
@@ -246,12 +265,14 @@ def train(cfg: DictConfig) -> list[Result]:
                          "hydra.launcher.fuse_seeds=false")
     members = [member_config(cfg, seed) for seed in sorted(seeds)]  # the array's member order
     nets = {member.seed: build_network(member) for member in members}  # a bad shape stops here
+    fingerprint = instantiate(cfg.data).data_fingerprint()  # read before any store or run exists
     client, experiment_id = tracking.connect(cfg.logger)
     model, block = choices["model"], choices["model/block"]
     setup = model if block == model else f"{model}+{block}"
     results, todo = {}, []
     for member in members:
-        done = None if cfg.rerun else tracking.finished_run(client, experiment_id, tracking.config_hash(member))
+        done = None if cfg.rerun else tracking.finished_run(client, experiment_id,
+                                                             tracking.config_hash(member), fingerprint)
         if done:
             log.info("%s-seed%s: skipped, this config already FINISHED as run %s (rerun=true to "
                      "train again)", setup, member.seed, done.info.run_id)
@@ -261,7 +282,8 @@ def train(cfg: DictConfig) -> list[Result]:
     try:
         if todo:
             results.update({r.seed: r for r in train_array(
-                todo, [nets[m.seed] for m in todo], client, experiment_id, setup, model, block)})
+                todo, [nets[m.seed] for m in todo], client, experiment_id, setup, model, block,
+                fingerprint)})
     except Exception as e:  # each run is FAILED with the reason already; an array reports it per seed
         if len(members) == 1:
             raise
@@ -271,9 +293,9 @@ def train(cfg: DictConfig) -> list[Result]:
 
 
 def train_array(members: list[DictConfig], nets: list[nn.Module], client, experiment_id: str,
-                setup: str, model: str, block: str) -> list[Result]:
+                setup: str, model: str, block: str, fingerprint: str) -> list[Result]:
     """Train ``members`` (configs that differ in their seed alone), whose networks are ``nets``,
-    as one network."""
+    as one network, on the data whose digest is ``fingerprint``."""
     cfg, M = members[0], len(members)
     size = complexity(nets[0])  # of one member, before compiling: counted on the plain network
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -283,7 +305,9 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     cuda_graph = trainer_args.pop("cuda_graph") and graph_applies(nets[0], trainer_args["accelerator"])
     data = instantiate(cfg.data, seeds=[member.seed for member in members])
     tags = {"model": model, "block": block, "backbone": type(nets[0]).__name__.lower(),
-            "precision": trainer_args["precision"], "setup": setup,
+            "machine": machine(trainer_args["accelerator"]), "torch": torch.__version__,
+            "command": launch_command(),
+            "precision": trainer_args["precision"], "setup": setup, "data_fingerprint": fingerprint,
             **({"tags": ", ".join(map(str, cfg.tags))} if cfg.get("tags") else {})}
     name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
     if M > 1:
@@ -299,6 +323,10 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     hashes = [tracking.config_hash(member) for member in members]
     checkpoints = Path(cfg.checkpoint_dir).expanduser().resolve() / array_key(hashes)
     resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
+    if resume and any(retrying(client.get_run, r).data.tags.get("data_fingerprint", fingerprint)
+                      != fingerprint for r in resume):
+        log.info("%s: the interrupted runs in %s trained on other data; starting afresh", name, checkpoints)
+        resume = None
     last = checkpoints / "last.ckpt"
     # the epoch (0-based, = MLflow step) after the checkpointed one: where training picks up
     start = None

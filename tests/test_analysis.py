@@ -144,7 +144,12 @@ def test_report_lists_what_was_set_aside_and_embeds_the_figures_with_captions(st
     assert "Baseline seeds with no `resnext` run, left out of its pairing: 0" in report
     assert "over 4 seeds, sd of its Δ 0.13" in report  # the control's run-to-run noise
     assert "equivalence ±0.25 points (TOST)" in report and "Trained under: `data._target_=" in report
-    assert "about 11% power at 10 seeds" in report and "The paper's ranking" in report
+    sd = statistics.stdev([0.2, -0.1, 0.1, 0.0])  # the control's deltas: the powers come from them
+    vs_control, t_test = stats.power_vs_control(0.25, sd, 4), stats.power_paired_t(0.25, sd, 4)
+    assert (f"at 4 seeds, the signed-rank test on |Δ| − |Δ control| has {100 * vs_control:.0f}% power "
+            f"against a 0.25-point shift (simulated), where the paired t-test on Δ above has "
+            f"{100 * t_test:.0f}%") in report and "The paper's ranking" in report
+    assert "11% power" not in report or vs_control == pytest.approx(0.11, abs=0.005)
     html = (out / "report.html").read_text()
     for name in ("abs_delta", "paired_seeds", "learning_curves", "error_vs_size"):
         png, svg = out / f"{name}.png", out / f"{name}.svg"
@@ -292,6 +297,7 @@ def test_bad_input_says_what_exists(store):
 
 def test_setups_are_told_apart_by_their_setup_hash_and_labelled_by_their_knobs():
     frame = pd.DataFrame({"setup": ["grouped"] * 4 + ["separable"], "seed": [0, 1, 0, 1, 0],
+                          "protocol_hash": "p",
                           "setup_hash": ["g1", "g1", "g4", "g4", "s"],
                           "config": [{"model.block.groups": "1", "seed": "0", "rerun": "false"},
                                      {"model.block.groups": "1", "seed": "1", "rerun": "true"},
@@ -340,3 +346,155 @@ def test_the_papers_values_appear_only_for_its_dataset(tmp_path):
     table = read_summary(out)
     assert table.loc["inception", "mean_delta"] == pytest.approx(np.mean(np.subtract(INCEPTION, BASE)))
     assert np.isnan(table.loc["inception", "paper_mean_abs_delta"])
+
+
+# Stores users really have, with known truth (issue: analysis that stays right in them).
+PAPER_SIX = {"separable": 0.0, "inception": 1.0, "resnext": 0.6, "reformulated_inception": 0.8,
+             "equivalent": 0.05, "hybrid": 0.2}  # true mean delta of each setup
+
+
+def log_six(client, exp, protocol, offset=0.0, seeds=range(5), **kwargs):
+    for setup, shift in PAPER_SIX.items():
+        for seed in seeds:
+            noise = 0.02 * ((seed * 7 + len(setup)) % 5 - 2)  # small, fixed, per run
+            log_run(client, exp, setup, seed, offset + BASE[seed] + shift + noise * (setup != "separable"),
+                    protocol=protocol, **kwargs)
+
+
+def test_a_tryout_beside_the_paper_runs_keeps_the_papers_names_values_and_ranking(tmp_path):
+    uri, client, exp = new_experiment(tmp_path, "hybrid-exp")
+    log_six(client, exp, PAPER)
+    log_six(client, exp, TRYOUT, offset=30.0)  # experiment=quick, then experiment=paper
+    out = analyze("hybrid-exp", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    frame = pd.read_csv(out / "summary.csv")
+    assert not frame.setup.str.contains(r"\[").any()  # one config per protocol: plain names
+    paper = frame[frame.protocol.str.contains("max_epochs=190")].set_index("setup")
+    tryout = frame[frame.protocol.str.contains("max_epochs=2(?:,|$)")].set_index("setup")
+    assert set(paper.index) == set(tryout.index) == set(PAPER_SIX)
+    assert paper.loc["inception", "paper_mean_abs_delta"] == 0.83 and np.isnan(tryout.loc["inception", "paper_mean_abs_delta"])
+    for setup, shift in PAPER_SIX.items():
+        if setup != "separable":
+            assert paper.loc[setup, "mean_delta"] == pytest.approx(shift, abs=0.05)
+            assert tryout.loc[setup, "mean_delta"] == pytest.approx(shift, abs=0.05)  # its own baseline
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert len(ranking) == 6 and ranking.groupby("protocol_hash").size().tolist() == [3, 3]
+    assert ranking.supported.all()
+    report = (out / "report.md").read_text()
+    assert "`inception[" not in report and report.count("### The paper's ranking") == 2
+
+
+def test_one_config_on_a_cpu_and_a_gpu_is_two_protocols_each_with_plain_names(tmp_path):
+    uri, client, exp = new_experiment(tmp_path, "two-machines")
+    cpu = {**PAPER, "trainer.precision": "32-true", "trainer.accelerator": "cpu"}
+    gpu = {**PAPER, "trainer.precision": "bf16-mixed", "trainer.accelerator": "cuda"}
+    log_six(client, exp, cpu)
+    log_six(client, exp, gpu, offset=0.5)
+    frame = pd.read_csv(analyze("two-machines", uri, str(tmp_path / "r"), log_to_mlflow=False) / "summary.csv")
+    assert frame.protocol_hash.nunique() == 2 and set(frame.setup) == set(PAPER_SIX)
+    for _, table in frame.groupby("protocol_hash"):  # one precision and device per table
+        assert table.protocol.str.contains("trainer.precision=32-true").all() != \
+            table.protocol.str.contains("trainer.precision=bf16-mixed").all()
+        assert table.set_index("setup").loc["inception", "mean_delta"] == pytest.approx(1.0, abs=0.05)
+
+
+def log_untagged(client, exp, model, seed, error, epochs):
+    """A run of an older version: no schema tags (no setup, hashes, protocol), its config as params."""
+    run = client.create_run(exp, run_name=f"{model}-seed{seed}", start_time=1_000,
+                            tags={"model": model, "block": model, "backbone": "stacked", "seed": str(seed)})
+    params = {**PAPER, "trainer.max_epochs": str(epochs), "seed": str(seed), "data.root": f"/data/{seed}",
+              "model.block._target_": f"hybrid_exp.blocks.{model.title()}", "model.width": "64",
+              "params": "1000", "mult_adds": "5000"}
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_metric(run.info.run_id, "test/error", error)
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=2_000)
+    return run.info.run_id
+
+
+def test_runs_without_schema_tags_get_their_setup_and_protocol_back_from_their_params(tmp_path):
+    uri, client, exp = new_experiment(tmp_path, "old")
+    for seed in range(5):
+        for epochs, offset in ((2, 30.0), (190, 0.0)):
+            log_untagged(client, exp, "separable", seed, offset + BASE[seed], epochs)
+            log_untagged(client, exp, "inception", seed, offset + BASE[seed] + 1.0 + 0.1 * seed, epochs)
+    lost = client.create_run(exp, run_name="who-knows")  # no tags, no params: cannot be placed
+    client.log_metric(lost.info.run_id, "test/error", 50.0)
+    client.set_terminated(lost.info.run_id, "FINISHED")
+    runs = clean(load_runs("old", uri))
+    assert len(runs.finished) == 20 and runs.duplicates.empty  # 2 setups x 2 epochs x 5 seeds
+    out = analyze("old", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    frame = pd.read_csv(out / "summary.csv")
+    assert frame.protocol_hash.nunique() == 2  # 2 and 190 epochs never paired
+    inception = frame[frame.setup == "inception"]
+    assert inception.mean_delta.to_numpy() == pytest.approx([1.2, 1.2])  # 1 + 0.1 * mean seed
+    report = (out / "report.md").read_text()
+    assert "Cannot be placed" in report and "`who-knows`" in report and "Duplicate" not in report
+    assert "trainer.max_epochs=2" in " ".join(frame.protocol) and "data.root" not in " ".join(frame.protocol)
+
+
+def test_runs_on_two_data_sources_are_never_paired_or_merged(tmp_path):
+    uri, client, exp = new_experiment(tmp_path, "pixels")
+    official, jpeg = "a1b2c3d4e5f60718", "0f1e2d3c4b5a6978"
+    for seed in range(5):
+        for fingerprint, offset in ((official, 0.0), (jpeg, 2.0)):
+            for setup, shift in (("separable", 0.0), ("inception", 0.5)):
+                run_id = log_run(client, exp, setup, seed, offset + BASE[seed] + shift)
+                client.set_tag(run_id, "data_fingerprint", fingerprint)
+    frame = pd.read_csv(analyze("pixels", uri, str(tmp_path / "r"), log_to_mlflow=False) / "summary.csv")
+    assert frame.protocol_hash.nunique() == 2 and (frame.n == 5).all()  # same config hash, not merged
+    assert frame[frame.setup == "inception"].mean_delta.to_numpy() == pytest.approx([0.5, 0.5])
+    assert {official, jpeg} == {p.rsplit("data fingerprint=", 1)[1] for p in frame.protocol}
+
+
+def test_figures_draw_one_run_per_point_per_protocol_and_refuse_to_average(tmp_path):
+    from analysis.figures import AveragingRefused, one_per_point, paired_points
+    from analysis.table import summarize
+
+    uri, client, exp = new_experiment(tmp_path, "facets")
+    log_six(client, exp, PAPER)
+    log_six(client, exp, TRYOUT, offset=30.0)
+    used = clean(load_runs("facets", uri)).finished
+    points = paired_points(used, summarize(used).summary, "test/error")
+    assert len(points) == 2
+    for protocol, table in points.items():
+        offset = 30.0 if "max_epochs=190" not in used[used.protocol_hash == protocol].protocol.iloc[0] else 0.0
+        assert table["separable"].tolist() == pytest.approx([offset + b for b in BASE])  # never a mean
+        assert table.columns[0] == "separable"  # the baseline first
+    with pytest.raises(AveragingRefused, match="would average them"):
+        one_per_point(pd.concat([used, used]), ["protocol_hash", "setup", "seed"])
+
+
+def test_the_noise_floor_words_come_from_the_data_and_the_distance_is_unbiased(tmp_path):
+    uri, client, exp = new_experiment(tmp_path, "words")
+    rng = np.random.default_rng(3)
+    for seed in range(10):
+        base = 10 + rng.normal(0, 0.3)
+        log_run(client, exp, "separable", seed, base)
+        log_run(client, exp, "equivalent", seed, 10 + rng.normal(0, 0.3))
+        log_run(client, exp, "hybrid", seed, 10 + rng.normal(0, 0.3))
+    out = analyze("words", uri, str(tmp_path / "r"), log_to_mlflow=False, margin=0.25)
+    table, report = read_summary(out), (out / "report.md").read_text()
+    ctrl = table.loc["equivalent"]
+    assert ctrl.power_ttest_at_sesoi == pytest.approx(stats.power_paired_t(0.25, ctrl.sd_delta, 10))
+    assert f"has {100 * ctrl.power_ttest_at_sesoi:.0f}%" in report
+    assert ctrl.noise_abs_delta == pytest.approx(ctrl.sd_delta * np.sqrt(2 / np.pi))
+    assert f"TOST p {ctrl.p_tost:.3f}" in report and "need not be shown equivalent" in report
+    hybrid = table.loc["hybrid"]  # no true difference: the distance is near 0, mean |Δ| is not
+    assert hybrid.noise_corrected_distance <= abs(hybrid.mean_delta) < hybrid.mean_abs_delta
+    assert hybrid.abs_mean_delta_ci_low <= abs(hybrid.mean_delta) <= hybrid.abs_mean_delta_ci_high
+    assert "shown" in report and "| yes (p" not in report and "| no (p" not in report
+    assert "a reference level" not in report or "not a ceiling" in report
+
+
+def test_the_cardinality_continuum_gets_one_trend_test_over_log2_channels_per_group(tmp_path):
+    uri, client, exp = new_experiment(tmp_path, "cardinality")
+    for seed in range(6):
+        log_run(client, exp, "separable", seed, BASE[seed % 5])
+        for k in (1, 2, 4, 8, 16):  # error grows by 0.3 points per doubling, plus a seed offset
+            log_run(client, exp, "grouped", seed, 10 + 0.3 * np.log2(k) + 0.1 * seed,
+                    knobs={"model.block.channels_per_group": str(k)})
+    out = analyze("cardinality", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    trend = pd.read_csv(out / "trend.csv").iloc[0]
+    assert trend.levels == "1 2 4 8 16" and trend.n_seeds == 6
+    assert trend.mean_slope == pytest.approx(0.3)
+    assert "Trend over channels per group" in (out / "report.md").read_text()

@@ -7,6 +7,7 @@ from torch import nn
 
 from hybrid_exp.backbones import DarkNet, DropPath, FractalBlock, FractalNet
 from hybrid_exp.blocks import Separable, Standard
+from hybrid_exp.seeding import counter_uniform
 from tests.test_blocks import BLOCKS
 
 SMALL_FRACTAL = ["model=fractalnet", "model.columns=2", "model.widths=[8,8,16,16,16]"]
@@ -34,10 +35,10 @@ def fractal_block(columns):
     return FractalBlock(Scale, 1, 1, columns, dropout=0.0)
 
 
-def training_paths(columns, global_fraction=0.5, local_drop=0.15, seed=0):
+def training_paths(columns, global_fraction=0.5, local_drop=0.15, seed=0, device="cpu"):
     """One training step's drop-path draws for one member."""
-    generators = [(torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1))]
-    return DropPath(columns, global_fraction, local_drop, 1, generators)
+    return DropPath(columns, global_fraction, local_drop, 1, torch.tensor([seed], device=device),
+                    torch.tensor(0, device=device))
 
 
 def test_fractal_rule_in_eval_joins_every_column_by_mean():
@@ -56,7 +57,7 @@ def test_global_drop_path_runs_one_column_end_to_end():
     for column in range(3):
         product = torch.stack([u[0].factor for u in block.columns[column]]).prod()
         paths = training_paths(3, global_fraction=1.0)
-        paths.column = [column]
+        paths.column = torch.tensor([column])
         torch.testing.assert_close(block(x, paths), x * product)
     grads = torch.autograd.grad(block(x, paths), [u[0].factor for col in block.columns for u in col])
     assert [g.item() != 0 for g in grads] == [False, False, False, True, True, True, True]  # dropped: 0
@@ -71,6 +72,28 @@ def test_local_drop_path_keeps_at_least_one_input_and_drops_at_the_rate():
     kept = [training_paths(2, 0.0, 0.15, seed).weights([0, 1]) for seed in range(4000)]
     both = sum(bool((w == 0.5).all()) for w in kept) / len(kept)
     assert both == pytest.approx(0.85 ** 2, abs=0.03)
+
+
+def test_drop_path_draws_are_a_counter_stream_of_seed_and_step():
+    """Rows of an array draw as their members alone; the step and the seed change the draws."""
+    draw = lambda seeds, step: DropPath(3, 0.5, 0.15, len(seeds), torch.tensor(seeds),
+                                        torch.tensor(step)).weights([0, 1, 2])
+    both = draw([7, 2**62 - 1], 5)
+    assert torch.equal(both[0], draw([7], 5)[0]) and torch.equal(both[1], draw([2**62 - 1], 5)[0])
+    rows = {tuple(draw([seed], step)[0].tolist()) for seed in range(20) for step in range(20)}
+    assert len(rows) >= 4  # global columns and local mixes: the draws vary
+    u = counter_uniform(torch.arange(1000), torch.tensor(3), 1, 100)  # 100k numbers
+    counts = torch.histc(u.float(), bins=10, min=0, max=1)
+    assert ((counts - 10_000).abs() < 500).all() and 0 <= u.min() and u.max() < 1  # uniform
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_drop_path_draws_are_the_same_on_cpu_and_gpu():
+    for seed in range(50):
+        cpu = training_paths(3, seed=seed)
+        gpu = training_paths(3, seed=seed, device="cuda")
+        assert torch.equal(cpu.weights([1, 2]), gpu.weights([1, 2]).cpu())
+        assert torch.equal(cpu.weights([0, 1, 2]), gpu.weights([0, 1, 2]).cpu())
 
 
 def test_network_mixes_global_and_local_batches_in_training_and_uses_all_columns_in_eval():
@@ -160,3 +183,8 @@ def test_both_backbones_set_the_stem_on_the_rgb_image_the_same_way(instantiate_m
     assert all(type(column[0][0]) is Separable for block in fractal.blocks[1:] for column in block.columns)
     x = torch.randn(2, 3, 32, 32)
     assert fractal(x).shape == darknet(x).shape == (2, 10)
+
+
+def test_only_fractalnets_dropout_keeps_its_step_from_a_cuda_graph(instantiate_model):
+    assert "dropout on the host" in instantiate_model(*SMALL_FRACTAL).cuda_graph_blocker
+    assert instantiate_model(*SMALL_FRACTAL, "model.dropout=[0,0,0,0,0]").cuda_graph_blocker is None

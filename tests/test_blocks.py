@@ -15,7 +15,7 @@ UNITS = {"standard": blocks.Standard, "separable": Separable, "equivalent": Equi
          "hybrid": Hybrid, "inception": blocks.Inception,
          "reformulated_inception": blocks.ReformulatedInception, "resnext": blocks.ResNeXt,
          "separable_act": SeparableAct, "grouped": Grouped,
-         "extreme_inception": blocks.ExtremeInception}
+         "extreme_inception": blocks.ExtremeInception, "pointwise_depthwise": blocks.PointwiseDepthwise}
 BLOCKS = sorted(p.stem for p in (Path(config_dir()) / "model/block").glob("*.yaml"))  # the registry
 STACKED_PRESETS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")
                          if not p.stem.startswith(("fractalnet", "darknet")))
@@ -130,6 +130,15 @@ def test_extreme_inception_is_a_1x1_then_a_3x3_per_channel(x, stride):
     p, d = unit[0].weight, unit[3].weight
     assert p.shape == (12, 8, 1, 1) and d.shape == (12, 1, 3, 3)
     expected = bn_relu(F.conv2d(bn_relu(F.conv2d(x, p)), d, stride=stride, padding=1, groups=12))
+    torch.testing.assert_close(unit(x), expected)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_depthwise_is_extreme_inception_less_its_middle_bn_relu(x, stride):
+    unit = blocks.PointwiseDepthwise(8, 12, stride)
+    p, d = unit[0].weight, unit[1].weight
+    assert p.shape == (12, 8, 1, 1) and d.shape == (12, 1, 3, 3) and len(unit) == 4
+    expected = bn_relu(F.conv2d(F.conv2d(x, p), d, stride=stride, padding=1, groups=12))
     torch.testing.assert_close(unit(x), expected)
 
 

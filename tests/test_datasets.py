@@ -166,3 +166,37 @@ def test_fig4_grid_trains_on_cifar100(tmp_path):
     assert sorted(runs.setup) == ["hybrid", "separable"] and set(runs.status) == {"FINISHED"}
     assert all(c["data._target_"] == "hybrid_exp.data.CIFAR100" and c["model.num_classes"] == "100"
                for c in runs.config)
+
+
+def write_image_folder(root, seed, per_class=(24, 8)):
+    """<root>/{train,test}/{a,b}/*.png: two classes of random 32x32 images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "test"), per_class):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_one_config_on_other_pixels_is_trained_again_and_tagged_apart(make_cfg, tmp_path):
+    """data.root is no part of a config's hash: the data fingerprint tells the pixels apart."""
+    from mlflow.tracking import MlflowClient
+
+    from hybrid_exp.train import train
+    from tests.conftest import TINY
+
+    write_image_folder(tmp_path / "first", seed=0)
+    write_image_folder(tmp_path / "second", seed=1)
+    common = ["data=image_folder", "data.num_classes=2", "data.val_size=8", "data.eval_size=16",
+              *TINY, "data.batch_size=8", "trainer.max_epochs=1"]
+    first = train(make_cfg(*common, f"data.root={tmp_path / 'first'}"))[0]
+    second = train(make_cfg(*common, f"data.root={tmp_path / 'second'}"))[0]
+    again = train(make_cfg(*common, f"data.root={tmp_path / 'first'}"))[0]
+    assert (first.status, second.status, again.status) == ("finished", "finished", "skipped")
+    assert again.run_id == first.run_id and second.run_id != first.run_id
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    tags = [client.get_run(r.run_id).data.tags for r in (first, second)]
+    assert tags[0]["config_hash"] == tags[1]["config_hash"]
+    assert len({t["data_fingerprint"] for t in tags}) == 2

@@ -33,7 +33,8 @@ def test_the_cards_command_runs_on_real_cifar10(tmp_path, cifar10_root):
 
 
 FIG4 = ["separable", "inception", "resnext", "reformulated_inception", "equivalent", "hybrid",
-        "hybrid_path_init", "separable_path_init", "resnext_depthwise", "extreme_inception"]
+        "hybrid_path_init", "separable_path_init", "resnext_depthwise", "extreme_inception",
+        "pointwise_depthwise"]
 
 
 @pytest.mark.slow

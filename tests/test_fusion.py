@@ -109,3 +109,43 @@ def test_cat_channels_concatenates_within_each_members_block():
 def test_a_torch_layer_without_a_fusion_rule_is_refused_in_one_sentence():
     with pytest.raises(TypeError, match="no rule for LayerNorm, whose parameters would mix the members"):
         fuse([torch.nn.Sequential(torch.nn.LayerNorm(4)) for _ in range(2)])
+
+
+def layout_cases():
+    for backbone, overrides in BACKBONES.items():
+        for unit in UNITS:
+            for members in (1, 2):
+                yield pytest.param(overrides, unit, members, id=f"{backbone}-{unit}-x{members}")
+
+
+@pytest.mark.parametrize("backbone, unit, members", list(layout_cases()))
+def test_every_activation_stays_channels_last_in_every_unit_and_backbone(make_cfg, backbone, unit, members):
+    """A reshape across the channel dim of an NHWC tensor silently copies it to NCHW, and every
+    conv after it pays layout copies: no module may see or return a 4-D tensor in another layout."""
+    cfg = make_cfg(*backbone, f"model/block={unit}")
+    nets = [build_network(member_config(cfg, seed)) for seed in range(members)]
+    net = prepare_network(fuse(nets) if members > 1 else nets[0], True, False)
+    strays = []
+
+    def check(module, inputs, output):
+        for role, x in [*(("input", x) for x in inputs), ("output", output)]:
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and not x.is_contiguous(
+                    memory_format=torch.channels_last):
+                strays.append(f"{role} of {names[module]} ({type(module).__name__}, {tuple(x.shape)})")
+
+    names = {module: name or "the network" for name, module in net.named_modules()}
+    hooks = [m.register_forward_hook(check) for m in names]
+    x = torch.randn(2, 3 * members, 32, 32).to(memory_format=torch.channels_last)
+    net(x).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    assert not strays, f"{len(strays)} activations left channels_last, first: {strays[:3]}"
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cat_channels_keeps_its_inputs_layout_and_is_the_same_in_both(layout):
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 3 * 4, 5, 5), torch.randn(2, 3 * 2, 5, 5)  # 3 members x 4, 3 x 2
+    expected = torch.cat([a.view(2, 3, 4, 5, 5), b.view(2, 3, 2, 5, 5)], 2).view(2, 18, 5, 5)
+    joined = cat_channels([a.to(memory_format=layout), b.to(memory_format=layout)], 3)
+    assert torch.equal(joined, expected) and joined.is_contiguous(memory_format=layout)

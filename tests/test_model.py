@@ -46,3 +46,21 @@ def test_warmup_then_cosine_to_zero():
     assert warmup_cosine(0, 0, 100) == 1.0
     assert all(warmup_cosine(s, 10, 100) >= warmup_cosine(s + 1, 10, 100) for s in range(10, 100))
     assert not math.isnan(warmup_cosine(5, 0, 1))
+
+
+def test_depthwise_weight_decay_is_its_own_group_and_off_by_default(make_cfg):
+    from hybrid_exp.fusion import fuse
+    from hybrid_exp.module import Classifier, is_depthwise
+    from hybrid_exp.train import build_network, member_config
+
+    cfg = make_cfg("model=equivalent", "model.width=8", "model.depth=1")
+    nets = [build_network(member_config(cfg, seed)) for seed in (0, 1)]
+    default = Classifier(nets[0]).configure_optimizers()
+    assert len(default.param_groups) == 1 and default.param_groups[0]["weight_decay"] == 5e-4
+    for net in (nets[0], fuse(nets)):  # one run, and an array: depthwise filters found in both
+        groups = Classifier(net, depthwise_weight_decay=0.0).configure_optimizers().param_groups
+        assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+        depthwise = {id(p) for p in groups[1]["params"]}
+        expected = [unit.weight for unit in net.units]  # the towers (3x3, one channel per group)
+        assert depthwise == {id(p) for p in expected} and all(is_depthwise(p) for p in expected)
+    assert not any(is_depthwise(p) for p in build_network(member_config(make_cfg("model=standard"), 0)).parameters())

@@ -1,5 +1,6 @@
 """The fast path: its augmentation against the conventional per-image one, the compute knobs,
 the benchmark command, and accuracy parity with the conventional pipeline."""
+import copy
 import json
 import statistics
 import subprocess
@@ -8,12 +9,15 @@ import sys
 import pytest
 import torch
 
-from hybrid_exp.benchmark import protocol
+from hybrid_exp.benchmark import project, protocol, protocol_setups
+from hybrid_exp.costs import step_costs
 from hybrid_exp.data import AugmentedImages
 from hybrid_exp.data import MEAN, STD, Batches, crop_flip
 from hybrid_exp.module import prepare_network, resolve_precision
-from hybrid_exp.train import train
-from tests.conftest import TINY
+from hybrid_exp.fusion import fuse
+from hybrid_exp.train import build_network, member_config, train
+from tests.conftest import FAST, TINY
+from tests.test_backbones import SMALL_FRACTAL
 
 
 def test_per_image_augmentation_draws_the_same_crops_and_flips_as_the_batched_one():
@@ -65,10 +69,45 @@ def test_prepared_network_is_channels_last_and_keeps_its_checkpoint_keys():
 
 
 def test_protocol_counts_the_paper_figures():
-    images = protocol()
-    assert len(images) == 14  # Fig. 4: the paper's 6 setups and 4 controls; Figs. 5, 6: 2 each
-    assert {"separable", "hybrid", "fractalnet+standard", "darknet+separable"} <= set(images)
-    assert images["separable"] == 10 * 190 * 45000  # seeds x epochs x training images
+    figures = protocol()
+    assert len(figures["fig4"]) == 11 and len(figures["fig4-paper"]) == 6  # 6 setups + 5 controls
+    assert set(figures["fig5"]) == {"fractalnet+standard", "fractalnet+separable"}
+    assert set(figures["fig6"]) == {"darknet+standard", "darknet+separable"}
+    assert set(figures["fig4-paper"]) == {"separable", "inception", "resnext",
+                                          "reformulated_inception", "equivalent", "hybrid"}
+    assert len(protocol_setups()) == 15
+    assert figures["fig4"]["separable"] == 10 * 190 * 45000  # seeds x epochs x training images
+
+
+def test_grouped_convs_backward_flops_are_counted_with_their_groups():
+    """torch's counter charges a grouped conv's input gradient as a dense conv's."""
+    for groups in (1, 4, 64):
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=groups, bias=False)
+        x = torch.randn(2, 64, 8, 8, requires_grad=True)
+        forward = 2 * 2 * 64 * 8 * 8 * (64 // groups) * 9  # 2 x multiply-adds
+        assert step_costs(lambda: conv(x))["flops"] == forward
+        assert step_costs(lambda: conv(x).sum().backward())["flops"] == 3 * forward
+
+
+def test_traffic_counts_what_each_operator_reads_and_writes():
+    a = torch.randn(1000)  # 4000 bytes
+    assert step_costs(lambda: a + a)["bytes"] == 3 * 4000  # two reads of the same tensor, a write
+    assert step_costs(lambda: a.relu_())["bytes"] == 2 * 4000  # in place: read, write
+    assert step_costs(lambda: a.view(10, 100).t())["bytes"] == 0  # views move nothing
+
+
+def test_projection_gives_each_figure_in_each_measured_mode():
+    fake = lambda setup, rate: {"setup": setup, "fuse": 10, "fast_images_per_s": rate,
+                                "fused_images_per_s": 4 * rate, "fast_eval_images_per_s": 3 * rate,
+                                "fused_eval_images_per_s": 12 * rate, "fused_warmup_seconds": 10.0}
+    results = [fake(setup, 1000.0) for setup in protocol()["fig4-paper"]]
+    projection = project(results)
+    paper, fig4, fig5 = projection["fig4-paper"], projection["fig4"], projection["fig5"]
+    assert paper["complete"] and (fig4["setups_measured"], fig4["complete"]) == (6, False)
+    assert fig5["setups_measured"] == 0 and "fast_device_hours" not in fig5
+    train, evaluate = 10 * 190 * 45000, 10 * (190 * 5000 + 6000)  # per setup, images
+    assert paper["fast_device_hours"] == pytest.approx(6 * (train / 1000 + evaluate / 3000) / 3600)
+    assert paper["fused_device_hours"] == pytest.approx(6 * (train / 4000 + evaluate / 12000 + 10) / 3600)
 
 
 @pytest.mark.slow
@@ -86,11 +125,14 @@ def test_bench_command_times_both_pipelines_packing_and_projects_the_protocol(tm
     assert report["ratio"] == pytest.approx(result["ratio"])
     assert result["lightning_images_per_s"] > 0 and result["fused_images_per_s"] > 0  # --fuse 2
     assert "graph_images_per_s" not in result  # CUDA graphs need a GPU: the mode is left out
-    projection = report["protocol"]
+    projection = report["protocol"]["fig4-paper"]
     assert (projection["setups_measured"], projection["complete"]) == (1, False)
     for mode in ("lightning", "conventional", "fast", "fused"):  # training + evaluation + warm-up
-        training_only = protocol()["separable"] / result[f"{mode}_images_per_s"] / 3600
+        training_only = protocol()["fig4"]["separable"] / result[f"{mode}_images_per_s"] / 3600
         assert projection[f"{mode}_device_hours"] > training_only
+    assert result["flops_per_image"] > 3 * 2 * 24_000_000 * 0.9  # forward + backward of separable
+    assert result["bytes_per_image"] > 1e6
+    assert "fast_bandwidth_share" not in result  # a CPU's peak bandwidth is not known
     assert "separable" in run.stdout and "ratio" in run.stdout and report["machine"]
     one, two = report["packing"]  # two runs at once, each its own process
     assert (one["runs"], two["runs"], one["scaling"]) == (1, 2, 1.0)
@@ -122,6 +164,32 @@ def test_compiled_training_runs_and_matches_the_plain_one(make_cfg):
 
 
 @pytest.mark.slow
+def test_a_compiled_fused_array_trains_as_the_eager_one_in_float64(make_cfg):
+    """trainer.compile=true on an array: the same weights after SGD steps, to float64 rounding
+    (inception: its branches concatenate within each member's channels)."""
+    from tests.test_fusion import sgd_steps
+
+    class Batches:  # real shapes, random values: the compiled code sees what training sees
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(3):
+                yield (torch.randn(8, 6, 32, 32, generator=g, dtype=torch.float64)
+                       .to(memory_format=torch.channels_last), torch.randint(10, (8, 2), generator=g))
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = make_cfg("model=inception", "model.width=8", "model.depth=1")
+        nets = [build_network(member_config(cfg, seed)) for seed in (0, 1)]
+        eager = sgd_steps(prepare_network(fuse(copy.deepcopy(nets)), True, False), 2, Batches(), steps=3)
+        compiled = sgd_steps(prepare_network(fuse(nets), True, True), 2, Batches(), steps=3)
+        assert compiled.net._compiled_call_impl is not None  # compiled in place
+        for key, value in eager.net.state_dict().items():
+            torch.testing.assert_close(compiled.net.state_dict()[key], value, rtol=1e-9, atol=1e-12, msg=key)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.slow
 def test_bench_e2e_times_a_real_fused_grid_per_member(cifar10_root):
     from hybrid_exp.benchmark import e2e
     rows = e2e(["separable", "hybrid"], str(cifar10_root), members=2, epochs=2,
@@ -150,10 +218,15 @@ def test_bench_names_the_valid_setups_for_an_unknown_one(capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_cuda_graph_trains_as_the_eager_step_does(make_cfg, cifar10_root, caplog):
-    """The captured step replays forward, backward and SGD with the schedule's lr each step."""
+@pytest.mark.parametrize("network", [
+    pytest.param(TINY, id="stacked"),
+    pytest.param([*TINY, "trainer.compile=true"], id="stacked-compiled"),
+    pytest.param([*FAST, *SMALL_FRACTAL, "model.dropout=[0,0,0,0,0]"], id="fractalnet")])
+def test_a_cuda_graph_trains_as_the_eager_step_does(make_cfg, cifar10_root, caplog, network):
+    """The captured step replays forward, backward and SGD with the schedule's lr each step
+    (compiled too; FractalNet's drop-path draws on the device, so its step is captured)."""
     common = [f"data.root={cifar10_root}", "data.train_subset=2000", "data.val_size=500",
-              "data.eval_size=1000", *TINY, "trainer.max_epochs=3", "trainer.precision=32-true",
+              "data.eval_size=1000", *network, "trainer.max_epochs=3", "trainer.precision=32-true",
               "trainer.benchmark=false", "seed=[0,1]"]
     eager = train(make_cfg(*common, "logger.experiment_name=eager"))
     with caplog.at_level("INFO"):

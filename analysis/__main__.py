@@ -1,8 +1,11 @@
 """python -m analysis --experiment NAME [--tracking-uri URI] [--out DIR] [--baseline separable]
-[--control equivalent] [--margin 0.25] [--sesoi POINTS] [--metric test/error]"""
+[--control equivalent] [--margin 0.25] [--sesoi POINTS] [--metric test/error] [--publish DIR]
+python -m analysis --runs BUNDLE [BUNDLE ...] [--out DIR]
+python -m analysis --index results"""
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 
@@ -11,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m analysis",
         description="The paper's table, paired statistics, noise floor, figures and report "
                     "of one MLflow experiment of hybrid-exp runs.")
-    parser.add_argument("--experiment", required=True, help="MLflow experiment name")
+    parser.add_argument("--experiment", help="MLflow experiment name")
     parser.add_argument("--tracking-uri",
                         default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
@@ -28,13 +31,45 @@ def main(argv: list[str] | None = None) -> int:
                         help="smallest effect of interest in points, for 'seeds needed' "
                              "(default: the margin)")
     parser.add_argument("--metric", default="test/error", help="metric to compare (in %%)")
+    parser.add_argument("--publish", metavar="DIR",
+                        help="also write a results bundle there (e.g. results/fig4-10ep-h100): the "
+                             "report, every run, the predictions, provenance; small, self-contained")
+    parser.add_argument("--runs", nargs="+", metavar="BUNDLE",
+                        help="regenerate the report from results bundles alone (no tracking store)")
+    parser.add_argument("--index", metavar="RESULTS",
+                        help="rewrite RESULTS/README.md (a line per bundle) and the README's "
+                             "Results section (each bundle's headline table) from the bundles")
     args = parser.parse_args(argv)
-    from analysis.report import analyze  # heavy (pandas, matplotlib, mlflow): after --help
-    from analysis.runs import AnalysisError
+    if sum(map(bool, (args.experiment, args.runs, args.index))) != 1:
+        parser.error("give one of --experiment NAME (a tracking store's experiment), --runs "
+                     "BUNDLE (results bundles) or --index RESULTS (the results folder)")
+    from analysis.runs import AnalysisError  # heavy (pandas, matplotlib, mlflow): after --help
 
     try:
-        out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
-                      args.margin, args.metric, sesoi=args.sesoi)
+        if args.index:
+            from analysis.results import write_index
+
+            for path in write_index(args.index):
+                print(f"wrote {path}")
+            return 0
+        if args.runs:
+            from analysis.bundle import regenerate
+
+            out = regenerate(args.runs, args.out or Path("analysis") / "reports" / Path(args.runs[0]).name)
+        else:
+            from analysis.report import analyze
+
+            out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
+                          args.margin, args.metric, sesoi=args.sesoi)
+            if args.publish:
+                from analysis.bundle import publish
+
+                from hybrid_exp.redact import redact
+
+                command = redact("python -m analysis " + " ".join(argv if argv is not None else sys.argv[1:]))
+                bundle = publish(args.experiment, args.tracking_uri, args.publish, command,
+                                 args.baseline, args.control, args.margin, args.metric, args.sesoi)
+                print(f"published {bundle}")
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

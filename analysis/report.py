@@ -266,23 +266,46 @@ def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str
             metric: str = "test/error", log_to_mlflow: bool = True, sesoi: float | None = None) -> Path:
     """Write the report of ``experiment`` into ``out`` (default analysis/reports/<experiment>)."""
     out = Path(out or Path("analysis") / "reports" / experiment)
-    sesoi = margin if sesoi is None else sesoi
     frame = load_runs(experiment, tracking_uri)
+    runs = clean_or_explain(experiment, frame, metric)
+    used = runs.finished
+    write_report(experiment, runs, load_predictions(tracking_uri, used.run_id),
+                 load_history(tracking_uri, used.run_id), out, baseline, control, margin, metric, sesoi)
+    if log_to_mlflow:
+        client, experiment_id = client_and_experiment(experiment, tracking_uri)
+        run = client.create_run(experiment_id, run_name="analysis", tags={KIND_TAG: "analysis"})
+        for key, value in {"baseline": baseline, "control": control, "margin": margin,
+                           "sesoi": margin if sesoi is None else sesoi, "metric": metric}.items():
+            client.log_param(run.info.run_id, key, value)
+        client.log_artifacts(run.info.run_id, str(out))
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return out
+
+
+def clean_or_explain(experiment: str, frame: pd.DataFrame, metric: str) -> Runs:
+    """``clean(frame)``, or one sentence when there is nothing to analyse."""
     if frame.empty:
         raise AnalysisError(f"experiment '{experiment}' has no training runs yet")
     runs = clean(frame, metric)
     if runs.finished.empty:
         raise AnalysisError(f"experiment '{experiment}' has no FINISHED run with {metric}; "
                             f"statuses: {frame.status.value_counts().to_dict()}")
+    return runs
+
+
+def write_report(experiment: str, runs: Runs, predictions: dict, history: pd.DataFrame, out: Path,
+                 baseline: str = "separable", control: str = "equivalent", margin: float = 0.25,
+                 metric: str = "test/error", sesoi: float | None = None) -> Table:
+    """report.md, report.html, summary.csv (and ranking, similarity, trend) and the figures of
+    ``runs`` into ``out``: from an MLflow store (``analyze``) or a results bundle alike."""
+    sesoi = margin if sesoi is None else sesoi
     used = runs.finished
-    table = summarize(used, baseline, control, margin, sesoi, metric,
-                      predictions=load_predictions(tracking_uri, used.run_id))
+    table = summarize(used, baseline, control, margin, sesoi, metric, predictions=predictions)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     if table.summary.role.isin(["setup", "control"]).any():
         paths += [figures.abs_delta(table.summary, out),
                   figures.paired_dots(used, table.summary, metric, out)]
-    history = load_history(tracking_uri, used.run_id)
     if not history.empty:
         paths.append(figures.learning_curves(history, used, out))
     paths.append(figures.error_vs_size(used, metric, out))
@@ -296,12 +319,4 @@ def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str
             frame_out.to_csv(out / f"{name}.csv", index=False)
     (out / "report.md").write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, f"hybrid-exp analysis: {experiment}"))
-    if log_to_mlflow:
-        client, experiment_id = client_and_experiment(experiment, tracking_uri)
-        run = client.create_run(experiment_id, run_name="analysis", tags={KIND_TAG: "analysis"})
-        for key, value in {"baseline": baseline, "control": control, "margin": margin,
-                           "sesoi": sesoi, "metric": metric}.items():
-            client.log_param(run.info.run_id, key, value)
-        client.log_artifacts(run.info.run_id, str(out))
-        client.set_terminated(run.info.run_id, "FINISHED")
-    return out
+    return table

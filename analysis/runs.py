@@ -37,6 +37,12 @@ def load_runs(experiment: str, tracking_uri: str = "sqlite:///mlflow.db") -> pd.
     of the run schema (rebuilt from the params where a run lacks them: ``rebuild_identity``),
     ``params`` and ``mult_adds``, the final value of every metric (``test/error``, ...), and
     ``config``, the run's logged params as a dict."""
+    return prepare(fetch_runs(experiment, tracking_uri))
+
+
+def fetch_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
+    """The training runs of ``experiment`` as MLflow holds them (``load_runs`` before
+    ``prepare``: what a results bundle stores)."""
     client, experiment_id = client_and_experiment(experiment, tracking_uri)
     runs, token = [], None
     while True:  # every page
@@ -50,7 +56,11 @@ def load_runs(experiment: str, tracking_uri: str = "sqlite:///mlflow.db") -> pd.
              **{t: r.data.tags.get(t) for t in TAGS},
              **{p: r.data.params.get(p) for p in SIZE_PARAMS},
              **r.data.metrics, "config": dict(r.data.params)} for r in runs]
-    frame = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as numbers, and every run's identity (``rebuild_identity``)."""
     if not frame.empty:
         for column in ("params", "mult_adds", "train_seconds"):
             frame[column] = pd.to_numeric(frame[column])

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from hybrid_exp import benchmark
-    from hybrid_exp.cli import config_dir
+    from hybrid_exp import config_dir
     from hybrid_exp.data import DataError, load_cifar10
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from hybrid_exp import costs
-from hybrid_exp.cli import config_dir
+from hybrid_exp import config_dir
 from hybrid_exp.data import Batches, conventional_loader, load_cifar10
 from hybrid_exp.fusion import fuse
 from hybrid_exp.module import Classifier, prepare_network, resolve_precision

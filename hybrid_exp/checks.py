@@ -93,7 +93,7 @@ def check_config(cfg: DictConfig) -> None:
         whole(data.val_size, "data.val_size", 0, n_train - 1)
         whole(data.eval_size, "data.eval_size", 1, n_test)
         whole(data.train_subset, "data.train_subset", classes, n_train - data.val_size, none_ok=True)
-    from hybrid_exp.train import build_network
+    from hybrid_exp.members import build_network
 
     model = OmegaConf.to_yaml(cfg.model, resolve=True)
     if model not in _built:  # a grid's seeds share their model config: built once

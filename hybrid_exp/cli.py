@@ -8,15 +8,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hybrid_exp import config_dir
 from hybrid_exp.redact import redact, redact_files
 from hydra_plugins.hybrid_exp_launcher import register
 from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE  # read by the grid summary
-
-
-def config_dir() -> str:
-    """conf/ of a source checkout, else the copy a wheel installs as hybrid_exp/conf."""
-    source = Path(__file__).resolve().parent.parent / "conf"
-    return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
 
 
 def config_tree(cfg: DictConfig, output_dir: Path) -> None:

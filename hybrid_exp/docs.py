@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from hybrid_exp.cli import config_dir
+from hybrid_exp import config_dir
 from hybrid_exp.module import complexity
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "variants.md"

@@ -28,13 +28,17 @@ def complexity(net: nn.Module) -> dict[str, int]:
             "mult_adds": counter.get_total_flops() // 2}  # one multiply-add = 2 FLOPs
 
 
+def trains_on_gpu(accelerator: str) -> bool:
+    """Whether ``trainer.accelerator`` puts the training on a GPU here (``auto``: if there is one)."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """Lightning precision for ``auto``: bf16 autocast when training on a GPU that has bf16,
     fp32 otherwise (CPUs)."""
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if trains_on_gpu(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def prepare_network(net: nn.Module, channels_last: bool, compile: bool) -> nn.Module:

@@ -21,9 +21,11 @@ UNHASHED_KEYS = ("logger", "tags", "grid", "data.root", "data.download", "rerun"
 DEFAULTS_OUT_OF_HASH = {"optim.depthwise_weight_decay": None}
 # What a setup is compared under: runs of different setups pair only on the same protocol.
 PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")
-# Tags every training run carries (besides the identity tags above).
+# Tags every training run carries: what it is, its identity, and where and how it ran (the
+# machine, torch, the job's command, the array it was fused in: a results bundle's provenance).
 TAGS = ("setup", "model", "block", "backbone", "seed", "precision", "config_hash", "setup_hash",
-        "protocol", "protocol_hash", "data_fingerprint", "git_sha", "error")
+        "protocol", "protocol_hash", "data_fingerprint", "git_sha", "error", "array", "machine",
+        "torch", "command")
 
 
 def short_hash(text: str) -> str:

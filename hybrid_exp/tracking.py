@@ -1,6 +1,5 @@
 """MLflow bookkeeping: one run per training, its identity (config hash), resume and status."""
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -30,9 +30,7 @@ def identity(cfg: DictConfig) -> DictConfig:
     """What a run trains: the resolved config without ``UNHASHED_KEYS``, with the precision and
     the device type it really trains on (``auto`` resolved: a bf16 GPU run is not an fp32 CPU
     run of the same config)."""
-    import torch
-
-    from hybrid_exp.module import resolve_precision  # training side only, imported when used
+    from hybrid_exp.module import resolve_precision, trains_on_gpu  # training side, imported when used
 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in UNHASHED_KEYS:
@@ -49,7 +47,7 @@ def identity(cfg: DictConfig) -> DictConfig:
         cfg.callbacks = {name: c for name, c in cfg.callbacks.items() if c is not None}
     if "trainer" in cfg:
         accelerator = cfg.trainer.get("accelerator", "auto")
-        on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        on_gpu = trains_on_gpu(accelerator)
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
         cfg.trainer.accelerator = "cuda" if on_gpu else accelerator if accelerator != "auto" else "cpu"
     return cfg
@@ -146,9 +144,7 @@ def store_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock"):  # an flock, released however we end
         yield
 
 

@@ -1,10 +1,8 @@
 """One training run, or a fused array of runs: build everything from the config, then skip,
 resume or train, and test."""
 import contextlib
-import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -17,7 +15,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, Checkpoint, RichProgressBar
 from torch import nn
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
@@ -26,8 +23,10 @@ from hybrid_exp.checks import check_config
 from hybrid_exp.tracking import retrying
 from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.redact import redact
-from hybrid_exp.module import Classifier, Reporter, complexity, prepare_network, resolve_precision
-from hybrid_exp.seeding import derive_seed
+from hybrid_exp.module import Classifier, complexity, prepare_network, resolve_precision, trains_on_gpu
+# the callbacks and the members' helpers moved out; importable from here as before
+from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRuns, OptunaPruning  # noqa: F401
+from hybrid_exp.members import array_key, build_network, member_config, trial_seeds  # noqa: F401
 
 log = logging.getLogger(__name__)
 # Lightning advertises its cloud logger at every start; runs here log to MLflow.
@@ -44,20 +43,6 @@ class Result:
     error: str = ""
 
 
-class OptunaPruning(Callback):
-    """Reports val/error to the job's Optuna trial each epoch (through the study's storage, so
-    across processes and machines) and stops the run when the pruner says so."""
-
-    def __init__(self, trial: optuna.Trial):
-        self.trial = trial
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        epoch, value = trainer.current_epoch, pl_module.val_metrics[0]["val/error"]
-        self.trial.report(value, epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned by Optuna at epoch {epoch} (val/error {value:.2f})")
-
-
 def optuna_trial(cfg: DictConfig) -> optuna.Trial | None:
     """The trial this job runs, when an Optuna sweep launched it."""
     trial = cfg.get("optuna") or {}
@@ -66,106 +51,6 @@ def optuna_trial(cfg: DictConfig) -> optuna.Trial | None:
     pruner = instantiate(json.loads(trial.pruner)) if trial.get("pruner") else None  # the sweep's
     study = optuna.load_study(study_name=trial.study_name, storage=trial.storage, pruner=pruner)
     return optuna.Trial(study, trial.trial_id)
-
-
-class EpochBar(RichProgressBar):
-    """Lightning's live bar with epochs counted from 1 and the last epoch's loss and errors (the
-    first living member's, of an array), read once per epoch; no version number."""
-
-    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's own: 0-based
-        description = f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
-        return f"{description:{len(self.validation_description)}}"  # no flicker beside it
-
-    def get_metrics(self, trainer, pl_module) -> dict[str, str]:
-        alive = [m for m in range(pl_module.members) if m not in pl_module.failures] or [0]
-        shown = ("train/loss", "train/error", "val/loss", "val/error")
-        return {k: f"{v:.4g}" for k, v in pl_module.metrics[alive[0]].items() if k in shown}
-
-    # While the bar is live, rich prints what goes to sys.stdout/sys.stderr above it; logging
-    # handlers keep the streams they were made with and would write over the bar: point the
-    # console handlers at rich's streams for as long as it runs.
-    moved: list[tuple[logging.StreamHandler, object]] = []
-
-    def _init_progress(self, trainer) -> None:
-        super()._init_progress(trainer)
-        if self.progress is not None and not self._progress_stopped and not self.moved:
-            redirected = {id(sys.__stdout__): sys.stdout, id(sys.__stderr__): sys.stderr}
-            self.moved = [(h, h.setStream(redirected[id(h.stream)])) for h in logging.getLogger().handlers
-                          if type(h) is logging.StreamHandler and id(h.stream) in redirected]
-
-    def _stop_progress(self) -> None:
-        super()._stop_progress()
-        for handler, stream in self.moved:
-            handler.setStream(stream)
-        self.moved = []
-
-
-class LastCheckpoint(Checkpoint):
-    """Saves ``last.ckpt`` after every epoch, atomically (a kill mid-write leaves the previous
-    one). As a Checkpoint it runs after the module's epoch-end hook: the epoch is logged first."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / "last.ckpt"
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        partial = self.path.with_suffix(".part")
-        trainer.save_checkpoint(partial, weights_only=False)  # optimizer and loops too
-        os.replace(partial, self.path)
-
-
-class BestWeights(Checkpoint):
-    """Keeps each member's weights from the epoch of its best ``monitor`` (a validation metric:
-    ``val/error`` or ``val/loss``), which every FINISHED run then stores as ``best.pt`` beside the
-    final ``model.pt``, with ``best/epoch`` and ``best/<monitor>``. Training is unchanged by it.
-    The kept weights travel in the resume checkpoint (``state_dict``): a resumed run keeps them.
-    As a Checkpoint it runs after the module's epoch-end hook, when the epoch's metrics are in."""
-
-    FILE = "best.pt"
-
-    def __init__(self, monitor: str = "val/error", mode: str = "min"):
-        if mode not in ("min", "max") or not monitor.startswith("val/"):
-            raise ValueError(f"callbacks.best_weights: monitor a val/ metric with mode min or max; "
-                             f"got monitor={monitor!r}, mode={mode!r}")
-        self.monitor, self.sign = monitor, 1 if mode == "min" else -1
-        self.best: dict[int, dict] = {}  # member -> {"epoch", "value", "state"}
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        state = None
-        for m in range(pl_module.members):
-            value = pl_module.val_metrics[m].get(self.monitor)
-            if m in pl_module.failures or value is None or not math.isfinite(value):
-                continue
-            if m not in self.best or self.sign * value < self.sign * self.best[m]["value"]:
-                state = state or {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
-                member = member_state(state, m, pl_module.members) if pl_module.members > 1 else state
-                self.best[m] = {"epoch": trainer.current_epoch, "value": value, "state": member}
-
-    def state_dict(self) -> dict:
-        return {"best": self.best}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.best = state_dict["best"]
-
-    def store(self, member: int, run: tracking.TrackedRun) -> None:  # not "log": Lightning sets that
-        if member in self.best:
-            best = self.best[member]
-            run.log_weights(best["state"], self.FILE)
-            run.log({"best/epoch": best["epoch"], f"best/{self.monitor}": best["value"]}, best["epoch"])
-
-
-class MemberRuns(Reporter):
-    """The MLflow run of each member of an array (None: a member that had failed before a resume)."""
-
-    def __init__(self, runs: list[tracking.TrackedRun | None]):
-        self.runs = runs
-
-    def log(self, member: int, metrics: dict[str, float], epoch: int) -> None:
-        if self.runs[member]:
-            self.runs[member].log(metrics, epoch)
-
-    def fail(self, member: int, reason: str) -> None:
-        if self.runs[member] and not self.runs[member].failed:
-            self.runs[member].fail(reason)
 
 
 def checkpoint_epoch(last: Path, client, run_ids: list[str]) -> int | None:
@@ -187,36 +72,9 @@ def checkpoint_epoch(last: Path, client, run_ids: list[str]) -> int | None:
         return None
 
 
-def trial_seeds(cfg: DictConfig) -> list[int]:
-    """``seed``: one trial seed, or a list of them trained as one fused array."""
-    return OmegaConf.to_container(cfg.seed) if OmegaConf.is_list(cfg.seed) else [cfg.seed]
-
-
-def member_config(cfg: DictConfig, seed: int) -> DictConfig:
-    """The config of one member: exactly the config of an unfused run of that seed."""
-    member = cfg.copy()
-    member.seed = seed
-    return member
-
-
-def array_key(hashes: list[str]) -> str:
-    """The checkpoint folder of an array: a single run keeps its config hash."""
-    if len(hashes) == 1:
-        return hashes[0]
-    return "array-" + hashlib.sha256(" ".join(hashes).encode()).hexdigest()[:16]
-
-
-def build_network(cfg: DictConfig) -> nn.Module:
-    """The network of one run. Initial weights draw from (trial seed, model config): variants
-    never share them, and equal model configs reproduce them (the data streams derive from the
-    seed alone)."""
-    torch.manual_seed(derive_seed(cfg.seed, "init", OmegaConf.to_yaml(cfg.model, resolve=True)))
-    return instantiate(cfg.model)
-
-
 def machine(accelerator: str) -> str:
     """What a run trains on, for the record: the GPU's name and memory, or the CPU's model."""
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+    if trains_on_gpu(accelerator):
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
     model = next((line.split(":", 1)[1].strip() for line in
@@ -234,8 +92,7 @@ def launch_command() -> str:
 
 def graph_applies(net: nn.Module, accelerator: str) -> bool:
     """Whether ``trainer.cuda_graph=true`` can capture this training step; says why not, once."""
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    why_not = ("it needs a CUDA device" if not on_gpu else
+    why_not = ("it needs a CUDA device" if not trains_on_gpu(accelerator) else
                getattr(net, "cuda_graph_blocker", None))
     if why_not:
         log.info("trainer.cuda_graph=true: %s; training without a CUDA graph", why_not)

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from hybrid_exp.cli import config_dir
+from hybrid_exp import config_dir
 
 REPO = Path(__file__).resolve().parent.parent
 TARBALL = Path(os.environ.get("CIFAR10_JPEG_TARBALL", REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
@@ -18,6 +18,25 @@ CACHE = Path(os.environ.get("HYBRID_EXP_TEST_CACHE", Path.home() / ".cache/hybri
 FAST = ["data.batch_size=64", "optim.warmup_epochs=0", "trainer.max_epochs=2"]
 TINY = ["model.width=16", "model.depth=1", *FAST]
 PARALLEL = "hydra.launcher.n_jobs=2"  # test grids run two jobs at a time (each its own process)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers a newcomer can select by: ``gpu`` tests need a CUDA device, ``needs_cifar`` ones
+    (every test that reads the real images) the JPEG copy; without it they are skipped with one
+    line saying where to put it (CI checks that it is there before running them)."""
+    import torch
+
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    no_cifar = pytest.mark.skip(reason=f"needs the CIFAR-10 JPEG copy at {TARBALL} "
+                                       f"(or CIFAR10_JPEG_TARBALL=/path/to/cifar10-jpeg.tar.gz)")
+    have_cifar = TARBALL.is_file() or (CACHE / "cifar10-jpeg").is_dir()
+    for item in items:
+        if "cifar10_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_cifar)
+            if not have_cifar:
+                item.add_marker(no_cifar)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
 
 
 @pytest.fixture(scope="session")

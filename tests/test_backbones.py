@@ -87,7 +87,7 @@ def test_drop_path_draws_are_a_counter_stream_of_seed_and_step():
     assert ((counts - 10_000).abs() < 500).all() and 0 <= u.min() and u.max() < 1  # uniform
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_drop_path_draws_are_the_same_on_cpu_and_gpu():
     for seed in range(50):
         cpu = training_paths(3, seed=seed)

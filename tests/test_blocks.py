@@ -8,7 +8,7 @@ from torch import nn
 from hydra.utils import instantiate
 
 from hybrid_exp import blocks
-from hybrid_exp.cli import config_dir
+from hybrid_exp import config_dir
 from hybrid_exp.blocks import Equivalent, Grouped, Hybrid, Separable, SeparableAct
 
 UNITS = {"standard": blocks.Standard, "separable": Separable, "equivalent": Equivalent,

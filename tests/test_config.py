@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from hybrid_exp.cli import config_dir
+from hybrid_exp import config_dir
 from hybrid_exp.tracking import config_hash
 from pathlib import Path
 

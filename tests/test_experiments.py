@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
 from hybrid_exp import docs
-from hybrid_exp.cli import config_dir
+from hybrid_exp import config_dir
 from hybrid_exp.train import train
 from tests.conftest import FAST, PARALLEL, TINY
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybrid_exp.cli import config_dir
+from hybrid_exp import config_dir
 from hybrid_exp.data import ResidentData, load_cifar10
 from hybrid_exp.fusion import cat_channels, fuse, member_state
 from hybrid_exp.module import Classifier, prepare_network

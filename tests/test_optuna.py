@@ -213,7 +213,7 @@ def test_every_sampler_and_pruner_preset_builds(group, option):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from hybrid_exp.cli import config_dir
+    from hybrid_exp import config_dir
 
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/sweeper=optuna", f"hydra/sweeper/{group}={option}"],

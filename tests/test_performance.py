@@ -40,7 +40,7 @@ def test_per_image_augmentation_draws_the_same_crops_and_flips_as_the_batched_on
     assert len(seen_offsets) > 5 and seen_flips == {False, True}  # it does augment
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_augmentation_stream_is_the_same_on_cpu_and_gpu():
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
     labels = torch.arange(64)
@@ -217,7 +217,7 @@ def test_bench_names_the_valid_setups_for_an_unknown_one(capsys):
     assert "unknown setup 'fractalnet+nope'" in error and "hybrid" in error and "standard" in error
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("network", [
     pytest.param(TINY, id="stacked"),
     pytest.param([*TINY, "trainer.compile=true"], id="stacked-compiled"),

@@ -179,7 +179,7 @@ def test_submitit_local_grid_of_two(tmp_path):
 
 def test_slurm_preset_asks_for_one_gpu_per_job_and_requeues(make_cfg):
     from hydra import compose, initialize_config_dir
-    from hybrid_exp.cli import config_dir
+    from hybrid_exp import config_dir
 
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",

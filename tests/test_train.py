@@ -89,12 +89,12 @@ def test_divergence_fails_the_run_naming_epoch_and_step(make_cfg):
     assert run.status == "FAILED" and "non-finite loss at epoch 0" in run.error
 
 
-def test_missing_data_fails_the_run_instead_of_leaving_it_running(make_cfg, tmp_path):
+def test_missing_data_stops_before_any_store_or_run_exists(make_cfg, tmp_path):
+    """The data is read (and fingerprinted) before the store: no FAILED run beside the real ones."""
     cfg = make_cfg(f"data.root={tmp_path}/nowhere", "data.download=false", *TINY)
     with pytest.raises(DataError, match="no CIFAR-10 found"):
         train(cfg)
-    run = load_runs("hybrid-exp", cfg.logger.tracking_uri).iloc[0]
-    assert run.status == "FAILED" and "no CIFAR-10 found" in run.error
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_the_training_step_is_a_plain_sgd_loop_with_the_float_schedule(make_cfg, cifar10_root):

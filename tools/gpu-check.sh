@@ -11,8 +11,7 @@ export HYBRID_EXP_TEST_CACHE=/tmp CIFAR10_JPEG_TARBALL=$PWD/.device/cifar10-jpeg
 bench="python3 -m hybrid_exp.bench --device cuda --seconds 1.5 --data-root /tmp/cifar10-jpeg"
 paper="separable inception resnext reformulated_inception equivalent hybrid"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_performance.py \
-  tests/test_backbones.py -k "cuda or gpu or precision" 2>&1 | tee "$out/tests.log"
+timeout 110 python3 -m pytest -q -p no:cacheprovider -m gpu 2>&1 | tee "$out/tests.log"
 # every setup of Figs. 4-6 (the default --models), arrays of 10
 timeout 200 $bench --fuse 10 --json "$out/bench-x10.json" 2>&1 | tee "$out/bench-x10.log"
 # max_array_size: the paper's six as arrays of 20

@@ -96,7 +96,11 @@ def private_dir(path: Path) -> Path:
 
 
 def claim(slots: list[tuple[str, str]], lock_dir: Path) -> tuple[int, str]:
-    """Block until one of ``slots`` is ours: (open lock file descriptor, its device)."""
+    """Block until one of ``slots`` is ours: (open lock file descriptor, its device).
+
+    Hand-written rather than with ``filelock``: the lock files are opened without following
+    links, with mode 0600, in a directory checked to be private (``private_dir``), and held by
+    the job process itself until it exits, however it exits."""
     private_dir(lock_dir)
     while True:
         for name, device in slots:

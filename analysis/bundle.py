@@ -1,0 +1,189 @@
+"""Results bundles: what a reader needs to check a published table, and nothing else.
+
+``python -m analysis --experiment NAME --publish results/<name>`` writes into one small folder:
+
+- report.md with its figures (PNG), summary.csv, ranking.csv, similarity.csv, trend.csv: the report;
+- runs.csv: every training run of the experiment as the store holds it (identity tags, where
+  and how it ran, params, every final metric, the config as JSON), counted or set aside;
+- predictions.npz: each counted run's predicted class on the evaluation images (uint8), their
+  labels and indices: enough to recompute agreement and kappa;
+- history.csv: each counted run's validation error per epoch (the learning curves);
+- provenance.json: the commits and versions that trained and analysed it, the machines, the
+  commands as launched, when, the wall hours and device-hours it cost, the analysis options,
+  and the sha256 of the three data files.
+
+``python -m analysis --runs results/<name> [more bundles]`` regenerates the report from bundles
+alone (no MLflow store): the same summary.csv to the last digit. A bundle whose data files no
+longer match its provenance is refused: it was edited after it was published.
+"""
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.report import clean_or_explain, write_report
+from analysis.runs import AnalysisError, fetch_runs, load_history, load_predictions, prepare
+
+RUNS, PREDICTIONS, HISTORY, PROVENANCE = "runs.csv", "predictions.npz", "history.csv", "provenance.json"
+DATA_FILES = (RUNS, PREDICTIONS, HISTORY)
+REPORT_FILES = ("report.md", "summary.csv", "ranking.csv", "similarity.csv", "trend.csv")
+VERSIONS = ("torch", "pytorch-lightning", "hydra-core", "mlflow", "optuna", "numpy", "scipy",
+            "statsmodels", "pandas")
+
+
+def publish(experiment: str, tracking_uri: str, folder: str | Path, command: str,
+            baseline: str = "separable", control: str = "equivalent", margin: float = 0.25,
+            metric: str = "test/error", sesoi: float | None = None) -> Path:
+    """Write the bundle of ``experiment`` into ``folder`` (replacing a bundle there)."""
+    folder = Path(folder)
+    raw = fetch_runs(experiment, tracking_uri)
+    runs = clean_or_explain(experiment, prepare(raw.copy()), metric)
+    used = runs.finished.run_id
+    predictions = load_predictions(tracking_uri, used)
+    history = load_history(tracking_uri, used)
+    options = {"baseline": baseline, "control": control, "margin": margin, "metric": metric,
+               "sesoi": margin if sesoi is None else sesoi}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))  # renamed whole
+    try:
+        write_report(experiment, runs, predictions, history, staging / "report", **options)
+        for name in REPORT_FILES:
+            if (staging / "report" / name).exists():
+                shutil.copy(staging / "report" / name, staging / name)
+        for png in (staging / "report").glob("*.png"):
+            shutil.copy(png, staging / png.name)
+        shutil.rmtree(staging / "report")
+        write_data(staging, raw, predictions, history)
+        (staging / PROVENANCE).write_text(json.dumps(provenance(experiment, raw, runs.finished, staging,
+                                                                command, options), indent=2) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def write_data(folder: Path, raw: pd.DataFrame, predictions: dict, history: pd.DataFrame) -> None:
+    """runs.csv (floats written to round-trip exactly, the config as JSON), predictions.npz and
+    history.csv."""
+    runs = raw.assign(config=raw.config.map(lambda c: json.dumps(c, sort_keys=True)),
+                      start_time=raw.start_time.map(lambda t: t.isoformat()))
+    runs.to_csv(folder / RUNS, index=False)  # in the store's order: the analysis sees the same
+    arrays = {}
+    for run_id, saved in sorted(predictions.items()):
+        arrays[f"{run_id}.indices"] = saved["indices"].astype(np.uint16 if saved["indices"].max() < 2**16 else np.int64)
+        arrays[f"{run_id}.labels"] = saved["labels"].astype(np.uint8 if saved["labels"].max() < 256 else np.int16)
+        arrays[f"{run_id}.predicted"] = saved["predicted"].astype(arrays[f"{run_id}.labels"].dtype)
+    np.savez_compressed(folder / PREDICTIONS, **arrays)
+    history.to_csv(folder / HISTORY, index=False)
+
+
+def provenance(experiment: str, raw: pd.DataFrame, used: pd.DataFrame, folder: Path, command: str,
+               options: dict) -> dict:
+    counted = raw[raw.run_id.isin(set(used.run_id))]
+    starts = counted.start_time
+    ends = starts + pd.to_timedelta(counted.train_seconds.fillna(0), unit="s")
+    members = counted.array.map(lambda a: len(a.split(":", 1)[1].split()) if isinstance(a, str) else 1)
+    distinct = lambda column: sorted(counted[column].dropna().unique().tolist()) if column in counted else []
+    return {
+        "experiment": experiment,
+        "published": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "analysis_command": command,
+        "options": options,
+        "runs": {"in_store": len(raw), "counted": len(counted)},
+        "training": {"git_commits": distinct("git_sha"), "torch": distinct("torch"),
+                     "machines": distinct("machine"), "commands": distinct("command"),
+                     "precisions": distinct("precision")},
+        "first_start": starts.min().isoformat(), "last_end": ends.max().isoformat(),
+        "wall_hours": (ends.max() - starts.min()).total_seconds() / 3600,
+        # a fused array's runs share its device: each member counts 1/M of the time
+        "device_hours": float((counted.train_seconds.fillna(0) / members).sum() / 3600),
+        "analysis": {"git_commit": git_commit(), "versions": versions(), "machine": this_machine()},
+        "float_columns": [c for c in raw if raw[c].dtype.kind == "f"],  # how runs.csv reads back
+        "sha256": {name: sha256(folder / name) for name in DATA_FILES},
+    }
+
+
+def versions() -> dict[str, str | None]:
+    found = {}
+    for name in VERSIONS:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_commit() -> str:
+    """The analysing checkout's commit, '+dirty' if its tracked files changed; 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    git = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True, text=True)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").stdout.strip() else "")
+
+
+def this_machine() -> str:
+    return f"{platform.system()} {platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read(folder: str | Path) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
+    """(runs as ``load_runs`` gives them, predictions, history, provenance) of one bundle; a
+    bundle whose data files do not match its provenance is refused in one sentence."""
+    folder = Path(folder)
+    if not (folder / PROVENANCE).is_file():
+        raise AnalysisError(f"{folder} is no results bundle (no {PROVENANCE}): write one with "
+                            f"python -m analysis --experiment NAME --publish {folder}")
+    meta = json.loads((folder / PROVENANCE).read_text())
+    for name in DATA_FILES:
+        if not (folder / name).is_file() or sha256(folder / name) != meta["sha256"][name]:
+            raise AnalysisError(f"{folder / name} does not match {folder / PROVENANCE} (sha256 "
+                                f"differs or the file is missing): the bundle was changed after it was "
+                                f"published; publish it again from its tracking store")
+    # text stays text (a hash of digits, a seed tag), numbers are the metrics' exact floats
+    floats = set(meta["float_columns"])
+    columns = pd.read_csv(folder / RUNS, nrows=0).columns
+    raw = pd.read_csv(folder / RUNS, float_precision="round_trip",
+                      dtype={c: float if c in floats else str for c in columns})
+    raw["config"] = raw.config.map(json.loads)
+    raw["start_time"] = pd.to_datetime(raw.start_time, format="ISO8601")
+    with np.load(folder / PREDICTIONS) as saved:
+        predictions = {}
+        for key in saved.files:
+            run_id, field = key.rsplit(".", 1)
+            predictions.setdefault(run_id, {})[field] = saved[key].astype(np.int64)
+    history = pd.read_csv(folder / HISTORY, float_precision="round_trip")
+    return prepare(raw), predictions, history, meta
+
+
+def regenerate(folders: list[str | Path], out: str | Path) -> Path:
+    """The report of one or more bundles (several machines' runs of one experiment, say), from
+    the bundles alone, with the analysis options the first was published with."""
+    frames, predictions, histories, metas = [], {}, [], []
+    for folder in folders:
+        frame, found, history, meta = read(folder)
+        frames.append(frame)
+        predictions.update(found)
+        histories.append(history)
+        metas.append(meta)
+    frame = pd.concat(frames, ignore_index=True)
+    name = " + ".join(meta["experiment"] for meta in metas)
+    options = metas[0]["options"]
+    runs = clean_or_explain(name, frame, options["metric"])
+    out = Path(out)
+    write_report(name, runs, predictions, pd.concat(histories, ignore_index=True), out, **options)
+    return out

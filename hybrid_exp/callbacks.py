@@ -1,0 +1,129 @@
+"""The Lightning callbacks of a training: the resume checkpoint, each member's best weights, the
+Optuna pruner's report, the live progress bar, and the reporter that sends each member's
+metrics to its MLflow run."""
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import optuna
+from pytorch_lightning.callbacks import Callback, Checkpoint, RichProgressBar
+
+from hybrid_exp import tracking
+from hybrid_exp.fusion import member_state
+from hybrid_exp.module import Reporter
+
+
+class OptunaPruning(Callback):
+    """Reports val/error to the job's Optuna trial each epoch (through the study's storage, so
+    across processes and machines) and stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        epoch, value = trainer.current_epoch, pl_module.val_metrics[0]["val/error"]
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned by Optuna at epoch {epoch} (val/error {value:.2f})")
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's live bar with epochs counted from 1 and the last epoch's loss and errors (the
+    first living member's, of an array), read once per epoch; no version number."""
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's own: 0-based
+        description = f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+        return f"{description:{len(self.validation_description)}}"  # no flicker beside it
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, str]:
+        alive = [m for m in range(pl_module.members) if m not in pl_module.failures] or [0]
+        shown = ("train/loss", "train/error", "val/loss", "val/error")
+        return {k: f"{v:.4g}" for k, v in pl_module.metrics[alive[0]].items() if k in shown}
+
+    # While the bar is live, rich prints what goes to sys.stdout/sys.stderr above it; logging
+    # handlers keep the streams they were made with and would write over the bar: point the
+    # console handlers at rich's streams for as long as it runs.
+    moved: list[tuple[logging.StreamHandler, object]] = []
+
+    def _init_progress(self, trainer) -> None:
+        super()._init_progress(trainer)
+        if self.progress is not None and not self._progress_stopped and not self.moved:
+            redirected = {id(sys.__stdout__): sys.stdout, id(sys.__stderr__): sys.stderr}
+            self.moved = [(h, h.setStream(redirected[id(h.stream)])) for h in logging.getLogger().handlers
+                          if type(h) is logging.StreamHandler and id(h.stream) in redirected]
+
+    def _stop_progress(self) -> None:
+        super()._stop_progress()
+        for handler, stream in self.moved:
+            handler.setStream(stream)
+        self.moved = []
+
+
+class LastCheckpoint(Checkpoint):
+    """Saves ``last.ckpt`` after every epoch, atomically (a kill mid-write leaves the previous
+    one). As a Checkpoint it runs after the module's epoch-end hook: the epoch is logged first."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        partial = self.path.with_suffix(".part")
+        trainer.save_checkpoint(partial, weights_only=False)  # optimizer and loops too
+        os.replace(partial, self.path)
+
+
+class BestWeights(Checkpoint):
+    """Keeps each member's weights from the epoch of its best ``monitor`` (a validation metric:
+    ``val/error`` or ``val/loss``), which every FINISHED run then stores as ``best.pt`` beside the
+    final ``model.pt``, with ``best/epoch`` and ``best/<monitor>``. Training is unchanged by it.
+    The kept weights travel in the resume checkpoint (``state_dict``): a resumed run keeps them.
+    As a Checkpoint it runs after the module's epoch-end hook, when the epoch's metrics are in."""
+
+    FILE = "best.pt"
+
+    def __init__(self, monitor: str = "val/error", mode: str = "min"):
+        if mode not in ("min", "max") or not monitor.startswith("val/"):
+            raise ValueError(f"callbacks.best_weights: monitor a val/ metric with mode min or max; "
+                             f"got monitor={monitor!r}, mode={mode!r}")
+        self.monitor, self.sign = monitor, 1 if mode == "min" else -1
+        self.best: dict[int, dict] = {}  # member -> {"epoch", "value", "state"}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        state = None
+        for m in range(pl_module.members):
+            value = pl_module.val_metrics[m].get(self.monitor)
+            if m in pl_module.failures or value is None or not math.isfinite(value):
+                continue
+            if m not in self.best or self.sign * value < self.sign * self.best[m]["value"]:
+                state = state or {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
+                member = member_state(state, m, pl_module.members) if pl_module.members > 1 else state
+                self.best[m] = {"epoch": trainer.current_epoch, "value": value, "state": member}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict["best"]
+
+    def store(self, member: int, run: tracking.TrackedRun) -> None:  # not "log": Lightning sets that
+        if member in self.best:
+            best = self.best[member]
+            run.log_weights(best["state"], self.FILE)
+            run.log({"best/epoch": best["epoch"], f"best/{self.monitor}": best["value"]}, best["epoch"])
+
+
+class MemberRuns(Reporter):
+    """The MLflow run of each member of an array (None: a member that had failed before a resume)."""
+
+    def __init__(self, runs: list[tracking.TrackedRun | None]):
+        self.runs = runs
+
+    def log(self, member: int, metrics: dict[str, float], epoch: int) -> None:
+        if self.runs[member]:
+            self.runs[member].log(metrics, epoch)
+
+    def fail(self, member: int, reason: str) -> None:
+        if self.runs[member] and not self.runs[member].failed:
+            self.runs[member].fail(reason)

@@ -1,0 +1,126 @@
+"""Results bundles: published from a real MLflow store, regenerated from themselves alone to the
+last digit, refused when edited, combined across machines; the README's Results section is the
+bundles' own tables."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import AnalysisError
+from analysis.bundle import publish, regenerate
+from analysis.results import README, readme_section, write_index
+from tests.conftest import PARALLEL, REPO, TINY
+from tests.test_analysis import BASE, PAPER_SIX, log_run, new_experiment
+
+RESULTS = REPO / "results"
+
+
+def log_store(tmp_path, name="fig4", seeds=range(5)):
+    """The paper's six setups with predictions, an older duplicate and a FAILED run."""
+    uri, client, exp = new_experiment(tmp_path, name)
+    rng = np.random.default_rng(0)
+    labels, indices = rng.integers(0, 10, 300), np.sort(rng.choice(10000, 300, replace=False))
+    for setup, shift in PAPER_SIX.items():
+        for seed in seeds:
+            predicted = np.where(rng.random(300) < 0.85, labels, (labels + 1) % 10)
+            log_run(client, exp, setup, seed, BASE[seed % 5] + shift + 0.013 * seed, start=10 * seed,
+                    predictions={"indices": indices, "labels": labels, "predicted": predicted})
+    log_run(client, exp, "hybrid", seeds[0], 99.0, start=-5)  # older: set aside as a duplicate
+    log_run(client, exp, "resnext", 9, 50.0, status="FAILED")
+    return uri
+
+
+def test_a_bundle_is_small_complete_and_regenerates_its_summary_to_the_last_digit(tmp_path):
+    uri = log_store(tmp_path)
+    bundle = publish("fig4", uri, tmp_path / "results" / "fig4-test", "python -m analysis ...")
+    files = {p.name for p in bundle.iterdir()}
+    assert {"report.md", "summary.csv", "ranking.csv", "runs.csv", "predictions.npz", "history.csv",
+            "provenance.json", "abs_delta.png"} <= files
+    assert sum(p.stat().st_size for p in bundle.iterdir()) < 2 * 2**20
+    runs = pd.read_csv(bundle / "runs.csv")
+    assert len(runs) == 32 and {"run_id", "setup", "seed", "config_hash", "test/error", "train_seconds"} <= set(runs)
+    with np.load(bundle / "predictions.npz") as saved:
+        assert len(saved.files) == 3 * 30 and saved[saved.files[0]].dtype in (np.uint8, np.uint16)
+    meta = json.loads((bundle / "provenance.json").read_text())
+    assert meta["runs"] == {"in_store": 32, "counted": 30} and meta["options"]["margin"] == 0.25
+    assert meta["device_hours"] > 0 and meta["analysis"]["versions"]["mlflow"]
+    again = regenerate([bundle], tmp_path / "again")
+    assert (again / "summary.csv").read_text() == (bundle / "summary.csv").read_text()
+    assert (again / "ranking.csv").read_text() == (bundle / "ranking.csv").read_text()
+    assert (again / "similarity.csv").read_text() == (bundle / "similarity.csv").read_text()
+    report = (again / "report.md").read_text()
+    assert "Duplicate" in report and "FAILED, not averaged in: `resnext-seed9`" in report
+
+
+def test_a_bundle_edited_after_publishing_is_refused(tmp_path):
+    bundle = publish("fig4", log_store(tmp_path), tmp_path / "b", "python -m analysis ...")
+    runs = (bundle / "runs.csv").read_text()
+    (bundle / "runs.csv").write_text(runs.replace("11.6", "10.6", 1))
+    with pytest.raises(AnalysisError, match="runs.csv does not match .*provenance.json.*publish it again"):
+        regenerate([bundle], tmp_path / "r")
+    with pytest.raises(AnalysisError, match="no results bundle"):
+        regenerate([tmp_path], tmp_path / "r")
+
+
+def test_bundles_from_two_machines_combine_into_one_report(tmp_path):
+    first = publish("fig4", log_store(tmp_path / "a", seeds=range(3)), tmp_path / "a" / "bundle", "")
+    second = publish("fig4", log_store(tmp_path / "b", seeds=range(3, 6)), tmp_path / "b" / "bundle", "")
+    summary = pd.read_csv(regenerate([first, second], tmp_path / "both") / "summary.csv").set_index("setup")
+    assert (summary.n == 6).all() and summary.loc["inception", "n_paired"] == 6
+
+
+def test_the_command_line_publishes_and_regenerates(tmp_path):
+    uri = log_store(tmp_path)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "analysis", *args], cwd=tmp_path,
+                                       capture_output=True, text=True, timeout=300)
+    published = run("--experiment", "fig4", "--tracking-uri", uri, "--publish", "results/fig4-cli")
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert "published results/fig4-cli" in published.stdout
+    again = run("--runs", "results/fig4-cli")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "analysis/reports/fig4-cli/summary.csv").read_text() == \
+        (tmp_path / "results/fig4-cli/summary.csv").read_text()
+    both = run("--experiment", "fig4", "--runs", "results/fig4-cli")
+    assert both.returncode == 2 and "give one of --experiment NAME" in both.stderr
+
+
+def test_the_index_and_the_readme_section_come_from_the_bundles(tmp_path):
+    results = tmp_path / "results"
+    publish("fig4", log_store(tmp_path), results / "fig4-test", "")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results: python -m analysis --index results -->\nold\n<!-- end of results -->\ntail\n")
+    write_index(results, readme)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "### `fig4-test`" in text
+    assert "| `inception` | 5 | 13.03 ± 1.60 |" in text  # BASE + 1.0 + 0.013 * seed, seeds 0-4
+    assert "Protocol: 190 epochs, all training images, 6,000 test images, CIFAR10" in text
+    assert "[`fig4-test`](fig4-test/report.md)" in (results / "README.md").read_text()
+
+
+def test_the_readme_shows_every_published_bundle_as_generated():
+    """README.md's Results section is what `python -m analysis --index results` writes."""
+    assert list(RESULTS.glob("*/provenance.json")), "results/ holds no bundle"
+    assert readme_section(RESULTS) in README.read_text()
+    for bundle in RESULTS.glob("*/provenance.json"):
+        regenerated = regenerate([bundle.parent], Path("/tmp") / f"regenerated-{bundle.parent.name}")
+        assert (regenerated / "summary.csv").read_text() == (bundle.parent / "summary.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_real_grid_publishes_and_regenerates_identically(tmp_path, cifar10_root):
+    grid = subprocess.run(
+        [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,equivalent,inception",
+         "seed=0,1", f"data.root={cifar10_root}", "data.train_subset=1000", "data.val_size=200",
+         "data.eval_size=500", *TINY, "trainer.max_epochs=1", PARALLEL],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    bundle = publish("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "results/real", "")
+    meta = json.loads((bundle / "provenance.json").read_text())
+    assert meta["training"]["machines"][0].startswith("CPU") and meta["training"]["commands"]
+    assert all("python -m hybrid_exp" in c for c in meta["training"]["commands"])
+    again = regenerate([bundle], tmp_path / "again")
+    assert (again / "summary.csv").read_text() == (bundle / "summary.csv").read_text()

@@ -9,44 +9,24 @@ there are no DataLoader workers and no per-image Python work in the training loo
 """
 import hashlib
 import logging
-import math
-import os
-import pickle
-import shutil
-import tarfile
-import tempfile
-import zipfile
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from hybrid_exp.seeding import derive_seed
+# What the dataset classes build on (old import paths: ``from hybrid_exp.data import ...``).
+from hybrid_exp.batches import Batches, crop_flip  # noqa: F401
+from hybrid_exp.conventional import AugmentedImages, conventional_loader  # noqa: F401
+from hybrid_exp.dataset_files import (  # noqa: F401
+    ARCHIVE, ARCHIVE_MD5, BATCH_MD5, BATCHES_DIR, CLASSES, FORMATS, LAYOUTS, MEAN, STD, URL, Arrays,
+    DataError, cached, channel_statistics, check_format, extract, fetch, folder_files, load_cifar10,
+    read_cifar100, read_class_folders, read_image_folder, read_pickle, read_svhn, split_arrays)
+from hybrid_exp.seeding import derive_seed  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-ARCHIVE = "cifar-10-python.tar.gz"
-ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
-BATCHES_DIR = "cifar-10-batches-py"
-BATCH_MD5 = {  # the official archive's members
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-}
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")  # official label order
-MEAN = (0.4914, 0.4822, 0.4465)  # per-channel statistics of the official training images
-STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -55,343 +35,6 @@ CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae6
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{}_32x32.mat"
 SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3",
             "extra": "a93ce644f1a588dc4d68dda5feec44a7"}
-FORMATS = ("auto", "pickle", "image_folder")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-LAYOUTS = (f"the official python batches in <root>/{BATCHES_DIR}/ (data_batch_1..5, test_batch), "
-           "or an image folder <root>/train/<class>/*.png|jpg and <root>/test/<class>/*.png|jpg")
-
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or ill-shaped data; the message says how to fix it."""
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_md5(path: Path, expected: str, fix: str) -> None:
-    actual = md5sum(path)
-    if actual != expected:
-        raise DataError(f"{path} fails its md5 check (expected {expected}, got {actual}): "
-                        f"the file is corrupt or incomplete; {fix}")
-
-
-def read_pickle(folder: Path, md5: dict[str, str] = BATCH_MD5) -> Arrays:
-    """The official python batches: each a pickled dict with b'data' (N, 3072) and b'labels'."""
-
-    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
-        path = folder / name
-        if not path.is_file():
-            raise DataError(f"{path} is missing: expected {LAYOUTS}")
-        verify_md5(path, md5[name], "delete it (and the archive) and download CIFAR-10 again")
-        with open(path, "rb") as f:  # safe to unpickle: the md5 matched the official file
-            batch = pickle.load(f, encoding="bytes")
-        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(x), np.asarray(batch[b"labels"], dtype=np.int64)
-
-    train = [read(f"data_batch_{i}") for i in range(1, 6)]
-    x_test, y_test = read("test_batch")
-    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-            x_test, y_test)
-
-
-def read_image_folder(folder: Path) -> Arrays:
-    """``train/<class>/*`` and ``test/<class>/*``; classes sort into the official label order."""
-    return (*read_class_folders(folder / "train"), *read_class_folders(folder / "test"))
-
-
-def read_class_folders(folder: Path, classes: tuple[str, ...] | None = CLASSES,
-                       size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """``<class>/*`` images of one split: (N, size, size, 3) uint8 and their labels, the index of
-    their folder in ``classes`` (CIFAR-10's by default; None: the folder names found, sorted)."""
-    from PIL import Image
-
-    def decode(path: Path) -> np.ndarray:
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise DataError(f"{path} is not a readable image ({e}); replace or delete it") from e
-        if image.shape != (size, size, 3):
-            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}, not {size}x{size}: "
-                            f"every image must be {size}x{size} RGB (data.image_size)")
-        return image
-
-    found = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
-    if classes is None:
-        if not found:
-            raise DataError(f"{folder} holds no class folders: expected {folder}/<class>/*.png|jpg")
-        classes = found
-    if found != tuple(classes):
-        missing = [c for c in classes if c not in found]
-        extra = [c for c in found if c not in classes]
-        raise DataError(f"{folder} must hold one folder per class: " + "; ".join(
-            ([f"{folder.name} lacks the class folder(s) {', '.join(missing)}"] if missing else []) +
-            ([f"it has folder(s) that are no class: {', '.join(extra)}"] if extra else [])))
-    files = [(p, label) for label, name in enumerate(classes)
-             for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
-        images = list(pool.map(decode, (p for p, _ in files), chunksize=256))
-    return np.stack(images), np.array([label for _, label in files], dtype=np.int64)
-
-
-def locate(root: Path, fmt: str) -> tuple[str, Path] | None:
-    """The (format, folder) of the dataset under ``root``, or None if absent."""
-    found = {"pickle": [root / BATCHES_DIR, root], "image_folder": [root, root / "cifar10-jpeg"]}
-    for candidate_fmt, folders in found.items():
-        if fmt not in ("auto", candidate_fmt):
-            continue
-        for folder in folders:
-            marker = folder / ("data_batch_1" if candidate_fmt == "pickle" else "train")
-            if marker.exists():
-                return candidate_fmt, folder
-    return None
-
-
-def fetch(url: str, path: Path, md5: str, name: str, layouts: str) -> None:
-    """``url`` saved as ``path`` (whole or not at all) unless it is there; md5-checked."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        log.info("downloading %s from %s to %s", name, url, path)
-        partial = path.with_name(path.name + ".part")
-        try:
-            urllib.request.urlretrieve(url, partial)
-        except OSError as e:
-            partial.unlink(missing_ok=True)
-            raise DataError(f"could not download {name} from {url} ({e}); put {path.name} in "
-                            f"{path.parent} by hand, or set data.root to a folder holding {layouts}") from e
-        partial.replace(path)
-    verify_md5(path, md5, f"delete {path} and download it again")
-
-
-def extract(archive: Path, member: str) -> None:
-    """The folder ``member`` of a tar archive, extracted beside it whole or not at all."""
-    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        shutil.rmtree(archive.parent / member, ignore_errors=True)
-        os.replace(Path(tmp) / member, archive.parent / member)
-
-
-def download(root: Path) -> None:
-    """Fetch the official CIFAR-10 archive into ``root`` (md5-checked) and extract its batches."""
-    fetch(URL, root / ARCHIVE, ARCHIVE_MD5, "CIFAR-10", LAYOUTS)
-    extract(root / ARCHIVE, BATCHES_DIR)
-
-
-def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise DataError(f"unknown data.format '{fmt}'; choose one of {', '.join(FORMATS)}")
-
-
-def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = False) -> Arrays:
-    """All 60k images as uint8 (N, 32, 32, 3) plus int64 labels, via a cache beside the data."""
-    check_format(fmt)
-    root = Path(root).expanduser().resolve()
-    found = locate(root, fmt)
-    if found is None and fmt != "auto" and (other := locate(root, "auto")):
-        raise DataError(f"data.format={fmt}, but {other[1]} holds CIFAR-10 as {other[0]}: set "
-                        f"data.format={other[0]} (or auto)")
-    if found is None and download_missing and fmt != "image_folder":
-        download(root)
-        found = locate(root, "pickle")
-    if found is None:
-        hint = "" if download_missing else ", or set data.download=true to fetch the official archive"
-        raise DataError(f"no CIFAR-10 found under {root}: expected {LAYOUTS}{hint}")
-    fmt, folder = found
-    names = list(BATCH_MD5) if fmt == "pickle" else folder_files(folder)
-    read = (lambda: read_pickle(folder)) if fmt == "pickle" else (lambda: read_image_folder(folder))
-    return split_arrays(cached(folder / f"cifar10-{fmt}-uint8.npz", folder, names,
-                               lambda: dict(zip(SPLIT_ARRAYS, read())), f"CIFAR-10 ({fmt})"))
-
-
-SPLIT_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def split_arrays(arrays: dict[str, np.ndarray]) -> Arrays:
-    return tuple(arrays[k] for k in SPLIT_ARRAYS)
-
-
-def folder_files(folder: Path) -> list[str]:
-    """The files of an image folder's two splits, relative to it."""
-    return [os.path.relpath(os.path.join(parent, name), folder)
-            for split in ("train", "test") for parent, _, files in os.walk(folder / split)
-            for name in files]
-
-
-def cached(cache: Path, folder: Path, names: list[str], read: Callable[[], dict[str, np.ndarray]],
-           what: str) -> dict[str, np.ndarray]:
-    """``read()`` (named arrays), through a cache file that holds them with the manifest of the
-    files ``names`` (relative to ``folder``) it was built from: used only while those are
-    unchanged, rebuilt when unreadable (cut short, a bad CRC)."""
-    source = manifest(folder, names)
-    if cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                if str(z["source"]) == source:
-                    return {k: z[k] for k in z.files if k != "source"}
-            log.info("the files under %s changed since %s was built; reading them again", folder, cache.name)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            log.warning("ignoring unreadable cache %s (%s); rebuilding it", cache, e)
-    log.info("decoding %s from %s", what, folder)
-    arrays = read()
-    save_atomically(cache, arrays, source)
-    return arrays
-
-
-def manifest(folder: Path, names: list[str]) -> str:
-    """A digest of the files a cache is built from (names, sizes, modification times)."""
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        try:
-            info = os.stat(folder / name)
-            digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
-        except FileNotFoundError:
-            digest.update(f"{name}:missing\n".encode())
-    return digest.hexdigest()
-
-
-def save_atomically(cache: Path, arrays: dict[str, np.ndarray], source: str) -> None:
-    """Write the cache whole or not at all, with the manifest of its source; a read-only data
-    folder just goes uncached."""
-    partial = cache.with_name(f".{cache.name}.{os.getpid()}.part")
-    try:
-        with open(partial, "wb") as f:
-            np.savez(f, source=np.array(source), **arrays)
-        os.replace(partial, cache)
-    except OSError as e:
-        partial.unlink(missing_ok=True)
-        log.warning("could not write the cache %s (%s); the next run decodes again", cache, e)
-
-
-def read_cifar100(folder: Path, labels: str) -> dict[str, np.ndarray]:
-    """The official python files ``train`` and ``test``: pickled dicts with b'data' (N, 3072)
-    and b'fine_labels' / b'coarse_labels'."""
-    arrays = {}
-    for split in ("train", "test"):
-        path = folder / split
-        verify_md5(path, CIFAR100_MD5[split], "delete it (and the archive) and download CIFAR-100 again")
-        with open(path, "rb") as f:  # safe to unpickle: the md5 matched the official file
-            batch = pickle.load(f, encoding="bytes")
-        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        arrays[f"x_{split}"] = np.ascontiguousarray(x)
-        arrays[f"y_{split}"] = np.asarray(batch[f"{labels}_labels".encode()], dtype=np.int64)
-    return arrays
-
-
-def read_svhn(path: Path, md5: str) -> tuple[np.ndarray, np.ndarray]:
-    """An official SVHN .mat file: X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0."""
-    from scipy.io import loadmat
-
-    verify_md5(path, md5, f"delete {path} and download it again")
-    mat = loadmat(path)
-    x = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2), dtype=np.uint8)
-    return x, mat["y"].ravel().astype(np.int64) % 10
-
-
-def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 (N, H, W, C) images, in [0, 1], in chunks (no float copy)."""
-    total, squares, count = 0.0, 0.0, 0
-    for chunk in np.array_split(images, max(1, len(images) // 4096)):
-        pixels = chunk.reshape(-1, chunk.shape[-1]).astype(np.float64) / 255
-        total, squares, count = total + pixels.sum(0), squares + (pixels ** 2).sum(0), count + len(pixels)
-    mean = total / count
-    return tuple(mean.tolist()), tuple(np.sqrt(squares / count - mean ** 2).tolist())
-
-
-# ---------------------------------------------------------------------------- batches
-
-
-def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4):
-    """Random crop after zero padding, and horizontal flip, for a whole batch in one gather.
-
-    x (B, H, W, C) uint8; offsets (B, 2) in [0, 2*pad] (row, column); flips (B,) bool.
-    """
-    B, H, W, _ = x.shape
-    x = F.pad(x, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, C)
-    rows = offsets[:, :1] + torch.arange(H, device=x.device)  # (B, H)
-    cols = torch.arange(W, device=x.device).expand(B, W)
-    cols = torch.where(flips[:, None], W - 1 - cols, cols) + offsets[:, 1:]  # (B, W)
-    batch = torch.arange(B, device=x.device)[:, None, None]
-    return x[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-
-
-class Batches:
-    """Minibatches of device-resident images, by index, for the M members of a fused seed array
-    (M = 1 for one run); an iterable for Lightning. Yields x (B, M*C, H, W) float, channels_last
-    in memory, member m's images in channel block m, and labels y (B, M).
-
-    ``indices`` (M, N): member m's images, as positions in ``images``. With ``augment_seeds`` (one
-    per member) it is the training stream: member m's epoch e draws its order, crops and flips
-    from ``derive_seed(augment_seeds[m], "augment", e)`` on the CPU (the same stream on any device,
-    fused or not) and moves them to the device once; partial last batches are dropped. ``epoch``:
-    the first epoch, counted up by each pass, or a function that tells the epoch as a pass
-    starts (Lightning's current epoch: right also after a resume, which creates the loader first).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-                 batch_size: int, augment_seeds: list[int] | None = None,
-                 epoch: int | Callable[[], int] = 0, mean=MEAN, std=STD, pad: int = 4,
-                 flip: bool = True):
-        self.images, self.labels, self.indices = images, labels, indices  # (N_all, H, W, C), (M, N)
-        self.batch_size, self.augment_seeds, self.epoch = batch_size, augment_seeds, epoch
-        self.pad, self.flip = pad, flip  # the dataset's: its config's pad and flip
-        members = len(indices)
-        shape = (1, members * len(mean), 1, 1)
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).repeat(members).view(shape)
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device).repeat(members).view(shape)
-
-    def __len__(self) -> int:
-        n = self.indices.shape[1]
-        return n // self.batch_size if self.augment_seeds is not None else math.ceil(n / self.batch_size)
-
-    def __iter__(self):
-        (M, n), device = self.indices.shape, self.images.device
-        train = self.augment_seeds is not None
-        if train:
-            epoch = self.epoch() if callable(self.epoch) else self.epoch
-            draws = [self.draw(seed, epoch, n, self.pad, self.flip) for seed in self.augment_seeds]
-            order, offsets, flips = (torch.stack(d).to(device) for d in zip(*draws))  # (M, n, ...)
-            if not callable(self.epoch):
-                self.epoch += 1
-        else:
-            order = torch.arange(n, device=device).expand(M, n)
-        members = torch.arange(M, device=device)[:, None]
-        for i in range(len(self)):
-            position = order[:, i * self.batch_size:(i + 1) * self.batch_size]  # (M, B)
-            idx = self.indices[members, position]  # (M, B) rows of images
-            x = self.images[idx]  # (M, B, H, W, C) uint8
-            if train:
-                x = crop_flip(x.flatten(0, 1), offsets[members, position].flatten(0, 1),
-                              flips[members, position].flatten(0, 1), self.pad).view(x.shape)
-            B, H, W = x.shape[1:4]
-            yield self.normalize(x.permute(1, 2, 3, 0, 4).reshape(B, H, W, -1)), self.labels[idx].T
-
-    @staticmethod
-    def draw(seed: int, epoch: int, n: int, pad: int = 4, flip: bool = True
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One member's epoch: (order (n,), crop offsets (n, 2), flips (n,)), on the CPU. The
-        flips are drawn also without flipping: the stream's other draws stay the same."""
-        g = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch))
-        order = torch.randperm(n, generator=g)
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
-        return order, offsets, torch.randint(0, 2, (n,), generator=g).bool() & flip
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, M*C) uint8 -> (B, M*C, H, W) float, channels_last in memory."""
-        return (x.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
-
-
-# ---------------------------------------------------------------------------- data modules
 
 
 class ResidentData(pl.LightningDataModule):
@@ -543,7 +186,7 @@ class CIFAR100(ResidentData):
             raise DataError(f"no CIFAR-100 found under {root}: expected {root / CIFAR100_DIR}/ (train, "
                             f"test) or {CIFAR100_ARCHIVE}, or set data.download=true to fetch it")
         return split_arrays(cached(folder / f"cifar100-{self.labels}-uint8.npz", folder, list(CIFAR100_MD5),
-                                   lambda: read_cifar100(folder, self.labels), "CIFAR-100"))
+                                   lambda: read_cifar100(folder, self.labels, CIFAR100_MD5), "CIFAR-100"))
 
     @classmethod
     def sizes(cls, labels: str = "fine", **data_config) -> tuple[int, int, int]:
@@ -631,38 +274,6 @@ class Synthetic(ResidentData):
         images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         labels = lambda n: rng.permutation(np.arange(n) % self.num_classes)
         return images(n_train), labels(n_train), images(self.eval_size), labels(self.eval_size)
-
-
-# ---------------------------------------------------------------------------- the conventional pipeline
-# What training scripts usually do, for comparisons (python -m hybrid_exp.bench, data=cifar10_conventional).
-
-
-class AugmentedImages(Dataset):
-    """Per-image CPU augmentation, as torchvision's transforms do it: (3, 32, 32) float."""
-
-    def __init__(self, images, labels, pad: int = 4):
-        self.images, self.labels, self.pad = images, labels, pad  # (N, H, W, C) uint8 arrays
-        self.mean = torch.tensor(MEAN).view(3, 1, 1)
-        self.std = torch.tensor(STD).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        image = torch.from_numpy(self.images[i]).permute(2, 0, 1)  # (C, H, W) uint8
-        _, h, w = image.shape
-        top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()  # torch RNG: seeded per worker
-        image = F.pad(image, (self.pad,) * 4)[:, top:top + h, left:left + w]
-        if torch.rand(()) < 0.5:
-            image = image.flip(2)
-        return (image.float() / 255 - self.mean) / self.std, int(self.labels[i])
-
-
-def conventional_loader(images, labels, batch_size: int, workers: int, pin: bool,
-                        seed: int = 0) -> DataLoader:
-    return DataLoader(AugmentedImages(images, labels), batch_size=batch_size, shuffle=True,
-                      drop_last=True, num_workers=workers, pin_memory=pin,
-                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
 
 
 class ConventionalCIFAR10(CIFAR10):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_exp import data
+from hybrid_exp import data, dataset_files
 from hybrid_exp.data import Batches, CIFAR10, DataError, crop_flip, load_cifar10
 
 
@@ -71,7 +71,7 @@ def test_missing_dataset_says_where_files_go(tmp_path):
 
 
 def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing there
+    monkeypatch.setattr(dataset_files, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing there
     with pytest.raises(DataError, match=r"could not download CIFAR-10 .* by hand"):
         load_cifar10(tmp_path, "auto", download_missing=True)
     assert not any(tmp_path.iterdir()), "no partial download may remain"
@@ -106,7 +106,7 @@ def test_cache_is_written_once_and_an_unreadable_one_is_rebuilt(tmp_path, monkey
     cache = tmp_path / "cifar-10-batches-py" / "cifar10-pickle-uint8.npz"
     np.testing.assert_array_equal(load_cifar10(tmp_path)[2], images["test_batch"])
     assert cache.is_file()
-    monkeypatch.setattr(data, "read_pickle", None)  # a second load must come from the cache
+    monkeypatch.setattr(dataset_files, "read_pickle", None)  # a second load must come from the cache
     np.testing.assert_array_equal(load_cifar10(tmp_path)[2], images["test_batch"])
     monkeypatch.undo()
     for name, digest in md5.items():

@@ -49,6 +49,37 @@ def find_run(client, experiment: str, run: str):
     return runs[0]
 
 
+def project_targets() -> set[str]:
+    """Every ``_target_`` the project's own configs name for models, units, backbones and
+    datasets: the only callables a stored config may build."""
+    import re
+    from pathlib import Path
+
+    from hybrid_exp import config_dir
+
+    found = set()
+    for group in ("model", "backbone", "data"):
+        for path in (Path(config_dir()) / group).rglob("*.yaml"):
+            found |= set(re.findall(r"^\s*_target_:\s*([\w.]+)", path.read_text(), re.MULTILINE))
+    return found
+
+
+def refuse_foreign_targets(run_id: str, node, allowed: set[str], where: str = "") -> None:
+    """A run's ``config.yaml`` is an artifact anyone who can write to the store can change:
+    building it must not call anything but the project's own classes."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and target not in allowed:
+            raise SystemExit(f"run {run_id}'s config.yaml names _target_ '{target}' at {where or 'its root'}, "
+                             f"which is none of the project's models, units or datasets: refusing to "
+                             f"build it (a stored config may not choose what code runs)")
+        for key, value in node.items():
+            refuse_foreign_targets(run_id, value, allowed, f"{where}.{key}".lstrip("."))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            refuse_foreign_targets(run_id, value, allowed, f"{where}[{i}]")
+
+
 def evaluate(run_id: str, client, split: str = "subset", image_folder: str | None = None,
              data_root: str | None = None, weights: str = "model.pt") -> dict[str, float]:
     """Loss and error (%) of the run's trained weights on ``split`` (or ``image_folder``)."""
@@ -69,6 +100,9 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as folder:
         cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+        allowed = project_targets()
+        for part in ("model", "data"):
+            refuse_foreign_targets(run_id, OmegaConf.to_container(cfg[part]), allowed, part)
         state = torch.load(client.download_artifacts(run_id, weights, folder), map_location=device,
                            weights_only=True)
     net = instantiate(cfg.model)

@@ -6,11 +6,15 @@ work as logged."""
 import re
 from pathlib import Path
 
-CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s'\"]*):[^@/\s'\"]+@")
+# scheme://user:password@host in every form a URL credential takes: the password up to the
+# first '@' on its line (slashes, quotes, spaces, percent-escapes and ':' included), and the
+# ':' written '\:' as Hydra escapes it in sweep overrides (overrides.yaml, override_dirname).
+CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s'\"\\]*)(?P<sep>\\?:)"
+                         r"(?:(?!://)[^@\n])+?@")
 
 
 def redact(text: str) -> str:
-    return CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    return CREDENTIALS.sub(r"\g<scheme>\g<user>\g<sep>***@", text)
 
 
 def redact_tree(node):

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from hybrid_exp.redact import redact_tree
+from hybrid_exp.redact import redact, redact_tree
 from hybrid_exp.schema import DEFAULTS_OUT_OF_HASH, UNHASHED_KEYS, protocol_text, short_hash
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,23 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     retries for minutes (a server restart loses nothing); at start that would only hide a typo."""
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
+    import urllib.parse
+
+    # http://user:password@host works with MLflow's client; urllib wants the host alone and
+    # the credentials as a header
+    parts = urllib.parse.urlsplit(uri)
+    host = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    request = urllib.request.Request(f"{urllib.parse.urlunsplit(host).rstrip('/')}/health")
+    if parts.username is not None:
+        login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        urllib.request.urlopen(request, timeout=timeout).close()
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
-        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({reason}): start "
-                                  f"it (docker compose up -d, see docs/tracking.md) {LOCAL_HINT}") from None
+        raise TrackingUnavailable(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(reason))}): "
+                                  f"start it (docker compose up -d, see docs/tracking.md) {LOCAL_HINT}") from None
 
 
 def get_experiment(client: MlflowClient, name: str):

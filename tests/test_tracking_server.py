@@ -471,3 +471,45 @@ def test_a_storage_password_appears_nowhere_in_runs_logs_or_saved_configs(postgr
     assert any(p.name == "overrides.yaml" for p in files)
     for path in files:  # artifacts, .hydra/*.yaml, multirun.yaml, logs, mlflow.db itself
         assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("password", ["s3cr3tMarker", "s3/cr3t", "s3'cr\"3t", "s3 cr3t", "s3%2Fcr%203t",
+                                      "s3:cr3t"])
+def test_redact_hides_every_shape_of_password_and_hydras_escaped_colon(password):
+    from hybrid_exp.redact import redact
+
+    for url, shown in [(f"postgresql://optuna:{password}@127.0.0.1:5432/db", "postgresql://optuna:***@127.0.0.1:5432/db"),
+                       (f"postgresql://optuna\\:{password}@127.0.0.1\\:5432/db", "postgresql://optuna\\:***@127.0.0.1\\:5432/db")]:
+        for text in (url, f"hydra.sweeper.storage={url}", f"- logger.tracking_uri='{url}' seed=1"):
+            redacted = redact(text)
+            assert password not in redacted and shown in redacted, (text, redacted)
+
+
+def test_a_tracking_uri_with_credentials_is_checked_at_its_host_and_never_shown(tmp_path):
+    """http://user:password@host: the health check logs in as MLflow's client would, and a
+    server that is down is named without the password."""
+    import base64
+    import http.server
+    import threading
+
+    seen = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_server(f"http://alice:s3%2Fcr3t@127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert seen == [("/health", "Basic " + base64.b64encode(b"alice:s3/cr3t").decode())]
+    with pytest.raises(TrackingUnavailable) as down:
+        check_server(f"http://alice:s3cr3tMarker@127.0.0.1:{free_port()}")
+    assert "s3cr3tMarker" not in str(down.value) and "alice:***@127.0.0.1" in str(down.value)

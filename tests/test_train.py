@@ -274,3 +274,27 @@ def test_a_non_finite_validation_or_test_metric_fails_the_run(make_cfg):
     assert run.status == "FAILED"
     error = MlflowClient(cfg.logger.tracking_uri).get_run(run.run_id).data.tags["error"]
     assert "non-finite validation metric" in error
+
+
+def test_evaluate_builds_no_callable_a_stored_config_names_but_the_projects_own(tmp_path):
+    """config.yaml is an artifact anyone who can write to the store can change: a crafted
+    _target_ is refused in one sentence, and never called."""
+    import torch
+
+    from hybrid_exp.evaluate import evaluate, project_targets
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("x", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    pwned = tmp_path / "pwned"
+    (tmp_path / "config.yaml").write_text(
+        f"seed: 0\nmodel:\n  _target_: os.mkdir\n  path: {pwned}\ndata:\n  _target_: hybrid_exp.data.CIFAR10\n")
+    torch.save({}, tmp_path / "model.pt")
+    client.log_artifact(run_id, str(tmp_path / "config.yaml"))
+    client.log_artifact(run_id, str(tmp_path / "model.pt"))
+    with pytest.raises(SystemExit, match="names _target_ 'os.mkdir' at model, which is none of the "
+                                         "project's models, units or datasets: refusing"):
+        evaluate(run_id, client)
+    assert not pwned.exists()
+    assert {"hybrid_exp.backbones.Stacked", "hybrid_exp.blocks.Separable", "hybrid_exp.data.CIFAR10",
+            "hybrid_exp.backbones.FractalNet"} <= project_targets()

@@ -66,6 +66,7 @@ def publish(experiment: str, tracking_uri: str, folder: str | Path, command: str
                                                                 command, options), indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
+        staging.chmod(0o755)  # mkdtemp's folder is private; a bundle is for readers
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

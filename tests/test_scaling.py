@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,28 @@ def test_a_run_interrupted_and_resumed_matches_the_uninterrupted_run_epoch_by_ep
             got = [(m.step, m.value) for m in sorted(client.get_metric_history(b.run_id, key), key=lambda m: m.step)]
             assert [s for s, _ in got] == [s for s, _ in expected], key  # each epoch once
             assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-5), key
+
+
+def test_a_job_waiting_for_a_slot_names_its_holder_and_how_to_run_beside_it(tmp_path, caplog):
+    import threading
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path\n"
+        "from hydra_plugins.hybrid_exp_launcher.gpus import claim\n"
+        f"claim([('cpu-0', '')], Path({str(tmp_path)!r}), 'python -m hybrid_exp model=hybrid')\n"
+        "print('held', flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    claimed = []
+    with caplog.at_level("WARNING"):
+        waiter = threading.Thread(target=lambda: claimed.append(claim([("cpu-0", "")], tmp_path, report_every=0)))
+        waiter.start()
+        deadline = time.monotonic() + 120  # a loaded machine: generous, never the assertion itself
+        while "waiting for a free slot" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        holder.kill()
+        holder.wait()
+        waiter.join(120)
+    assert f"cpu-0 by pid {holder.pid}: python -m hybrid_exp model=hybrid" in caplog.text
+    assert "hydra.launcher.lock_dir=DIR" in caplog.text
+    assert claimed, "the slot is ours once its holder is gone"
+    os.close(claimed[0][0])

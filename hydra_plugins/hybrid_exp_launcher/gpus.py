@@ -95,31 +95,54 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def claim(slots: list[tuple[str, str]], lock_dir: Path) -> tuple[int, str]:
-    """Block until one of ``slots`` is ours: (open lock file descriptor, its device).
+WAIT_REPORT_SECONDS = 180  # how often a job waiting for a slot says so
+
+
+def claim(slots: list[tuple[str, str]], lock_dir: Path, what: str = "",
+          report_every: float = WAIT_REPORT_SECONDS) -> tuple[int, str]:
+    """Block until one of ``slots`` is ours: (open lock file descriptor, its device). The lock
+    file then names its holder (pid, ``what`` it runs); while every slot is held, a line names
+    the holders every ``report_every`` seconds (at once the first time).
 
     Hand-written rather than with ``filelock``: the lock files are opened without following
     links, with mode 0600, in a directory checked to be private (``private_dir``), and held by
     the job process itself until it exits, however it exits."""
     private_dir(lock_dir)
+    reported = None
     while True:
         for name, device in slots:
             fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}: {redact(what)}"[:2000].encode(), 0)
                 return fd, device  # held until this process exits
             except BlockingIOError:
                 os.close(fd)
+        if reported is None or time.monotonic() - reported >= report_every:
+            reported = time.monotonic()
+            holders = "; ".join(f"{name} by {holder(lock_dir / f'{name}.lock')}" for name, _ in slots)
+            log.warning("waiting for a free slot: every one is held (%s). Another grid of yours "
+                        "may hold them (slots are shared by this user's grids); to run beside it, "
+                        "give this one its own with hydra.launcher.lock_dir=DIR", holders)
         time.sleep(0.5)  # every slot busy, e.g. with another grid's jobs
 
 
+def holder(lock: Path) -> str:
+    """Who holds a slot, as its lock file says."""
+    try:
+        return lock.read_text().strip() or "a process that did not say"
+    except OSError:
+        return "a process that did not say"
+
+
 def run_in_slot(idx: int, job: bytes, slots: list[tuple[str, str]], lock_dir: Path, threads: int,
-                result) -> None:
+                result, what: str = "") -> None:
     """A job's process: claim a slot, pin its GPU and threads, run the job, send its result.
 
     ``job`` is the cloudpickled (overrides, Hydra context, config, task, Hydra state), unpacked
     only once the environment is pinned: nothing can have initialised CUDA before."""
-    _, device = claim(slots, lock_dir)
+    _, device = claim(slots, lock_dir, what)
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(job)
@@ -195,7 +218,8 @@ class GPULauncher(Launcher):
                 job = cloudpickle.dumps((overrides, self.hydra_context, self.config,
                                          self.task_function, state))  # closures included
                 process = spawn.Process(target=run_in_slot, args=(
-                    idx, job, slots, self.lock_dir, threads, writer))
+                    idx, job, slots, self.lock_dir, threads, writer,
+                    "python -m hybrid_exp " + " ".join(overrides)))
                 process.start()
                 writer.close()
                 running[reader] = (idx, overrides, process)

@@ -60,8 +60,15 @@ def check_values(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]} must be given (it has no default here): add "
                           f"{missing[0]}=... to the command line")
+    if "tags" in cfg and not OmegaConf.is_list(cfg.tags):
+        raise ConfigError(f"tags must be a list of labels, tags=[{cfg.tags}] (or tags=[a,b]); "
+                          f"got {cfg.tags!r}")
+    if "rerun" in cfg and not isinstance(cfg.rerun, bool):
+        raise ConfigError(f"rerun must be true or false; got {cfg.rerun!r}")
     data, trainer, optim = cfg.data, cfg.trainer, cfg.optim
     whole(data.batch_size, "data.batch_size", 1)
+    if trainer.get("max_steps", -1) not in (-1, None):
+        whole(trainer.max_steps, "trainer.max_steps (-1: no limit)", 1)
     if "num_classes" in data:
         whole(data.num_classes, "data.num_classes", 2)
         whole(data.pad, "data.pad", 0)
@@ -93,6 +100,10 @@ def check_config(cfg: DictConfig) -> None:
         whole(data.val_size, "data.val_size", 0, n_train - 1)
         whole(data.eval_size, "data.eval_size", 1, n_test)
         whole(data.train_subset, "data.train_subset", classes, n_train - data.val_size, none_ok=True)
+        training = data.train_subset or n_train - data.val_size
+        if data.batch_size > training:  # no full batch: every epoch would train nothing
+            raise ConfigError(f"data.batch_size={data.batch_size} is larger than the {training} "
+                              f"training images: choose data.batch_size <= {training}")
     from hybrid_exp.members import build_network
 
     model = OmegaConf.to_yaml(cfg.model, resolve=True)

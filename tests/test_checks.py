@@ -19,6 +19,10 @@ from hybrid_exp.tracking import TrackingUnavailable, resolve_tracking_uri
     ("data.val_size=-1", "data.val_size must be a whole number >= 0; got -1"),
     ("optim.lr=0", r"optim.lr must be a number in \(0, inf\); got 0"),
     ("optim.momentum=1", r"optim.momentum must be a number in \[0, 1\); got 1"),
+    ("tags=notalist", r"tags must be a list of labels, tags=\[notalist\]"),
+    ("rerun=banana", "rerun must be true or false; got 'banana'"),
+    ("trainer.max_steps=0", r"trainer.max_steps \(-1: no limit\) must be a whole number >= 1; got 0"),
+    ("optim.depthwise_weight_decay=-1", r"optim.depthwise_weight_decay must be a number in \[0, inf\); got -1"),
 ])
 def test_values_out_of_range_are_one_sentence(make_cfg, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -30,6 +34,8 @@ def test_values_out_of_range_are_one_sentence(make_cfg, override, message):
     (["data.eval_size=20000"], "data.eval_size must be a whole number in 1..10000; got 20000"),
     (["data.train_subset=5"], r"data.train_subset must be a whole number in 10..45000 \(or null\); got 5"),
     (["model=grouped", "model.block.groups=7"], "groups=7 does not divide C_in=64"),
+    (["data.train_subset=100", "data.batch_size=128"],
+     "data.batch_size=128 is larger than the 100 training images: choose data.batch_size <= 100"),
 ])
 def test_sizes_and_shapes_are_checked_without_reading_data(make_cfg, overrides, message):
     cfg = make_cfg("data.root=/nonexistent", "data.download=false", *overrides)

@@ -5,6 +5,8 @@ the first starts: one sentence per mistake, naming the key, the allowed values a
 needs the code: the data split sizes against the dataset, and the network's shape (built on
 the CPU, once per model config: these networks take milliseconds).
 """
+import difflib
+import inspect
 import itertools
 import logging
 
@@ -84,11 +86,72 @@ def check_values(cfg: DictConfig) -> None:
     number(optim.warmup_epochs, "optim.warmup_epochs", 0)
 
 
+def accepted_keys(target) -> set[str] | None:
+    """The keyword arguments ``target`` (a class) takes, following ``**kwargs`` up its base
+    classes; None when it takes any."""
+    names = set()
+    for klass in getattr(target, "__mro__", (target,)):
+        init = klass.__dict__.get("__init__", klass if klass is target and not isinstance(klass, type) else None)
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return names - {"self"}
+    return None
+
+
+# Keys a component's config may hold that its target does not take: train() uses them itself.
+OWN_KEYS = {"trainer": {"channels_last", "compile", "cuda_graph"}}
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of a component (model, its block, data, optim, trainer, callbacks) is one its
+    class takes: a misspelt key (``+optim.learning_rate=0.05``) is one sentence with the
+    closest valid key, not a TypeError once the run exists."""
+    from hydra.utils import get_class
+
+    from hybrid_exp.module import Classifier
+
+    components = {"model": cfg.model, "model.block": cfg.model.get("block"), "data": cfg.data,
+                  "trainer": cfg.trainer, "optim": cfg.optim,
+                  **{f"callbacks.{name}": c for name, c in (cfg.get("callbacks") or {}).items()}}
+    for prefix, node in components.items():
+        if not isinstance(node, DictConfig):
+            continue
+        target = Classifier if prefix == "optim" else get_class(node._target_) if "_target_" in node else None
+        allowed = accepted_keys(target) if target is not None else None
+        if allowed is None:
+            continue
+        allowed |= OWN_KEYS.get(prefix, set())
+        for key in node.keys():
+            if str(key).startswith("_") or key in allowed:
+                continue
+            settings = sorted(allowed - ({"net", "members", "reporter", "cuda_graph"} if prefix == "optim" else set()))
+            close = closest(str(key), settings)
+            hint = f"did you mean {prefix}.{close}? " if close else ""
+            listed = f"(its settings: {', '.join(settings)})" if len(settings) <= 16 else \
+                f"(its settings: conf/{prefix.split('.')[0]}/)"
+            raise ConfigError(f"{prefix}.{key} is not a setting of {target.__name__}: {hint}{listed}")
+
+
+def closest(key: str, names: list[str]) -> str | None:
+    """The name ``key`` most likely meant: one it abbreviates (learning_rate: lr), else the most
+    similar."""
+    initials = "".join(word[0] for word in key.split("_") if word)
+    if len(initials) > 1 and initials in names:
+        return initials
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.4)
+    return close[0] if close else None
+
+
 def check_config(cfg: DictConfig) -> None:
-    """``check_values``, then the split sizes against the dataset and the network's shape."""
+    """``check_values``, every component's keys, then the split sizes against the dataset and
+    the network's shape."""
     from hydra.utils import get_class
 
     check_values(cfg)
+    check_keys(cfg)
     dataset = get_class(cfg.data._target_)
     sizes = dataset.sizes(**{k: v for k, v in cfg.data.items() if k != "_target_"})
     if sizes:

@@ -30,6 +30,20 @@ def test_values_out_of_range_are_one_sentence(make_cfg, override, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
+    (["+optim.learning_rate=0.05"], r"optim.learning_rate is not a setting of Classifier: did you mean optim.lr\?"),
+    (["+model.widht=32"], r"model.widht is not a setting of Stacked: did you mean model.width\?"),
+    (["model=grouped", "+model.block.group=2"], r"model.block.group is not a setting of Grouped: did you mean model.block.groups\?"),
+    (["+data.batchsize=64"], r"data.batchsize is not a setting of CIFAR10: did you mean data.batch_size\?"),
+    (["+trainer.max_epoch=3"], r"trainer.max_epoch is not a setting of Trainer: did you mean trainer.max_epochs\?"),
+    (["callbacks=early_stopping", "+callbacks.early_stopping.patiense=3"],
+     r"callbacks.early_stopping.patiense is not a setting of EarlyStopping: did you mean callbacks.early_stopping.patience\?"),
+])
+def test_a_key_no_component_takes_is_refused_with_the_closest_valid_one(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(make_cfg("data.root=/nonexistent", "data.download=false", *overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [
     (["data.val_size=50000"], "data.val_size must be a whole number in 0..49999; got 50000"),
     (["data.eval_size=20000"], "data.eval_size must be a whole number in 1..10000; got 20000"),
     (["data.train_subset=5"], r"data.train_subset must be a whole number in 10..45000 \(or null\); got 5"),

@@ -1,6 +1,7 @@
 """``python -m hybrid_exp [overrides]`` trains once; ``-m`` launches a grid (Hydra multirun)."""
 import json
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,8 +18,6 @@ from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE  # read by the
 def config_tree(cfg: DictConfig, output_dir: Path) -> None:
     """The composed config as a tree, group by group: saved beside the job's outputs
     (``config_tree.log``) and printed on a terminal."""
-    import sys
-
     from rich.console import Console
     from rich.syntax import Syntax
     from rich.tree import Tree
@@ -78,7 +77,36 @@ def task(cfg: DictConfig):
     return objective(results[0])
 
 
+def unknown_option(args: list[str]) -> str | None:
+    """One sentence for a group option that does not exist (``model=seperable``), with the
+    closest one: before Hydra, whose answer is a 30-line list (printed twice in a grid)."""
+    import difflib
+    import re
+
+    conf = Path(config_dir())
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.lstrip("+~").split("=", 1)
+        if key.startswith("hydra") or not (conf / key).is_dir() or "(" in value:
+            continue  # not one of ours, or a sweeper's search space
+        options = sorted(p.stem for p in (conf / key).glob("*.yaml"))
+        for option in re.split(r"[\[\],\s]+", value):
+            if option and option != "null" and option not in options:
+                close = difflib.get_close_matches(option, options, n=1)
+                hint = f"did you mean {key}={close[0]}? " if close else ""
+                return f"{key}={option}: no such option in conf/{key}/; {hint}(options: {', '.join(options)})"
+    return None
+
+
+def main() -> None:
+    mistake = unknown_option(sys.argv[1:])
+    if mistake:
+        sys.exit(mistake)
+    hydra_main()
+
+
 register()
 # A single run's folder: two runs started in the same second on one machine get their own.
 OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
-main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(task)
+hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(task)

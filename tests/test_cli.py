@@ -73,3 +73,15 @@ def test_help_names_the_program_its_groups_launchers_and_sweepers():
     for listed in ("debug: fdr, limit, overfit, profiler", "hydra/launcher=gpus", "slurm",
                    "hydra/sweeper=optuna", "experiment: cardinality"):
         assert listed in run.stdout, listed
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["model=seperable"], "model=seperable: no such option in conf/model/; did you mean model=separable?"),
+    (["-m", "model=separable,hybird", "seed=0,1"], "model=hybird: no such option in conf/model/; did you mean model=hybrid?"),
+    (["callbacks=[early_stoping,best_weights]"], "callbacks=early_stoping: no such option in conf/callbacks/; did you mean callbacks=early_stopping?"),
+])
+def test_a_misspelt_group_option_is_one_sentence_with_the_closest_one(tmp_path, args, expected):
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp", *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and run.stderr.strip().startswith(expected)
+    assert len(run.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())  # nothing created

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -48,6 +49,10 @@ def task(cfg: DictConfig):
         redact_files(output_dir / HydraConfig.get().output_subdir)
     config_tree(cfg, output_dir)
     status = output_dir / STATUS_FILE
+    choices = HydraConfig.get().runtime.choices
+    setup = choices["model"] if choices["model/block"] == choices["model"] else \
+        f"{choices['model']}+{choices['model/block']}"
+    start = time.monotonic()
     try:
         results = train(cfg)
     except Exception as e:
@@ -64,7 +69,7 @@ def task(cfg: DictConfig):
                 HydraConfig.get().mode == RunMode.RUN:
             raise SystemExit(str(e)) from None  # the user's mistake: one sentence, no traceback
         raise
-    status.write_text(json.dumps({"runs": [
+    status.write_text(json.dumps({"setup": setup, "seconds": time.monotonic() - start, "runs": [
         {"seed": r.seed, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,
          "error": r.error} for r in results]}))
     value = lambda metrics, key: metrics.get(key, metrics["test/error"])

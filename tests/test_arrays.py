@@ -148,6 +148,13 @@ def test_a_grid_trains_fused_then_an_unfused_relaunch_skips_every_config(tmp_pat
     assert "Launching 2 jobs" in log and "Grid summary: 8 finished, 0 skipped, 0 failed (of 8 configs)" in log
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
     assert len(runs) == 8 and (runs.status == "FINISHED").all()
+    # the ending shows what finished, where to look and how to analyse it
+    table = [line.split() for line in log.splitlines() if line.startswith("  hybrid ") or line.startswith("  separable ")]
+    assert sorted((r[0], int(r[1])) for r in table) == [(m, s) for m in ("hybrid", "separable") for s in range(4)]
+    errors = runs.set_index("run_name")["test/error"]
+    assert all(float(r[2]) == pytest.approx(errors[f"{r[0]}-seed{r[1]}"], abs=0.005) for r in table)
+    assert "#/experiments/1?workflowType=machine_learning" in log
+    assert "Analysis: python -m analysis --experiment hybrid-exp" in log
     assert sorted(runs.run_name) == sorted(f"{m}-seed{s}" for m in ("separable", "hybrid") for s in range(4))
 
     unfused = run([*grid, "hydra.launcher.fuse_seeds=false"], tmp_path)

@@ -311,14 +311,19 @@ def test_setups_are_told_apart_by_their_setup_hash_and_labelled_by_their_knobs()
     assert set(label_setups(same).setup) == {"grouped", "separable"}
 
 
-@pytest.mark.slow
-def test_command_on_a_real_grid(tmp_path, cifar10_root):
+def small_real_grid(tmp_path, cifar10_root) -> None:
+    """separable, equivalent and inception, 2 seeds, 1 epoch on real images, into tmp_path."""
     grid = subprocess.run(
         [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,equivalent,inception",
          "seed=0,1", f"data.root={cifar10_root}", "data.train_subset=1000", "data.val_size=200",
          "data.eval_size=500", *TINY, "trainer.max_epochs=1", PARALLEL],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert grid.returncode == 0, grid.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_command_on_a_real_grid(tmp_path, cifar10_root):
+    small_real_grid(tmp_path, cifar10_root)
     run = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "hybrid-exp"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -4,7 +4,6 @@ bundles' own tables."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +12,8 @@ import pytest
 from analysis import AnalysisError
 from analysis.bundle import publish, regenerate
 from analysis.results import README, readme_section, write_index
-from tests.conftest import PARALLEL, REPO, TINY
-from tests.test_analysis import BASE, PAPER_SIX, log_run, new_experiment
+from tests.conftest import REPO
+from tests.test_analysis import BASE, PAPER_SIX, log_run, new_experiment, small_real_grid
 
 RESULTS = REPO / "results"
 
@@ -101,23 +100,18 @@ def test_the_index_and_the_readme_section_come_from_the_bundles(tmp_path):
     assert "[`fig4-test`](fig4-test/report.md)" in (results / "README.md").read_text()
 
 
-def test_the_readme_shows_every_published_bundle_as_generated():
+def test_the_readme_shows_every_published_bundle_as_generated(tmp_path):
     """README.md's Results section is what `python -m analysis --index results` writes."""
     assert list(RESULTS.glob("*/provenance.json")), "results/ holds no bundle"
     assert readme_section(RESULTS) in README.read_text()
     for bundle in RESULTS.glob("*/provenance.json"):
-        regenerated = regenerate([bundle.parent], Path("/tmp") / f"regenerated-{bundle.parent.name}")
+        regenerated = regenerate([bundle.parent], tmp_path / bundle.parent.name)
         assert (regenerated / "summary.csv").read_text() == (bundle.parent / "summary.csv").read_text()
 
 
 @pytest.mark.slow
 def test_a_real_grid_publishes_and_regenerates_identically(tmp_path, cifar10_root):
-    grid = subprocess.run(
-        [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,equivalent,inception",
-         "seed=0,1", f"data.root={cifar10_root}", "data.train_subset=1000", "data.val_size=200",
-         "data.eval_size=500", *TINY, "trainer.max_epochs=1", PARALLEL],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert grid.returncode == 0, grid.stderr[-3000:]
+    small_real_grid(tmp_path, cifar10_root)
     bundle = publish("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "results/real", "")
     meta = json.loads((bundle / "provenance.json").read_text())
     assert meta["training"]["machines"][0].startswith("CPU") and meta["training"]["commands"]

@@ -7,6 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+# MLflow draws a progress bar for every artifact it downloads: one report reads hundreds
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import os
 import sys
 
 SPLITS = {"subset": "test", "full": "test_full"}  # the data module's names
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact otherwise
 
 
 def parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,14 @@ from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRu
 from hybrid_exp.members import array_key, build_network, member_config, trial_seeds  # noqa: F401
 
 log = logging.getLogger(__name__)
-# Lightning advertises its cloud logger at every start; runs here log to MLflow.
+# A quiet terminal: Lightning advertises its cloud logger and lists the accelerators it did not
+# use at every start (the run's device is in its log and its tags); MLflow announces each store
+# migration; Lightning's own pytree helper warns about a deprecation it calls itself.
+NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-    lambda record: "litlogger" not in record.getMessage())
+    lambda record: not record.getMessage().startswith(NOISE) and "litlogger" not in record.getMessage())
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).* is deprecated")
 
 
 @dataclass

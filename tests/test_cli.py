@@ -85,3 +85,21 @@ def test_a_misspelt_group_option_is_one_sentence_with_the_closest_one(tmp_path, 
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and run.stderr.strip().startswith(expected)
     assert len(run.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())  # nothing created
+
+
+def test_a_run_and_its_analysis_keep_the_terminal_quiet(tmp_path):
+    """No accelerator inventory, no store-migration lines, no deprecation of Lightning's own
+    code, no progress bar per downloaded artifact."""
+    train = subprocess.run([sys.executable, "-m", "hybrid_exp", "data=synthetic", "data.train_subset=64",
+                            "data.val_size=32", "data.eval_size=32", "model.width=8", "model.depth=1",
+                            "trainer.max_epochs=1", "data.batch_size=32"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    out = train.stdout + train.stderr
+    assert "test/error" in out
+    for noise in ("GPU available", "TPU available", "Creating initial MLflow database tables", "LeafSpec"):
+        assert noise not in out, noise
+    report = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "hybrid-exp"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]  # the baseline alone: a report all the same
+    assert "Downloading artifacts" not in report.stdout + report.stderr

@@ -26,9 +26,14 @@ def labels(frame: pd.DataFrame) -> list[str]:
     return [f"{s} ({p[:6]})" for s, p in zip(frame.setup, frame.protocol_hash)]
 
 
-def errorbars(frame: pd.DataFrame, name: str) -> np.ndarray:
-    return np.nan_to_num(np.array([frame[name] - frame[f"{name}_ci_low"],
-                                   frame[f"{name}_ci_high"] - frame[name]]).clip(min=0))
+def errorbars(frame: pd.DataFrame, name: str) -> dict:
+    """Keyword arguments for ``bar``: the 95% intervals as error bars with caps, or nothing where
+    no interval was computed (fewer than 5 seeds): no caps that look like a zero-width interval."""
+    if frame[f"{name}_ci_low"].isna().all():
+        return {}
+    return {"yerr": np.nan_to_num(np.array([frame[name] - frame[f"{name}_ci_low"],
+                                            frame[f"{name}_ci_high"] - frame[name]]).clip(min=0)),
+            "capsize": 3}
 
 
 def abs_delta(summary: pd.DataFrame, out: Path) -> tuple[Path, str]:
@@ -36,10 +41,10 @@ def abs_delta(summary: pd.DataFrame, out: Path) -> tuple[Path, str]:
     rows = summary[summary.role.isin(["setup", "control"])]
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 3, 4))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, rows.mean_delta, 0.4, yerr=errorbars(rows, "mean_delta"), capsize=3,
-           color="tab:blue", label="mean Δ (signed)")
-    ax.bar(x + 0.2, rows.mean_abs_delta, 0.4, yerr=errorbars(rows, "mean_abs_delta"), capsize=3,
-           color="tab:gray", label="mean |Δ| (paper's metric)")
+    ax.bar(x - 0.2, rows.mean_delta, 0.4, **errorbars(rows, "mean_delta"), color="tab:blue",
+           label="mean Δ (signed)")
+    ax.bar(x + 0.2, rows.mean_abs_delta, 0.4, **errorbars(rows, "mean_abs_delta"), color="tab:gray",
+           label="mean |Δ| (paper's metric)")
     if "noise_abs_delta" in summary:  # each protocol's control: E|Δ| of pure noise, sd·√(2/π)
         noise = rows.protocol_hash.map(summary.groupby("protocol_hash").noise_abs_delta.max())
         ax.hlines(noise, x - 0.05, x + 0.45, colors="black", linestyles="dashed",
@@ -153,7 +158,7 @@ def similarity(frame: pd.DataFrame, out: Path) -> tuple[Path, str]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = np.arange(len(frame))
     for ax, name, label in zip(axes, ("agreement", "kappa"), ("prediction agreement (%)", "error consistency κ")):
-        ax.bar(x, frame[name], yerr=errorbars(frame, name), capsize=3, color="tab:green")
+        ax.bar(x, frame[name], **errorbars(frame, name), color="tab:green")
         ax.set_xticks(x, labels(frame), rotation=30, ha="right")
         ax.set_ylabel(label)
     return save(fig, out, "similarity", "Functional similarity with the baseline",

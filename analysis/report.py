@@ -74,14 +74,28 @@ def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Pa
     return blocks
 
 
+def protocol_words(protocol: str) -> str:
+    """'3 epochs, 5,000 training images, 2,000 test images, CIFAR10, 32-true on cpu' from a
+    protocol's key=value text."""
+    keys = dict(item.split("=", 1) for item in protocol.split(", ") if "=" in item)
+    subset = keys.get("data.train_subset", "None")
+    train = "all training images" if subset == "None" else f"{int(subset):,} training images"
+    parts = [f"{keys.get('trainer.max_epochs', '?')} epochs", train,
+             f"{int(keys['data.eval_size']):,} test images" if "data.eval_size" in keys else None,
+             keys.get("data._target_", "").rsplit(".", 1)[-1] or None,
+             f"{keys.get('trainer.precision', '?')} on {keys.get('trainer.accelerator', '?')}"]
+    return ", ".join(p for p in parts if p)
+
+
 def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: float,
                      control: str) -> list[tuple]:
     """The tables of the runs of one protocol, with what limits them."""
     first = group.iloc[0]
     protocol = dict(item.split("=", 1) for item in first.protocol.split(", ") if "=" in item)
-    blocks = [("h2", f"Protocol {first.protocol_hash}"),
-              ("p", "Trained under: " + (", ".join(f"`{k}={v}`" for k, v in protocol.items())
-                                         or first.protocol) + f"; {int(group.n.max())} seeds at most.")]
+    blocks = [("h2", f"Protocol: {protocol_words(first.protocol)}"),
+              ("p", f"Protocol {first.protocol_hash}, trained under: " + (
+                  ", ".join(f"`{k}={v}`" for k, v in protocol.items()) or first.protocol)
+               + f"; {int(group.n.max())} seeds at most.")]
     caveats = []
     if group.n.max() < stats.MIN_N_INTERVAL:
         caveats.append(f"Fewer than {stats.MIN_N_INTERVAL} seeds per setup: no intervals, and "

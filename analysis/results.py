@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.bundle import PROVENANCE
+from analysis.report import protocol_words
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- results: python -m analysis --index results -->"
@@ -16,19 +17,6 @@ END = "<!-- end of results -->"
 
 def bundles(results: Path) -> list[Path]:
     return sorted(p.parent for p in Path(results).glob(f"*/{PROVENANCE}"))
-
-
-def protocol_words(protocol: str) -> str:
-    """'3 epochs, 5,000 training images, 2,000 test images, CIFAR10, 32-true on cpu' from a
-    protocol's key=value text."""
-    keys = dict(item.split("=", 1) for item in protocol.split(", ") if "=" in item)
-    subset = keys.get("data.train_subset", "None")
-    train = "all training images" if subset == "None" else f"{int(subset):,} training images"
-    parts = [f"{keys.get('trainer.max_epochs', '?')} epochs", train,
-             f"{int(keys['data.eval_size']):,} test images" if "data.eval_size" in keys else None,
-             keys.get("data._target_", "").rsplit(".", 1)[-1] or None,
-             f"{keys.get('trainer.precision', '?')} on {keys.get('trainer.accelerator', '?')}"]
-    return ", ".join(p for p in parts if p)
 
 
 def cost(meta: dict) -> str:

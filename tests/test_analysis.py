@@ -143,7 +143,8 @@ def test_report_lists_what_was_set_aside_and_embeds_the_figures_with_captions(st
     assert "Baseline seeds with no `equivalent` run, left out of its pairing: 3" in report
     assert "Baseline seeds with no `resnext` run, left out of its pairing: 0" in report
     assert "over 4 seeds, sd of its Δ 0.13" in report  # the control's run-to-run noise
-    assert "equivalence ±0.25 points (TOST)" in report and "Trained under: `data._target_=" in report
+    assert "equivalence ±0.25 points (TOST)" in report and "trained under: `data._target_=" in report
+    assert "## Protocol: 190 epochs, all training images, 6,000 test images, CIFAR10" in report
     sd = statistics.stdev([0.2, -0.1, 0.1, 0.0])  # the control's deltas: the powers come from them
     vs_control, t_test = stats.power_vs_control(0.25, sd, 4), stats.power_paired_t(0.25, sd, 4)
     assert (f"at 4 seeds, the signed-rank test on |Δ| − |Δ control| has {100 * vs_control:.0f}% power "
@@ -503,3 +504,14 @@ def test_the_cardinality_continuum_gets_one_trend_test_over_log2_channels_per_gr
     assert trend.levels == "1 2 4 8 16" and trend.n_seeds == 6
     assert trend.mean_slope == pytest.approx(0.3)
     assert "Trend over channels per group" in (out / "report.md").read_text()
+
+
+def test_figures_draw_no_error_bars_where_no_interval_was_computed():
+    from analysis.figures import errorbars
+
+    few = pd.DataFrame({"mean_delta": [1.0, 2.0], "mean_delta_ci_low": [np.nan, np.nan],
+                        "mean_delta_ci_high": [np.nan, np.nan]})
+    assert errorbars(few, "mean_delta") == {}  # fewer than 5 seeds: no caps at all
+    enough = few.assign(mean_delta_ci_low=[0.5, 1.0], mean_delta_ci_high=[1.5, 2.5])
+    bars = errorbars(enough, "mean_delta")
+    assert bars["capsize"] == 3 and bars["yerr"].tolist() == [[0.5, 1.0], [0.5, 0.5]]

@@ -44,7 +44,7 @@ def test_fig4_preset_runs_the_six_setups_and_the_controls_into_its_own_experimen
     runs = load_runs("fig4", f"sqlite:///{tmp_path}/mlflow.db")
     assert sorted(runs.model) == sorted(FIG4)
     assert (runs.status == "FINISHED").all()
-    assert runs.config_hash.nunique() == 10  # ten distinct setups, all on the paper's protocol
+    assert runs.config_hash.nunique() == 11  # eleven distinct setups, all on the paper's protocol
     assert set(runs.block) == set(runs.model)
 
 

@@ -38,9 +38,8 @@ class EpochBar(RichProgressBar):
         return f"{description:{len(self.validation_description)}}"  # no flicker beside it
 
     def get_metrics(self, trainer, pl_module) -> dict[str, str]:
-        alive = [m for m in range(pl_module.members) if m not in pl_module.failures] or [0]
         shown = ("train/loss", "train/error", "val/loss", "val/error")
-        return {k: f"{v:.4g}" for k, v in pl_module.metrics[alive[0]].items() if k in shown}
+        return {k: f"{v:.4g}" for k, v in pl_module.metrics[pl_module.living_members()[0]].items() if k in shown}
 
     # While the bar is live, rich prints what goes to sys.stdout/sys.stderr above it; logging
     # handlers keep the streams they were made with and would write over the bar: point the

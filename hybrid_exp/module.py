@@ -239,9 +239,13 @@ class Classifier(pl.LightningModule):
         self.fail_diverged_training()  # validation runs before the epoch's end: say why first
         self.fail_non_finite(self.val_metrics, "validation")
         self.report(self.val_metrics)
-        alive = [m for m in range(self.members) if m not in self.failures] or [0]
+        alive = self.living_members()
         self.log_dict({k: sum(self.val_metrics[m][k] for m in alive) / len(alive)  # for callbacks
                        for k in ("val/loss", "val/error")})
+
+    def living_members(self) -> list[int]:
+        """The members that have not failed ([0] once all have: something to show and log)."""
+        return [m for m in range(self.members) if m not in self.failures] or [0]
 
     def fail_diverged_training(self) -> None:
         """Fail each member whose training loss went non-finite this epoch."""
@@ -260,7 +264,7 @@ class Classifier(pl.LightningModule):
         common = {"lr": self.lr_now.item(), "epoch_seconds": seconds,
                   "images_per_second": images / seconds}  # per member
         self.report([{**train, **common} for train in self.summarize("train")])
-        alive = next(m for m in range(self.members) if m not in self.failures)
+        alive = self.living_members()[0]
         log.info("epoch %d/%d  %s", self.current_epoch + 1, self.trainer.max_epochs, "  ".join(
             f"{k} {v:.4g}" for k, v in self.metrics[alive].items()) + (
             f"  (member {alive} of {self.members})" if self.members > 1 else ""))

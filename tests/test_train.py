@@ -244,6 +244,9 @@ def test_log_lines_print_above_the_live_bar_not_over_it():
     class Model(BoringModel):
         members, failures, metrics = 1, {}, [{}]
 
+        def living_members(self):
+            return [0]
+
     class LogsMidEpoch(pl.Callback):
         def on_train_batch_end(self, *args):
             logging.getLogger("hybrid_exp").warning("a line during training")

@@ -1,13 +1,11 @@
 """Fused seed arrays in a grid: jobs whose overrides differ only in ``seed=`` become one job with
 ``seed=[s1,s2,...]`` (trained as one network, hybrid_exp.fusion), and its result is split back
 into one JobReturn per original job, so sweepers and the grid summary still see every config."""
-import json
-from pathlib import Path
 from typing import Callable, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE
+from hydra_plugins.hybrid_exp_launcher.summary import status_file
 
 
 def seed_of(overrides: Sequence[str]) -> str | None:
@@ -61,9 +59,7 @@ def split(job: JobReturn, members: Sequence[Sequence[str]]) -> list[JobReturn]:
     its own outcome (the array's list of objectives is one value per member)."""
     if len(members) == 1:
         return [job]
-    output_dir = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
-    status = Path(output_dir or "/nonexistent") / STATUS_FILE
-    runs = json.loads(status.read_text()).get("runs") if status.is_file() else None
+    runs = status_file(job).get("runs")
     returns = []
     for i, overrides in enumerate(members):
         member = JobReturn(overrides=list(overrides), cfg=job.cfg, hydra_cfg=job.hydra_cfg,

@@ -12,14 +12,19 @@ log = logging.getLogger(__name__)
 STATUS_FILE = "job_status.json"  # written by hybrid_exp.cli.task into each job's output dir
 
 
+def status_file(job: JobReturn) -> dict:
+    """What the job's task recorded (``job_status.json`` in its output folder), {} if nothing."""
+    output_dir = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
+    status = Path(output_dir or "/nonexistent") / STATUS_FILE
+    return json.loads(status.read_text()) if status.is_file() else {}
+
+
 def recorded(job: JobReturn) -> tuple[dict, dict]:
     """(the job's status file, this config's entry in it): an array job's file holds one entry
     per seed, the job's ``seed=`` override picks it; ({}, {}) when there is none."""
-    output_dir = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
-    status = Path(output_dir or "/nonexistent") / STATUS_FILE
-    if not status.is_file():
+    whole = status_file(job)
+    if not whole:
         return {}, {}
-    whole = json.loads(status.read_text())
     if "runs" not in whole:
         return whole, whole
     seed = next((o.removeprefix("seed=") for o in job.overrides or [] if o.startswith("seed=")), None)

@@ -176,7 +176,7 @@ class FractalNet(nn.Module):
                              f"must have one entry per block; got columns={columns}, "
                              f"{len(widths)} widths, {len(dropout)} dropout rates")
         self.columns, self.local_drop, self.global_fraction = columns, local_drop, global_fraction
-        self.dropout = any(p > 0 for p in dropout)
+        self.has_dropout = any(p > 0 for p in dropout)
         c_ins = (3, *widths[:-1])
         entries = [Standard if dense_stem else block] + [block] * (len(widths) - 1)
         self.blocks = nn.ModuleList(FractalBlock(block, c_in, c_out, columns, p, entry)
@@ -191,7 +191,7 @@ class FractalNet(nn.Module):
         paths = DropPath(self.columns, self.global_fraction, self.local_drop, self.members)
         if self.training:
             generators = None
-            if self.dropout:  # torch's generators, seeded on the host
+            if self.has_dropout:  # torch's generators, seeded on the host
                 step = int(self.step)
                 generators = [torch.Generator(x.device).manual_seed(derive_seed(seed, step, "dropout"))
                               for seed in self.noise_seed.tolist()]
@@ -207,7 +207,7 @@ class FractalNet(nn.Module):
     def cuda_graph_blocker(self) -> str | None:
         """Why a CUDA graph cannot capture this network's training step (None: it can)."""
         return ("FractalNet seeds its dropout on the host every step (model.dropout all 0 "
-                "allows a graph)" if self.dropout else None)
+                "allows a graph)" if self.has_dropout else None)
 
     def get_extra_state(self) -> torch.Tensor:  # (M, 2): each member's noise seed and step
         return torch.stack([self.noise_seed, self.step.expand(len(self.noise_seed))], 1).cpu()

@@ -49,9 +49,9 @@ def task(cfg: DictConfig):
         redact_files(output_dir / HydraConfig.get().output_subdir)
     config_tree(cfg, output_dir)
     status = output_dir / STATUS_FILE
-    choices = HydraConfig.get().runtime.choices
-    setup = choices["model"] if choices["model/block"] == choices["model"] else \
-        f"{choices['model']}+{choices['model/block']}"
+    from hybrid_exp.members import setup_name
+
+    setup = setup_name(HydraConfig.get().runtime.choices)
     start = time.monotonic()
     try:
         results = train(cfg)

@@ -36,3 +36,10 @@ def build_network(cfg: DictConfig) -> nn.Module:
     seed alone)."""
     torch.manual_seed(derive_seed(cfg.seed, "init", OmegaConf.to_yaml(cfg.model, resolve=True)))
     return instantiate(cfg.model)
+
+
+def setup_name(choices) -> str:
+    """A setup's name from Hydra's choices: the model preset, or ``<model>+<block>`` when its
+    unit (``model/block``) is not the preset's namesake (``fractalnet+separable``)."""
+    model, block = choices["model"], choices["model/block"]
+    return model if block == model else f"{model}+{block}"

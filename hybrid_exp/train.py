@@ -27,7 +27,7 @@ from hybrid_exp.redact import redact
 from hybrid_exp.module import Classifier, complexity, prepare_network, resolve_precision, trains_on_gpu
 # the callbacks and the members' helpers moved out; importable from here as before
 from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRuns, OptunaPruning  # noqa: F401
-from hybrid_exp.members import array_key, build_network, member_config, trial_seeds  # noqa: F401
+from hybrid_exp.members import array_key, build_network, member_config, setup_name, trial_seeds  # noqa: F401
 
 log = logging.getLogger(__name__)
 # A quiet terminal: Lightning advertises its cloud logger and lists the accelerators it did not
@@ -130,8 +130,7 @@ def train(cfg: DictConfig) -> list[Result]:
     nets = {member.seed: build_network(member) for member in members}  # a bad shape stops here
     fingerprint = instantiate(cfg.data).data_fingerprint()  # read before any store or run exists
     client, experiment_id = tracking.connect(cfg.logger)
-    model, block = choices["model"], choices["model/block"]
-    setup = model if block == model else f"{model}+{block}"
+    model, block, setup = choices["model"], choices["model/block"], setup_name(choices)
     results, todo = {}, []
     for member in members:
         done = None if cfg.rerun else tracking.finished_run(client, experiment_id,

@@ -1,9 +1,11 @@
 """Every config is checked before data is read or a run is created, a grid's every job before
 the first starts: one sentence per mistake, naming the key, the allowed values and the value.
 
-``check_values`` (types and ranges, no heavy import) runs first; ``check_config`` adds what
-needs the code: the data split sizes against the dataset, and the network's shape (built on
-the CPU, once per model config: these networks take milliseconds).
+``check_values`` (types and ranges, no heavy import) runs first; ``check_code`` adds what
+needs the code: every component's keys, the data split sizes against the dataset, and the
+network's shape (built on the CPU, once per model config: these networks take milliseconds).
+``check_config`` is both, once per config and process: a run's callback and ``train()`` both
+ask (a grid's callback checks every job stage by stage; each job, in its own process, once).
 """
 import difflib
 import inspect
@@ -145,12 +147,24 @@ def closest(key: str, names: list[str]) -> str | None:
     return close[0] if close else None
 
 
+def config_text(cfg: DictConfig) -> str:
+    """A config as given (unresolved, without Hydra's own node): what was checked."""
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]))
+
+
 def check_config(cfg: DictConfig) -> None:
-    """``check_values``, every component's keys, then the split sizes against the dataset and
-    the network's shape."""
+    """``check_values`` then ``check_code``, unless this config already passed them."""
+    text = config_text(cfg)
+    if text not in _checked:
+        check_values(cfg)
+        check_code(cfg)
+        _checked.add(text)
+
+
+def check_code(cfg: DictConfig) -> None:
+    """Every component's keys, the split sizes against the dataset and the network's shape."""
     from hydra.utils import get_class
 
-    check_values(cfg)
     check_keys(cfg)
     dataset = get_class(cfg.data._target_)
     sizes = dataset.sizes(**{k: v for k, v in cfg.data.items() if k != "_target_"})
@@ -181,6 +195,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 _built: set[str] = set()  # model configs whose network was built
+_checked: set[str] = set()  # configs (their text) that passed every check
 
 
 def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:

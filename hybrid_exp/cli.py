@@ -51,7 +51,7 @@ def task(cfg: DictConfig):
     status = output_dir / STATUS_FILE
     from hybrid_exp.members import setup_name
 
-    setup = setup_name(HydraConfig.get().runtime.choices)
+    setup = setup_name(cfg)
     start = time.monotonic()
     try:
         results = train(cfg)

@@ -32,6 +32,22 @@ CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CIFAR100_DIR = "cifar-100-python"
 CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
+# The label names, in label order (the official meta file's: alphabetical).
+CIFAR100_CLASSES = {"fine": tuple("""
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch
+    crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
+    keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain
+    mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain
+    plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
+    skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
+    television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm
+""".split()), "coarse": tuple("""
+    aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices
+    household_furniture insects large_carnivores large_man-made_outdoor_things
+    large_natural_outdoor_scenes large_omnivores_and_herbivores medium_mammals
+    non-insect_invertebrates people reptiles small_mammals trees vehicles_1 vehicles_2
+""".split())}
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{}_32x32.mat"
 SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3",
             "extra": "a93ce644f1a588dc4d68dda5feec44a7"}
@@ -58,6 +74,8 @@ class ResidentData(pl.LightningDataModule):
         self.batch_size, self.val_size, self.eval_size = batch_size, val_size, eval_size
         self.eval_seed, self.train_subset, self.seeds = eval_seed, train_subset, list(seeds)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    classes: tuple[str, ...] | None = None  # label i's name (an image folder's: known once loaded)
 
     def load(self) -> Arrays:
         raise NotImplementedError
@@ -149,6 +167,8 @@ class ResidentData(pl.LightningDataModule):
 class CIFAR10(ResidentData):
     """CIFAR-10 from ``root``: official python batches or an image folder (``format``)."""
 
+    classes = CLASSES
+
     def __init__(self, root: str = "data/cifar10", format: str = "auto", download: bool = True,
                  **split_args):
         super().__init__(**split_args)
@@ -173,6 +193,7 @@ class CIFAR100(ResidentData):
         if labels not in ("fine", "coarse"):
             raise DataError(f"data.labels must be fine or coarse; got {labels!r}")
         self.root, self.download, self.labels = root, download, labels
+        self.classes = CIFAR100_CLASSES[labels]
 
     def load(self) -> Arrays:
         root = Path(self.root).expanduser().resolve()
@@ -199,6 +220,7 @@ class SVHN(ResidentData):
     if allowed; label 10 is the digit 0."""
 
     SIZES = {"train": 73257, "test": 26032, "extra": 531131}
+    classes = tuple("0123456789")
 
     def __init__(self, root: str = "data/svhn", download: bool = True, extra: bool = False, **split_args):
         super().__init__(**split_args)
@@ -237,7 +259,7 @@ class ImageFolder(ResidentData):
 
     def __init__(self, root: str, image_size: int = 32, **split_args):
         super().__init__(**split_args)
-        self.root, self.image_size, self.classes = root, image_size, None
+        self.root, self.image_size = root, image_size
 
     def load(self) -> Arrays:
         root = Path(self.root).expanduser().resolve()
@@ -259,7 +281,7 @@ class ImageFolder(ResidentData):
 
         arrays = cached(root / f"image_folder-{self.image_size}-uint8.npz", root, folder_files(root), read,
                         "the image folder")
-        self.classes = [str(c) for c in arrays["classes"]]
+        self.classes = tuple(str(c) for c in arrays["classes"])
         self.mean = self.mean or tuple(arrays["mean"].tolist())
         self.std = self.std or tuple(arrays["std"].tolist())
         return split_arrays(arrays)
@@ -267,6 +289,10 @@ class ImageFolder(ResidentData):
 
 class Synthetic(ResidentData):
     """Random CIFAR-shaped images with balanced random labels: plumbing tests only."""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(map(str, range(self.num_classes)))
 
     def load(self) -> Arrays:
         rng = np.random.default_rng(0)

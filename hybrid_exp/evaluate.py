@@ -91,7 +91,7 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from hybrid_exp.data import CIFAR10, CLASSES, Batches, read_class_folders
+    from hybrid_exp.data import Batches, read_class_folders
     from hybrid_exp.module import Classifier
 
     if weights not in {a.path for a in client.list_artifacts(run_id)}:
@@ -114,8 +114,7 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
     if image_folder or data.mean is None:  # an image folder's statistics come with its data
         data.setup()
     if image_folder:  # the training data's classes, in its label order
-        classes = getattr(data, "classes", None) or (CLASSES if isinstance(data, CIFAR10) else None)
-        x, y = read_class_folders(Path(image_folder), classes, size=data.splits["train"][0].shape[1])
+        x, y = read_class_folders(Path(image_folder), data.classes, size=data.splits["train"][0].shape[1])
         split_name = "image_folder"
         images, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         rows = torch.arange(len(x), device=device)[None]

@@ -11,19 +11,18 @@ class CheckConfigs(Callback):
     run's before Hydra creates its output folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import ConfigError, check_config, check_values
+        from hybrid_exp.checks import ConfigError, check_config
 
         try:
-            check_values(config)  # quick: before the heavy imports of the second stage
             check_config(config)
         except ConfigError as e:
             raise SystemExit(str(e)) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import ConfigError, check_config, check_values, grid_configs
+        from hybrid_exp.checks import ConfigError, check_code, check_values, grid_configs
 
         jobs = grid_configs(config)
-        for stage in (check_values, check_config):  # the quick checks first, for all jobs
+        for stage in (check_values, check_code):  # the quick checks first, for all jobs
             for overrides, cfg in jobs:
                 try:
                     stage(cfg)

@@ -38,8 +38,8 @@ def build_network(cfg: DictConfig) -> nn.Module:
     return instantiate(cfg.model)
 
 
-def setup_name(choices) -> str:
-    """A setup's name from Hydra's choices: the model preset, or ``<model>+<block>`` when its
-    unit (``model/block``) is not the preset's namesake (``fractalnet+separable``)."""
-    model, block = choices["model"], choices["model/block"]
+def setup_name(cfg: DictConfig) -> str:
+    """A setup's name from the config's ``names``: the model preset, or ``<model>+<block>`` when
+    its unit (``model/block``) is not the preset's namesake (``fractalnet+separable``)."""
+    model, block = cfg.names.model, cfg.names.block
     return model if block == model else f"{model}+{block}"

@@ -10,7 +10,7 @@ import hashlib
 
 # Keys that say where things are, or how they are logged, launched or executed: not what is
 # trained (precision stays hashed, resolved: bf16 and fp32 runs are different experiments).
-UNHASHED_KEYS = ("logger", "tags", "grid", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
+UNHASHED_KEYS = ("names", "logger", "tags", "grid", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
                  "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
                  "trainer.cuda_graph", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                  "trainer.log_every_n_steps", "trainer.profiler", "trainer.default_root_dir",

@@ -32,12 +32,14 @@ from hybrid_exp.members import array_key, build_network, member_config, setup_na
 log = logging.getLogger(__name__)
 # A quiet terminal: Lightning advertises its cloud logger and lists the accelerators it did not
 # use at every start (the run's device is in its log and its tags); MLflow announces each store
-# migration; Lightning's own pytree helper warns about a deprecation it calls itself.
+# migration; Lightning's own pytree helper warns about a deprecation it calls itself, and, where
+# SLURM is installed, that a job not started by srun is not one (it knows: SLURM_JOB_ID is unset).
 NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith(NOISE) and "litlogger" not in record.getMessage())
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).* is deprecated")
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 @dataclass
@@ -115,11 +117,10 @@ def train(cfg: DictConfig) -> list[Result]:
     the others join the array. An interrupted run or array resumes from its last checkpoint
     into the same MLflow runs.
 
-    Names come from Hydra's choices: ``model`` (the preset) and ``block`` (``model/block``); the
-    ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
+    Names come from ``names`` (Hydra's choices of ``model``, the preset, and ``model/block``);
+    the ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
     """
     check_config(cfg)  # a mistake stops here, in one sentence: before the data and the store
-    choices = HydraConfig.get().runtime.choices
     seeds = trial_seeds(cfg)
     if len(seeds) > 1 and str(cfg.trainer.precision) in ("16-mixed", "16"):
         raise ValueError("trainer.precision=16-mixed cannot train a fused seed array (its loss "
@@ -130,7 +131,7 @@ def train(cfg: DictConfig) -> list[Result]:
     nets = {member.seed: build_network(member) for member in members}  # a bad shape stops here
     fingerprint = instantiate(cfg.data).data_fingerprint()  # read before any store or run exists
     client, experiment_id = tracking.connect(cfg.logger)
-    model, block, setup = choices["model"], choices["model/block"], setup_name(choices)
+    model, block, setup = cfg.names.model, cfg.names.block, setup_name(cfg)
     results, todo = {}, []
     for member in members:
         done = None if cfg.rerun else tracking.finished_run(client, experiment_id,
@@ -157,7 +158,9 @@ def train(cfg: DictConfig) -> list[Result]:
 def train_array(members: list[DictConfig], nets: list[nn.Module], client, experiment_id: str,
                 setup: str, model: str, block: str, fingerprint: str) -> list[Result]:
     """Train ``members`` (configs that differ in their seed alone), whose networks are ``nets``,
-    as one network, on the data whose digest is ``fingerprint``."""
+    as one network, on the data whose digest is ``fingerprint``: find where an interrupted
+    attempt stopped, open (or reopen) a run per member, fit and test, store each member's
+    evidence, and say how each member ended."""
     cfg, M = members[0], len(members)
     size = complexity(nets[0])  # of one member, before compiling: counted on the plain network
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -166,35 +169,13 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
     cuda_graph = trainer_args.pop("cuda_graph") and graph_applies(nets[0], trainer_args["accelerator"])
     data = instantiate(cfg.data, seeds=[member.seed for member in members])
-    tags = {"model": model, "block": block, "backbone": type(nets[0]).__name__.lower(),
-            "machine": machine(trainer_args["accelerator"]), "torch": torch.__version__,
-            "command": launch_command(),
-            "precision": trainer_args["precision"], "setup": setup, "data_fingerprint": fingerprint,
-            **({"tags": ", ".join(map(str, cfg.tags))} if cfg.get("tags") else {})}
     name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
-    if M > 1:
-        tags["array"] = f"{M} seeds fused: {' '.join(str(m.seed) for m in members)}"
     trial = optuna_trial(cfg)
-    prunable = trial is not None and len(trial.study.directions) == 1  # Optuna: one objective
-    if trial:
-        tags.update({"optuna.study_name": trial.study.study_name, "optuna.trial_number": str(trial.number)})
-        if cfg.optuna.parent_run_id:
-            tags["mlflow.parentRunId"] = cfg.optuna.parent_run_id  # nested under the study's run
-
+    tags = run_tags(members, nets[0], trainer_args, setup, model, block, fingerprint, trial)
     log.info("%s: CUDA_VISIBLE_DEVICES=%r", name, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    hashes = [tracking.config_hash(member) for member in members]
-    checkpoints = Path(cfg.checkpoint_dir).expanduser().resolve() / array_key(hashes)
-    resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
-    if resume and any(retrying(client.get_run, r).data.tags.get("data_fingerprint", fingerprint)
-                      != fingerprint for r in resume):
-        log.info("%s: the interrupted runs in %s trained on other data; starting afresh", name, checkpoints)
-        resume = None
-    last = checkpoints / "last.ckpt"
-    # the epoch (0-based, = MLflow step) after the checkpointed one: where training picks up
-    start = None
-    if resume and last.is_file():
-        epoch = checkpoint_epoch(last, client, resume)
-        start, resume = (epoch + 1, resume) if epoch is not None else (None, None)
+    checkpoints = (Path(cfg.checkpoint_dir).expanduser().resolve()
+                   / array_key([tracking.config_hash(member) for member in members]))
+    resume, start = resume_point(cfg, client, checkpoints, fingerprint, name)
     checkpoints.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         runs = []
@@ -213,25 +194,11 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
                      " ".join(run_ids), start)
             for run in filter(None, runs):
                 retrying(client.set_tag, run.run_id, "resumed_from_epoch", str(start))
-        tty = sys.stdout.isatty()  # a live bar on a terminal; else one log line per epoch
-        # on SLURM, submitit requeues a preempted or timed-out job: Lightning must not as well
-        slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
-        trainer = instantiate(
-            trainer_args, logger=False, enable_progress_bar=tty,
-            callbacks=[LastCheckpoint(checkpoints), *([EpochBar()] if tty else []),
-                       *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None),
-                       *([OptunaPruning(trial)] if prunable else [])], **slurm)
-        trainer.fit(module, datamodule=data, ckpt_path=last if start is not None else None,
+        trainer = make_trainer(cfg, trainer_args, checkpoints, trial)
+        trainer.fit(module, datamodule=data, ckpt_path=checkpoints / "last.ckpt" if start is not None else None,
                     weights_only=True)
         trainer.test(module, datamodule=data, verbose=False, weights_only=True)
-        logits = module.test_logits()  # (N, M, K): per-image evidence beside the error rate
-        state = net.state_dict()
-        for m, run in enumerate(runs):
-            if run and m not in module.failures:
-                run.log_predictions(*data.test_indices(), logits[:, m])
-                run.log_weights(member_state(state, m, M) if M > 1 else state)
-                for best in (c for c in trainer.callbacks if isinstance(c, BestWeights)):
-                    best.store(m, run)
+        store_evidence(module, net, data, runs, trainer.callbacks)
     results = []
     for m, member in enumerate(members):
         if m in module.failures:
@@ -240,3 +207,64 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
             results.append(Result(member.seed, "finished", module.metrics[m], run_ids[m]))
             log.info("%s-seed%s: test/error %.2f%%", setup, member.seed, module.metrics[m]["test/error"])
     return results
+
+
+def run_tags(members: list[DictConfig], net: nn.Module, trainer_args: dict, setup: str, model: str,
+             block: str, fingerprint: str, trial: optuna.Trial | None) -> dict[str, str]:
+    """The tags every member's run carries (``schema.TAGS``; the seed is added per run)."""
+    cfg = members[0]
+    tags = {"model": model, "block": block, "backbone": type(net).__name__.lower(),
+            "machine": machine(trainer_args["accelerator"]), "torch": torch.__version__,
+            "command": launch_command(),
+            "precision": trainer_args["precision"], "setup": setup, "data_fingerprint": fingerprint,
+            **({"tags": ", ".join(map(str, cfg.tags))} if cfg.get("tags") else {})}
+    if len(members) > 1:
+        tags["array"] = f"{len(members)} seeds fused: {' '.join(str(m.seed) for m in members)}"
+    if trial:
+        tags.update({"optuna.study_name": trial.study.study_name, "optuna.trial_number": str(trial.number)})
+        if cfg.optuna.parent_run_id:
+            tags["mlflow.parentRunId"] = cfg.optuna.parent_run_id  # nested under the study's run
+    return tags
+
+
+def resume_point(cfg: DictConfig, client, checkpoints: Path, fingerprint: str,
+                 name: str) -> tuple[list[str] | None, int | None]:
+    """(the interrupted runs to reopen, the epoch to pick up at: 0-based, = the MLflow step,
+    the one after the checkpointed one), or (None, None) to start afresh: ``rerun``, no
+    interrupted runs, runs that trained on other data, or an unreadable checkpoint."""
+    resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
+    if resume and any(retrying(client.get_run, r).data.tags.get("data_fingerprint", fingerprint)
+                      != fingerprint for r in resume):
+        log.info("%s: the interrupted runs in %s trained on other data; starting afresh", name, checkpoints)
+        resume = None
+    last = checkpoints / "last.ckpt"
+    if not (resume and last.is_file()):
+        return resume, None
+    epoch = checkpoint_epoch(last, client, resume)
+    return (resume, epoch + 1) if epoch is not None else (None, None)
+
+
+def make_trainer(cfg: DictConfig, trainer_args: dict, checkpoints: Path, trial: optuna.Trial | None):
+    """The Lightning trainer: checkpoints every epoch, a live bar on a terminal (else one log
+    line per epoch), the config's callbacks, and Optuna's pruning for a one-objective study."""
+    tty = sys.stdout.isatty()
+    prunable = trial is not None and len(trial.study.directions) == 1
+    # on SLURM, submitit requeues a preempted or timed-out job: Lightning must not as well
+    slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if "SLURM_JOB_ID" in os.environ else {}
+    return instantiate(
+        trainer_args, logger=False, enable_progress_bar=tty,
+        callbacks=[LastCheckpoint(checkpoints), *([EpochBar()] if tty else []),
+                   *(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None),
+                   *([OptunaPruning(trial)] if prunable else [])], **slurm)
+
+
+def store_evidence(module: Classifier, net: nn.Module, data, runs: list, callbacks: list) -> None:
+    """Each finished member's per-image test logits, final weights and best weights, in its run."""
+    logits = module.test_logits()  # (N, M, K): per-image evidence beside the error rate
+    state, M = net.state_dict(), len(runs)
+    for m, run in enumerate(runs):
+        if run and m not in module.failures:
+            run.log_predictions(*data.test_indices(), logits[:, m])
+            run.log_weights(member_state(state, m, M) if M > 1 else state)
+            for best in (c for c in callbacks if isinstance(c, BestWeights)):
+                best.store(m, run)

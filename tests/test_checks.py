@@ -114,3 +114,17 @@ def test_an_unwritable_store_folder_is_named(tmp_path, monkeypatch):
     with pytest.raises(TrackingUnavailable, match=rf"{tmp_path} is not writable, and the tracking "
                        r"store mlflow.db needs it: choose a writable place"):
         resolve_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_a_run_is_checked_once_though_its_callback_and_train_both_ask(make_cfg, monkeypatch):
+    from hybrid_exp import checks
+
+    calls = []
+    monkeypatch.setattr(checks, "check_values", lambda cfg: calls.append("values"))
+    monkeypatch.setattr(checks, "check_code", lambda cfg: calls.append("code"))
+    cfg = make_cfg("data=synthetic", "seed=3")
+    checks.check_config(cfg)
+    checks.check_config(cfg.copy())  # train()'s copy of the same config
+    assert calls == ["values", "code"]
+    checks.check_config(make_cfg("data=synthetic", "seed=4"))  # another config: checked
+    assert calls == ["values", "code"] * 2

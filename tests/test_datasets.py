@@ -133,13 +133,26 @@ def test_any_image_folder_is_a_dataset_with_its_classes_and_statistics(make_cfg,
     folder = instantiate(cfg.data, seeds=[0])
     x_train, y_train, x_test, y_test = folder.load()
     assert x_train.shape == (50000, 32, 32, 3) and x_test.shape == (10000, 32, 32, 3)
-    assert folder.classes == list(data.CLASSES)  # the folder names, sorted
+    assert folder.classes == data.CLASSES  # the folder names, sorted
     np.testing.assert_allclose(folder.mean, data.MEAN, atol=0.002)  # computed once, cached
     np.testing.assert_allclose(folder.std, data.STD, atol=0.002)
     wrong = instantiate(make_cfg("data=image_folder", f"data.root={cifar10_root}",
                                  "data.num_classes=12").data, seeds=[0])
     with pytest.raises(DataError, match=r"data.num_classes=12, but .*train has 10 class folders"):
         wrong.load()
+
+
+@pytest.mark.parametrize("option, overrides", [
+    ("cifar10", []), ("cifar10_conventional", []), ("cifar100", []), ("cifar100", ["data.labels=coarse"]),
+    ("svhn", []), ("synthetic", []), ("synthetic", ["data.num_classes=3"])])
+def test_every_dataset_names_its_classes_in_label_order(make_cfg, option, overrides):
+    cfg = make_cfg(f"data={option}", *overrides)
+    dataset = instantiate(cfg.data, seeds=[0])
+    n_classes = type(dataset).sizes(**{k: v for k, v in cfg.data.items() if k != "_target_"})
+    assert len(dataset.classes) == (n_classes[2] if n_classes else cfg.data.num_classes)
+    assert len(set(dataset.classes)) == len(dataset.classes)
+    assert {"cifar10": "airplane", "cifar100": "apple", "svhn": "0", "synthetic": "0"}[
+        option.split("_")[0]] == dataset.classes[0] or overrides == ["data.labels=coarse"]
 
 
 def test_image_folder_needs_its_number_of_classes_up_front(make_cfg):

@@ -301,3 +301,17 @@ def test_evaluate_builds_no_callable_a_stored_config_names_but_the_projects_own(
     assert not pwned.exists()
     assert {"hybrid_exp.backbones.Stacked", "hybrid_exp.blocks.Separable", "hybrid_exp.data.CIFAR10",
             "hybrid_exp.backbones.FractalNet"} <= project_targets()
+
+
+def test_train_takes_its_names_from_the_config_without_hydra(make_cfg, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    cfg = make_cfg("data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128",
+                   *TINY, "trainer.max_epochs=1")
+    HydraConfig.instance().cfg = None  # a plain Python caller: no Hydra job around train()
+    with open_dict(cfg):
+        cfg.names = {"model": "my_separable", "block": "separable_bn"}
+    [result] = train(cfg)
+    tags = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id).data.tags
+    assert (tags["setup"], tags["model"], tags["block"]) == ("my_separable+separable_bn", "my_separable", "separable_bn")

@@ -5,13 +5,12 @@ import tempfile
 
 import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
-
 # The run schema training writes (hybrid_exp.schema, plain data: the analysis imports nothing
-# else of the training side): a run's identity is its config_hash; its setup (the same config
+# else of the training side but the MLflow client, hybrid_exp.store): a run's identity is its config_hash; its setup (the same config
 # over seeds) its setup_hash; what it is compared under its protocol (data, optimiser, epochs,
 # precision, device) and protocol_hash; the pixels it saw its data_fingerprint.
 from hybrid_exp.schema import TAGS, hashed, protocol_text, short_hash
+from hybrid_exp.store import Client
 
 KIND_TAG = "hybrid_exp.kind"  # 'analysis' on the runs this package logs; training runs lack it
 PREDICTIONS = "test_predictions.npz"  # per-image evidence every run logs
@@ -22,8 +21,8 @@ class AnalysisError(ValueError):
     """Input the analysis cannot work with; the message says what is there instead."""
 
 
-def client_and_experiment(experiment: str, tracking_uri: str) -> tuple[MlflowClient, str]:
-    client = MlflowClient(tracking_uri)
+def client_and_experiment(experiment: str, tracking_uri: str) -> tuple[Client, str]:
+    client = Client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -44,12 +43,7 @@ def fetch_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
     """The training runs of ``experiment`` as MLflow holds them (``load_runs`` before
     ``prepare``: what a results bundle stores)."""
     client, experiment_id = client_and_experiment(experiment, tracking_uri)
-    runs, token = [], None
-    while True:  # every page
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        runs += [r for r in page if KIND_TAG not in r.data.tags]
-        if not (token := page.token):
-            break
+    runs = [r for r in client.all_runs(experiment_id) if KIND_TAG not in r.data.tags]
     rows = [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
              "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
              "train_seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None,
@@ -98,7 +92,7 @@ def rebuild_identity(run: pd.Series) -> pd.Series:
 
 def load_predictions(tracking_uri: str, run_ids) -> dict[str, dict[str, np.ndarray]]:
     """Each run's ``test_predictions.npz`` (indices, labels, predicted), where it has one."""
-    client, found = MlflowClient(tracking_uri), {}
+    client, found = Client(tracking_uri), {}
     with tempfile.TemporaryDirectory() as folder:
         for run_id in run_ids:
             if PREDICTIONS not in {a.path for a in client.list_artifacts(run_id)}:
@@ -110,7 +104,7 @@ def load_predictions(tracking_uri: str, run_ids) -> dict[str, dict[str, np.ndarr
 
 def load_history(tracking_uri: str, run_ids, metric: str = "val/error") -> pd.DataFrame:
     """Per-epoch values of ``metric`` (MLflow step = epoch): columns run_id, epoch, value."""
-    client = MlflowClient(tracking_uri)
+    client = Client(tracking_uri)
     rows = [{"run_id": run_id, "epoch": m.step, "value": m.value}
             for run_id in run_ids for m in client.get_metric_history(run_id, metric)]
     return pd.DataFrame(rows, columns=["run_id", "epoch", "value"])

@@ -364,7 +364,7 @@ def e2e(setups: list[str], data_root: str, members: int, epochs: int = 2,
     """A short real grid through ``python -m hybrid_exp`` (fused arrays of ``members`` seeds):
     seconds per epoch per member from each run's ``epoch_seconds`` (the last epoch: the first
     carries the warm-up), to check the projection against the product path."""
-    from mlflow.tracking import MlflowClient
+    from hybrid_exp.store import Client
 
     with tempfile.TemporaryDirectory() as folder:
         uri = f"sqlite:///{folder}/e2e.db"
@@ -377,7 +377,7 @@ def e2e(setups: list[str], data_root: str, members: int, epochs: int = 2,
         run = subprocess.run(command, capture_output=True, text=True, cwd=folder)
         if run.returncode != 0:
             raise RuntimeError(f"the e2e grid failed: {run.stderr[-2000:]}")
-        client = MlflowClient(uri)
+        client = Client(uri)
         experiment = client.get_experiment_by_name("e2e")
         rows = []
         for r in client.search_runs([experiment.experiment_id]):

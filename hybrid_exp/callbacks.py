@@ -31,7 +31,9 @@ class OptunaPruning(Callback):
 
 class EpochBar(RichProgressBar):
     """Lightning's live bar with epochs counted from 1 and the last epoch's loss and errors (the
-    first living member's, of an array), read once per epoch; no version number."""
+    first living member's, of an array), read once per epoch; no version number. Public hooks
+    but one: no public hook names the epoch before the bar first draws it (a public update
+    after it would flash Lightning's 0-based 'Epoch 0/0' first); a test pins it."""
 
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning's own: 0-based
         description = f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
@@ -42,22 +44,41 @@ class EpochBar(RichProgressBar):
         return {k: f"{v:.4g}" for k, v in pl_module.metrics[pl_module.living_members()[0]].items() if k in shown}
 
     # While the bar is live, rich prints what goes to sys.stdout/sys.stderr above it; logging
-    # handlers keep the streams they were made with and would write over the bar: point the
-    # console handlers at rich's streams for as long as it runs.
+    # handlers keep the stream they were made with and would write over the bar: for as long
+    # as the trainer runs, the console handlers write to whatever sys.stdout/sys.stderr is now.
     moved: list[tuple[logging.StreamHandler, object]] = []
 
-    def _init_progress(self, trainer) -> None:
-        super()._init_progress(trainer)
-        if self.progress is not None and not self._progress_stopped and not self.moved:
-            redirected = {id(sys.__stdout__): sys.stdout, id(sys.__stderr__): sys.stderr}
-            self.moved = [(h, h.setStream(redirected[id(h.stream)])) for h in logging.getLogger().handlers
-                          if type(h) is logging.StreamHandler and id(h.stream) in redirected]
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        current = {id(sys.__stdout__): CurrentStream("stdout"), id(sys.__stderr__): CurrentStream("stderr")}
+        self.moved = [(h, h.setStream(current[id(h.stream)])) for h in logging.getLogger().handlers
+                      if type(h) is logging.StreamHandler and id(h.stream) in current]
 
-    def _stop_progress(self) -> None:
-        super()._stop_progress()
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self.give_streams_back()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)  # a failed fit skips the teardown
+        self.give_streams_back()
+
+    def give_streams_back(self) -> None:
         for handler, stream in self.moved:
             handler.setStream(stream)
         self.moved = []
+
+
+class CurrentStream:
+    """Writes to ``sys.<name>`` as it is at each write (rich's proxy while its bar is live)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, text: str) -> int:
+        return getattr(sys, self.name).write(text)
+
+    def flush(self) -> None:
+        getattr(sys, self.name).flush()
 
 
 class LastCheckpoint(Checkpoint):

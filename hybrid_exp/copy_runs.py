@@ -13,36 +13,29 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # mlflow and the platform's tracking module are imported where used: --help answers at once
+if TYPE_CHECKING:
+    from hybrid_exp.store import Client
 
 COPIED_FROM = "hybrid_exp.copied_from"
 PARENT = "mlflow.parentRunId"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
-def all_runs(client: MlflowClient, experiment_id: str, query: str = "") -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
-        runs += page
-        if not (token := page.token):
-            return runs
-
-
-def open_store(uri: str) -> MlflowClient:
-    from mlflow.tracking import MlflowClient
-
+def open_store(uri: str) -> Client:
+    from hybrid_exp.store import Client
     from hybrid_exp.tracking import TrackingUnavailable, check_server, resolve_tracking_uri
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).expanduser().is_file():
         raise TrackingUnavailable(f"no SQLite store at {uri}: give the file a grid logged to")
     uri, _ = resolve_tracking_uri(uri)
     check_server(uri)
-    return MlflowClient(uri)
+    return Client(uri)
 
 
-def copy_run(source: MlflowClient, target: MlflowClient, run, experiment_id: str,
+def copy_run(source: Client, target: Client, run, experiment_id: str,
              new_ids: dict[str, str]) -> str:
     """Copy one run; returns the new run's id."""
     from mlflow.entities import Metric, Param, RunTag
@@ -83,12 +76,12 @@ def copy_runs(source_uri: str, target_uri: str, experiments: list[str] | None = 
         found = tracking.get_experiment(source, name)
         if found is None:
             raise SystemExit(f"no experiment '{name}' in {source_uri}")
-        runs = all_runs(source, found.experiment_id)
+        runs = source.all_runs(found.experiment_id)
         if not runs:
             continue
         experiment_id = tracking.experiment_id(target, name)
         new_ids = {r.data.tags[COPIED_FROM]: r.info.run_id
-                   for r in all_runs(target, experiment_id, f"tags.`{COPIED_FROM}` != ''")}
+                   for r in target.all_runs(experiment_id, f"tags.`{COPIED_FROM}` != ''")}
         for run in sorted(runs, key=lambda r: PARENT in r.data.tags):  # parents first
             if run.info.run_id not in new_ids:
                 new_ids[run.info.run_id] = copy_run(source, target, run, experiment_id, new_ids)

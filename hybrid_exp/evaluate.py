@@ -137,11 +137,11 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    from mlflow.tracking import MlflowClient
+    from hybrid_exp.store import Client
 
     from hybrid_exp.tracking import resolve_tracking_uri
 
-    client = MlflowClient(resolve_tracking_uri(args.tracking_uri)[0])
+    client = Client(resolve_tracking_uri(args.tracking_uri)[0])
     run = find_run(client, args.experiment, args.run)
     try:
         metrics = evaluate(run.info.run_id, client, args.split, args.image_folder, args.data_root,

@@ -3,7 +3,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import subprocess
 import tempfile
 import time
@@ -15,11 +14,11 @@ from pathlib import Path
 from filelock import FileLock
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from hybrid_exp.redact import redact, redact_tree
 from hybrid_exp.schema import DEFAULTS_OUT_OF_HASH, UNHASHED_KEYS, protocol_text, short_hash
+from hybrid_exp.store import Client
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +90,6 @@ def git_sha() -> str:
         return "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def retrying(call, *args, attempts: int = 8, **kwargs):
-    """``call(*args, **kwargs)``, retried with backoff while the store is busy (a locked SQLite
-    file under many parallel writers outlasting MLflow's own 20 s busy timeout)."""
-    for attempt in range(attempts):
-        try:
-            return call(*args, **kwargs)
-        except MlflowException as e:
-            if e.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * 2**attempt * (1 + random.random()))
 
 
 # ---------------------------------------------------------------------------- the store
@@ -179,10 +166,10 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
                                   f"start it (docker compose up -d, see docs/tracking.md) {LOCAL_HINT}") from None
 
 
-def get_experiment(client: MlflowClient, name: str):
+def get_experiment(client: Client, name: str):
     """The experiment called ``name`` or None; a server that wants a login says so plainly."""
     try:
-        return retrying(client.get_experiment_by_name, name)
+        return client.get_experiment_by_name(name)
     except MlflowException as e:
         if e.error_code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise
@@ -197,42 +184,42 @@ def get_experiment(client: MlflowClient, name: str):
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+def experiment_id(client: Client, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created (or its UI kind set) if needed."""
     found = get_experiment(client, name)
     if found is None:
         try:
-            return retrying(client.create_experiment, name, artifact_location=artifact_location,
+            return client.create_experiment(name, artifact_location=artifact_location,
                             tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by a job started outside a multirun
-            found = retrying(client.get_experiment_by_name, name)
+            found = client.get_experiment_by_name(name)
     for key, value in EXPERIMENT_KIND.items():
         if found.tags.get(key) != value:  # created before the platform set it
-            retrying(client.set_experiment_tag, found.experiment_id, key, value)
+            client.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
 
 
-def connect(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
+def connect(logger_cfg: DictConfig) -> tuple[Client, str]:
     """(client, experiment id), creating the store and the experiment if needed."""
     uri, artifact_location = resolve_tracking_uri(logger_cfg.tracking_uri)
     check_server(uri)
     with store_lock(uri):  # the first client creates and migrates a SQLite store
-        client = MlflowClient(uri)
+        client = Client(uri)
         return client, experiment_id(client, logger_cfg.experiment_name, artifact_location)
 
 
-def finished_run(client: MlflowClient, experiment_id: str, hash_: str, fingerprint: str) -> Run | None:
+def finished_run(client: Client, experiment_id: str, hash_: str, fingerprint: str) -> Run | None:
     """The newest FINISHED run of this config on the same data (``data_fingerprint``), if any.
     A run logged before runs recorded their data counts as on the same data: an upgrade does
     not retrain what finished."""
-    runs = retrying(client.search_runs, [experiment_id],
+    runs = client.search_runs([experiment_id],
                     f"tags.config_hash = '{hash_}' and attributes.status = 'FINISHED'",
                     max_results=100, order_by=["attributes.start_time DESC"])
     same = [r for r in runs if r.data.tags.get("data_fingerprint", fingerprint) == fingerprint]
     return same[0] if same else None
 
 
-def resumable_runs(client: MlflowClient, checkpoint_dir: Path) -> list[str] | None:
+def resumable_runs(client: Client, checkpoint_dir: Path) -> list[str] | None:
     """The run ids stored beside a checkpoint (one per member, in order), if any of those runs
     was interrupted (RUNNING after a crash, KILLED after Ctrl-C); a FAILED run stays as the
     record of its failure, and an array whose runs all ended has nothing to resume."""
@@ -241,7 +228,7 @@ def resumable_runs(client: MlflowClient, checkpoint_dir: Path) -> list[str] | No
         return None
     run_ids = stored.read_text().split()
     try:
-        runs = [retrying(client.get_run, run_id) for run_id in run_ids]
+        runs = [client.get_run(run_id) for run_id in run_ids]
     except MlflowException:  # deleted from the store
         return None
     interrupted = lambda run: run.info.status in ("RUNNING", "KILLED") and "pruned" not in run.data.tags
@@ -253,19 +240,19 @@ class TrackedRun:
     metric and epoch once, also across a resume), or end it FAILED with a reason (a member of a
     fused array that diverged, while the others go on)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, resumed: bool):
+    def __init__(self, client: Client, run_id: str, resumed: bool):
         self.client, self.run_id, self.failed = client, run_id, False
         # A resumed run replays the epoch that was under way when it was killed; points already
         # logged for it are kept, not doubled: one point per metric and epoch.
-        self.last_step = {key: max(m.step for m in retrying(client.get_metric_history, run_id, key))
-                          for key in retrying(client.get_run, run_id).data.metrics} if resumed else {}
+        self.last_step = {key: max(m.step for m in client.get_metric_history(run_id, key))
+                          for key in client.get_run(run_id).data.metrics} if resumed else {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if step > self.last_step.get(k, -1)]
         if batch:
-            retrying(self.client.log_batch, self.run_id, metrics=batch)
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def log_predictions(self, indices, labels, logits) -> None:
         """``test_predictions.npz``: per image of the evaluation subset its position in the
@@ -279,7 +266,7 @@ class TrackedRun:
                                 labels=np.asarray(labels, dtype=np.int16),
                                 predicted=logits.argmax(1).numpy().astype(np.int16),
                                 logits=logits.numpy().astype(np.float16))
-            retrying(self.client.log_artifact, self.run_id, str(path))
+            self.client.log_artifact(self.run_id, str(path))
 
     def log_weights(self, state: dict, name: str = WEIGHTS) -> None:
         """``model.pt`` (or ``name``): a state_dict of the network (the unfused layout; load it
@@ -289,16 +276,16 @@ class TrackedRun:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             torch.save(state, path)
-            retrying(self.client.log_artifact, self.run_id, str(path))
+            self.client.log_artifact(self.run_id, str(path))
 
     def fail(self, reason: str) -> None:
-        retrying(self.client.set_tag, self.run_id, "error", reason[:5000])
-        retrying(self.client.set_terminated, self.run_id, "FAILED")
+        self.client.set_tag(self.run_id, "error", reason[:5000])
+        self.client.set_terminated(self.run_id, "FAILED")
         self.failed = True
 
 
 @contextlib.contextmanager
-def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: dict[str, str],
+def mlflow_run(client: Client, experiment_id: str, cfg: DictConfig, tags: dict[str, str],
                params: dict[str, int], resume: str | None = None):
     """Create the run (params, tags, config artifact), or reopen ``resume``; FINISHED on
     success (unless it was failed meanwhile), else FAILED with the reason (KILLED on Ctrl-C).
@@ -308,10 +295,10 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
     trial's '<setup>-trial<number>-seed<seed>')."""
     if resume:
         run_id = resume
-        retrying(client.update_run, run_id, "RUNNING")
+        client.update_run(run_id, "RUNNING")
     else:
         trial = f"-trial{tags['optuna.trial_number']}" if "optuna.trial_number" in tags else ""
-        run = retrying(client.create_run, experiment_id, run_name=f"{tags['setup']}{trial}-seed{tags['seed']}",
+        run = client.create_run(experiment_id, run_name=f"{tags['setup']}{trial}-seed{tags['seed']}",
                        tags={**tags, **run_schema(cfg), "git_sha": git_sha()})
         run_id = run.info.run_id
     try:
@@ -320,8 +307,8 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
             all_params = {**flatten(resolved), **{k: str(v) for k, v in params.items()}}
             items = [Param(k, v) for k, v in sorted(all_params.items())]
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                retrying(client.log_batch, run_id, params=items[i:i + 100])
-            retrying(client.log_text, run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+                client.log_batch(run_id, params=items[i:i + 100])
+            client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
         tracked = TrackedRun(client, run_id, resumed=bool(resume))
         yield tracked
     except BaseException as e:  # Lightning turns Ctrl-C into SystemExit: both are KILLED
@@ -330,11 +317,11 @@ def mlflow_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, tags: 
         pruned = isinstance(e, optuna.TrialPruned)  # stopped early by the Optuna pruner
         failed = isinstance(e, Exception) and not pruned
         reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else "interrupted"
-        if retrying(client.get_run, run_id).info.status != "FAILED":  # else failed by itself before
-            retrying(client.set_tag, run_id, "pruned" if pruned else "error", reason)
-            retrying(client.set_terminated, run_id, "FAILED" if failed else "KILLED")
+        if client.get_run(run_id).info.status != "FAILED":  # else failed by itself before
+            client.set_tag(run_id, "pruned" if pruned else "error", reason)
+            client.set_terminated(run_id, "FAILED" if failed else "KILLED")
             log.error("run %s-seed%s %s: %s", tags["setup"], tags["seed"],
                       "FAILED" if failed else "KILLED", reason)
         raise
     if not tracked.failed:
-        retrying(client.set_terminated, run_id, "FINISHED")
+        client.set_terminated(run_id, "FINISHED")

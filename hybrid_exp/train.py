@@ -21,7 +21,6 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from hybrid_exp import tracking
 from hybrid_exp.checks import check_config
-from hybrid_exp.tracking import retrying
 from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.redact import redact
 from hybrid_exp.module import Classifier, complexity, prepare_network, resolve_precision, trains_on_gpu
@@ -74,9 +73,9 @@ def checkpoint_epoch(last: Path, client, run_ids: list[str]) -> int | None:
                   f"as {kept.name}; the config restarts in a new run")
         log.warning(reason)
         for run_id in run_ids:
-            if retrying(client.get_run, run_id).info.status != "FAILED":
-                retrying(client.set_tag, run_id, "error", reason)
-                retrying(client.set_terminated, run_id, "FAILED")
+            if client.get_run(run_id).info.status != "FAILED":
+                client.set_tag(run_id, "error", reason)
+                client.set_terminated(run_id, "FAILED")
         return None
 
 
@@ -181,7 +180,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
         runs = []
         for m, member in enumerate(members):
             earlier = resume[m] if resume else None
-            if earlier and retrying(client.get_run, earlier).info.status == "FAILED":
+            if earlier and client.get_run(earlier).info.status == "FAILED":
                 runs.append(None)  # failed within the array before it was interrupted
                 continue
             runs.append(stack.enter_context(tracking.mlflow_run(
@@ -193,7 +192,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
             log.info("%s: resuming run(s) %s from the checkpoint: %d epochs done", name,
                      " ".join(run_ids), start)
             for run in filter(None, runs):
-                retrying(client.set_tag, run.run_id, "resumed_from_epoch", str(start))
+                client.set_tag(run.run_id, "resumed_from_epoch", str(start))
         trainer = make_trainer(cfg, trainer_args, checkpoints, trial)
         trainer.fit(module, datamodule=data, ckpt_path=checkpoints / "last.ckpt" if start is not None else None,
                     weights_only=True)
@@ -233,7 +232,7 @@ def resume_point(cfg: DictConfig, client, checkpoints: Path, fingerprint: str,
     the one after the checkpointed one), or (None, None) to start afresh: ``rerun``, no
     interrupted runs, runs that trained on other data, or an unreadable checkpoint."""
     resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
-    if resume and any(retrying(client.get_run, r).data.tags.get("data_fingerprint", fingerprint)
+    if resume and any(client.get_run(r).data.tags.get("data_fingerprint", fingerprint)
                       != fingerprint for r in resume):
         log.info("%s: the interrupted runs in %s trained on other data; starting afresh", name, checkpoints)
         resume = None

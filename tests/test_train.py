@@ -263,6 +263,7 @@ def test_log_lines_print_above_the_live_bar_not_over_it():
     finally:
         logging.getLogger().removeHandler(handler)
     assert "a line during training" in screen.getvalue()  # printed by rich, above the bar
+    assert "Epoch 1/1" in screen.getvalue() and "Epoch 0" not in screen.getvalue()  # from 1
     assert handler.stream is sys.__stdout__
 
 

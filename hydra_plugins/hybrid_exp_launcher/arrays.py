@@ -1,11 +1,14 @@
 """Fused seed arrays in a grid: jobs whose overrides differ only in ``seed=`` become one job with
 ``seed=[s1,s2,...]`` (trained as one network, hybrid_exp.fusion), and its result is split back
 into one JobReturn per original job, so sweepers and the grid summary still see every config."""
+from pathlib import Path
 from typing import Callable, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig
 
-from hydra_plugins.hybrid_exp_launcher.summary import status_file
+from hybrid_exp.redact import redact_files
+from hydra_plugins.hybrid_exp_launcher.summary import log_summary, status_file
 
 
 def seed_of(overrides: Sequence[str]) -> str | None:
@@ -52,6 +55,17 @@ def launch_arrays(launch: Callable[[list[list[str]], int], Sequence[JobReturn]],
         for i, member in zip(group, split(job, overrides)):
             ordered[i] = member
     return ordered
+
+
+def launch_grid(config: DictConfig, launch: Callable[[list[list[str]], int], Sequence[JobReturn]],
+                job_overrides: Sequence[Sequence[str]], initial_job_idx: int, max_size: int) -> list[JobReturn]:
+    """What each of our launchers' ``launch`` does with its own ``launch`` (gpus: processes on
+    GPU slots; slurm: submitit jobs): the sweep's saved config redacted, the grid run as fused
+    arrays, and its summary logged."""
+    redact_files(Path(config.hydra.sweep.dir))  # multirun.yaml, as the sweeper saved it
+    jobs = launch_arrays(launch, job_overrides, initial_job_idx, max_size)
+    log_summary(jobs)
+    return jobs
 
 
 def split(job: JobReturn, members: Sequence[Sequence[str]]) -> list[JobReturn]:

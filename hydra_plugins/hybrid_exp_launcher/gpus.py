@@ -30,9 +30,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from hybrid_exp.redact import redact, redact_files
-from hydra_plugins.hybrid_exp_launcher.arrays import launch_arrays
-from hydra_plugins.hybrid_exp_launcher.summary import log_summary
+from hybrid_exp.redact import redact
+from hydra_plugins.hybrid_exp_launcher.arrays import launch_grid
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +176,7 @@ class GPULauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        redact_files(Path(self.config.hydra.sweep.dir))  # multirun.yaml, as the sweeper saved it
-        jobs = launch_arrays(self.launch_jobs, job_overrides, initial_job_idx, self.array_size)
-        log_summary(jobs)
-        return jobs
+        return launch_grid(self.config, self.launch_jobs, job_overrides, initial_job_idx, self.array_size)
 
     def launch_jobs(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
         setup_globals()

@@ -1,15 +1,12 @@
 """``hydra/launcher=slurm``: hydra-submitit-launcher's SLURM launcher plus the grid summary.
 Needs ``pip install -e ".[slurm]"``; without it this module defines nothing."""
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 
-from hybrid_exp.redact import redact_files
-from hydra_plugins.hybrid_exp_launcher.arrays import launch_arrays
-from hydra_plugins.hybrid_exp_launcher.summary import log_summary
+from hydra_plugins.hybrid_exp_launcher.arrays import launch_grid
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
@@ -39,7 +36,4 @@ if Submitit is not None:
             self.array_size = max_array_size if fuse_seeds else 1
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-            redact_files(Path(self.config.hydra.sweep.dir))  # multirun.yaml, as the sweeper saved it
-            jobs = launch_arrays(super().launch, job_overrides, initial_job_idx, self.array_size)
-            log_summary(jobs)
-            return jobs
+            return launch_grid(self.config, super().launch, job_overrides, initial_job_idx, self.array_size)

@@ -63,13 +63,13 @@ def where_to_look(jobs: Sequence[JobReturn]) -> list[str]:
     cfg = next((job.cfg for job in jobs if job.cfg is not None and "logger" in job.cfg), None)
     if cfg is None:
         return []
-    from mlflow.tracking import MlflowClient
+    from hybrid_exp.store import Client
 
     from hybrid_exp.tracking import resolve_tracking_uri
 
     uri, name = resolve_tracking_uri(cfg.logger.tracking_uri)[0], cfg.logger.experiment_name
     try:
-        found = MlflowClient(uri).get_experiment_by_name(name)
+        found = Client(uri).get_experiment_by_name(name)
     except Exception:  # a store that is gone: the summary still says what it knows
         found = None
     if found is None:

@@ -1,0 +1,35 @@
+"""The MLflow client every part uses (hybrid_exp.store), on a real SQLite store."""
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+from hybrid_exp import store
+
+
+def test_every_page_of_a_search_comes_back(tmp_path):
+    client = store.Client(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("pages")
+    made = {client.create_run(experiment, tags={"odd": str(i % 2)}).info.run_id for i in range(5)}
+    assert {r.info.run_id for r in client.all_runs(experiment, page_size=2)} == made
+    assert len(client.all_runs(experiment, "tags.odd = '1'", page_size=1)) == 2
+
+
+def test_a_busy_store_is_retried_and_any_other_error_is_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(store.time, "sleep", lambda seconds: None)
+    client = store.Client(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("busy")
+    run_id = client.create_run(experiment).info.run_id
+    real, calls = client.mlflow.get_run, []
+
+    def busy_twice(*args):
+        calls.append(args)
+        if len(calls) <= 2:
+            raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+        return real(*args)
+
+    monkeypatch.setattr(client.mlflow, "get_run", busy_twice)
+    assert client.get_run(run_id).info.run_id == run_id and len(calls) == 3
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found"):
+        client.get_run("0" * 32)  # not busy: raised at once
+    assert len(calls) == 4
+    assert client.tracking_uri.endswith("mlflow.db")  # attributes pass through

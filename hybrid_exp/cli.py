@@ -52,6 +52,7 @@ def task(cfg: DictConfig):
     from hybrid_exp.members import setup_name
 
     setup = setup_name(cfg)
+    requeues = int(os.environ.get("SLURM_RESTART_COUNT", 0))  # a SLURM job preempted or out of time
     start = time.monotonic()
     try:
         results = train(cfg)
@@ -63,13 +64,13 @@ def task(cfg: DictConfig):
         from hybrid_exp.tracking import TrackingUnavailable
 
         pruned = isinstance(e, optuna.TrialPruned)
-        status.write_text(json.dumps({"status": "pruned" if pruned else "failed",
-                                      "error": f"{type(e).__name__}: {e}"}))
+        status.write_text(json.dumps({"setup": setup, "requeues": requeues, "status": "pruned" if pruned
+                                      else "failed", "error": f"{type(e).__name__}: {e}"}))
         if isinstance(e, (ConfigError, DataError, TrackingUnavailable)) and \
                 HydraConfig.get().mode == RunMode.RUN:
             raise SystemExit(str(e)) from None  # the user's mistake: one sentence, no traceback
         raise
-    status.write_text(json.dumps({"setup": setup, "seconds": time.monotonic() - start, "runs": [
+    status.write_text(json.dumps({"setup": setup, "requeues": requeues, "seconds": time.monotonic() - start, "runs": [
         {"seed": r.seed, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,
          "error": r.error} for r in results]}))
     value = lambda metrics, key: metrics.get(key, metrics["test/error"])

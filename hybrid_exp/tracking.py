@@ -284,6 +284,16 @@ class TrackedRun:
         self.failed = True
 
 
+def out_of_requeues(e: BaseException) -> bool:
+    """submitit's error in a SLURM job preempted or out of time more often than
+    ``max_num_timeout`` allows: its runs are interrupted, not failed (a relaunch resumes them)."""
+    try:
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:  # the [slurm] extra is not installed
+        return False
+    return isinstance(e, UncompletedJobError)
+
+
 @contextlib.contextmanager
 def mlflow_run(client: Client, experiment_id: str, cfg: DictConfig, tags: dict[str, str],
                params: dict[str, int], resume: str | None = None):
@@ -315,8 +325,9 @@ def mlflow_run(client: Client, experiment_id: str, cfg: DictConfig, tags: dict[s
         import optuna
 
         pruned = isinstance(e, optuna.TrialPruned)  # stopped early by the Optuna pruner
-        failed = isinstance(e, Exception) and not pruned
-        reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else "interrupted"
+        failed = isinstance(e, Exception) and not pruned and not out_of_requeues(e)
+        reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else \
+            f"interrupted: {e}" if out_of_requeues(e) else "interrupted"
         if client.get_run(run_id).info.status != "FAILED":  # else failed by itself before
             client.set_tag(run_id, "pruned" if pruned else "error", reason)
             client.set_terminated(run_id, "FAILED" if failed else "KILLED")

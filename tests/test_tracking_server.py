@@ -479,10 +479,51 @@ def test_redact_hides_every_shape_of_password_and_hydras_escaped_colon(password)
     from hybrid_exp.redact import redact
 
     for url, shown in [(f"postgresql://optuna:{password}@127.0.0.1:5432/db", "postgresql://optuna:***@127.0.0.1:5432/db"),
-                       (f"postgresql://optuna\\:{password}@127.0.0.1\\:5432/db", "postgresql://optuna\\:***@127.0.0.1\\:5432/db")]:
+                       (f"postgresql://optuna\\:{password}@127.0.0.1\\:5432/db", "postgresql://optuna\\:***@127.0.0.1\\:5432/db"),
+                       (f"postgresql+psycopg\\://optuna\\:{password}@127.0.0.1\\:5432/db",  # a sweep's job
+                        "postgresql+psycopg\\://optuna\\:***@127.0.0.1\\:5432/db")]:
         for text in (url, f"hydra.sweeper.storage={url}", f"- logger.tracking_uri='{url}' seed=1"):
             redacted = redact(text)
             assert password not in redacted and shown in redacted, (text, redacted)
+
+
+@pytest.mark.slow
+def test_the_grid_summary_names_a_database_store_without_its_password(postgres):
+    from hydra.core.utils import JobReturn
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.hybrid_exp_launcher.summary import where_to_look
+
+    uri = postgres("summary_secret").replace("postgresql://", "postgresql+psycopg://")
+    MlflowClient(uri).create_experiment("grid")
+    job = JobReturn(cfg=OmegaConf.create({"logger": {"tracking_uri": uri, "experiment_name": "grid"}}))
+    lines = where_to_look([job])
+    assert len(lines) == 2 and "mlflow ui --backend-store-uri postgresql+psycopg://hybrid:***@" in lines[0]
+    assert PASSWORD not in "".join(lines)
+
+
+@pytest.mark.parametrize("password", ["s3cr3tMarker", "s3/cr3t", "s3 cr3t", "s3%2Fcr%203t", "s3:cr3t", "s3,c=r(3)t"])
+def test_a_password_hidden_in_the_environment_resolves_back_from_a_config_and_an_override(password, monkeypatch):
+    """What the SLURM launcher pickles for its jobs: the URL with an oc.env interpolation in
+    place of the password, which the job (inheriting the environment) resolves back."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from hybrid_exp.redact import SECRET, hide_in_environment
+
+    for name in [k for k in os.environ if k.startswith(SECRET)]:
+        monkeypatch.delenv(name)
+    url = f"postgresql+psycopg://optuna:{password}@127.0.0.1:5432/db"
+    hidden = hide_in_environment(url)
+    assert password not in hidden and hide_in_environment(url) == hidden  # one variable per password
+    assert OmegaConf.create({"uri": hidden}).uri == url
+    monkeypatch.setenv("KEEP", "1")  # names stay unique whatever else the environment holds
+    escaped = "logger.tracking_uri=" + re.sub(r"([\\()\[\]{}:=, \t])", r"\\\1", url)  # as Hydra's sweeper writes it
+    hidden = hide_in_environment(escaped, override=True)
+    assert password not in hidden
+    override = OverridesParser.create().parse_override(hidden)
+    assert OmegaConf.create({"uri": override.value()}).uri == url
+    assert hide_in_environment(hidden, override=True) == hidden  # hidden already: left alone
 
 
 def test_a_tracking_uri_with_credentials_is_checked_at_its_host_and_never_shown(tmp_path):

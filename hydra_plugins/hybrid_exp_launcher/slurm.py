@@ -1,18 +1,40 @@
 """``hydra/launcher=slurm``: hydra-submitit-launcher's SLURM launcher plus the grid summary.
 Needs ``pip install -e ".[slurm]"``; without it this module defines nothing."""
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hybrid_exp.redact import CREDENTIALS, hide_in_environment
 from hydra_plugins.hybrid_exp_launcher.arrays import launch_grid
 
 try:
-    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as Submitit
 except ImportError:  # the [slurm] extra is not installed
     Submitit = None
+
+
+def hide_credentials(config: DictConfig, overrides: bool = False) -> None:
+    """Every URL password in ``config``'s strings (as written, unresolved) moved into the
+    environment, in place (hybrid_exp.redact.hide_in_environment): the config resolves as before.
+    The lists under ``hydra.overrides`` hold overrides, with Hydra's escapes."""
+    for key in (range(len(config)) if OmegaConf.is_list(config) else list(config.keys())):
+        node = config._get_node(key)
+        if OmegaConf.is_config(node):
+            if node._is_none() or node._is_missing() or node._is_interpolation():
+                continue
+            hide_credentials(node, overrides or key == "overrides" and config._key() == "hydra")
+        elif isinstance(node._value(), str) and CREDENTIALS.search(node._value()):
+            with read_write(config), open_dict(config):
+                config[key] = hide_in_environment(node._value(), override=overrides)
+
 
 if Submitit is not None:
 
@@ -36,4 +58,46 @@ if Submitit is not None:
             self.array_size = max_array_size if fuse_seeds else 1
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-            return launch_grid(self.config, super().launch, job_overrides, initial_job_idx, self.array_size)
+            return launch_grid(self.config, self.submit, job_overrides, initial_job_idx, self.array_size)
+
+        def submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+            """hydra-submitit-launcher's ``launch``, but for two things it does not do: what it
+            pickles for the jobs (``.submitit/``: this launcher, its config, Hydra's state, the
+            overrides) holds no password, the jobs get them through the environment; and a job
+            that ends without a result (cancelled, out of memory, out of requeues) is one failed
+            job in the summary, not the end of the grid."""
+            import submitit
+
+            hide_credentials(self.config)
+            if HydraConfig.initialized():  # pickled too, with Hydra's state
+                hide_credentials(HydraConfig.instance().cfg)
+            job_overrides = [[hide_in_environment(o, override=True) for o in job] for job in job_overrides]
+            executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
+                                             slurm_max_num_timeout=self.params["max_num_timeout"])
+            queue_keys = set(OmegaConf.structured(BaseQueueConf).keys())
+            executor.update_parameters(**{key if key in queue_keys else f"slurm_{key}": value
+                                          for key, value in self.params.items()
+                                          if key not in ("submitit_folder", "max_num_timeout")})
+            Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+            numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+            jobs = executor.map_array(self, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(numbers),
+                                      list(numbers), [f"job_id_for_{n}" for n in numbers],
+                                      [Singleton.get_state()] * len(numbers))
+            return [result(job, overrides) for job, overrides in zip(jobs, job_overrides)]
+
+    class EndedWithoutResult(CompactHydraException):
+        """A job that SLURM ended (cancelled, out of memory, out of requeues) before it wrote a
+        result: Hydra prints this one line, not a traceback of the launcher."""
+
+    def result(job, overrides: Sequence[str]) -> JobReturn:
+        """The job's JobReturn, or a failed one saying how the job ended when it left none."""
+        from submitit.core.utils import UncompletedJobError
+
+        try:
+            return job.results()[0]
+        except UncompletedJobError as e:  # includes FailedJobError: SLURM ended it, not Python
+            ended = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+            last = next((line for line in reversed(str(e).splitlines()) if line.strip()), "")
+            ended._return_value = EndedWithoutResult(f"SLURM job {job.job_id} ended {job.state.split(' by ')[0]} without a result "
+                                               f"({last.strip()[:300]}); its log: {job.paths.stderr}")
+            return ended

@@ -76,10 +76,21 @@ def where_to_look(jobs: Sequence[JobReturn]) -> list[str]:
         return []
     view = f"#/experiments/{found.experiment_id}?workflowType=machine_learning"
     ui = (f"{redact(uri).rstrip('/')}/{view}" if uri.startswith("http") else
-          f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{view}")
+          f"mlflow ui --backend-store-uri {redact(uri)}, then http://127.0.0.1:5000/{view}")
     store = "" if uri.endswith("/mlflow.db") and Path(uri.removeprefix("sqlite:///")) == Path("mlflow.db").resolve() \
         else f" --tracking-uri {redact(uri)}"
     return [f"  MLflow: {ui}", f"  Analysis: python -m analysis --experiment {name}{store}"]
+
+
+def requeued(jobs: Sequence[JobReturn]) -> list[str]:
+    """A line per SLURM job that was requeued (preempted, or out of time) before it ended."""
+    counts = {}
+    for job in jobs:
+        whole, _ = recorded(job)
+        if whole.get("requeues"):
+            counts[job.hydra_cfg.hydra.runtime.output_dir] = (whole.get("setup", "?"), whole["requeues"])
+    return [f"  {setup}: requeued {n} time{'s' * (n != 1)} by SLURM (preempted or out of time), "
+            f"resumed from its checkpoint each time" for setup, n in counts.values()]
 
 
 def log_summary(jobs: Sequence[JobReturn]) -> dict[str, int]:
@@ -89,7 +100,7 @@ def log_summary(jobs: Sequence[JobReturn]) -> dict[str, int]:
     log.info("Grid summary: %d finished, %d skipped, %s%d failed (of %d configs)", counts["finished"],
              counts["skipped"], f"{counts['pruned']} pruned, " if counts["pruned"] else "",
              counts["failed"], len(jobs))
-    lines = results_table(jobs) + where_to_look(jobs)
+    lines = results_table(jobs) + requeued(jobs) + where_to_look(jobs)
     if lines:
         log.info("\n".join(lines))
     for job, (kind, reason) in zip(jobs, outcomes):

@@ -128,17 +128,24 @@ def test_a_grid_runs_one_job_per_setup_and_a_relaunch_after_a_controller_restart
     assert len(load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")) == 4
 
 
-def test_a_job_requeued_mid_epoch_resumes_into_its_runs_and_ends_as_an_uninterrupted_one(cluster, tmp_path):
-    grid = cluster.grid(*LONGER, cwd=tmp_path)
-    wait_for_checkpoint(tmp_path, grid)
+def requeued_once(cluster: Cluster, folder: Path, interrupt) -> None:
+    """The LONGER grid, its job made to requeue by ``interrupt(job_id)`` after its first epoch:
+    it finishes, and the summary says it was requeued."""
+    grid = cluster.grid(*LONGER, cwd=folder)
+    wait_for_checkpoint(folder, grid)
     job_id = the_running_job(cluster)
-    cluster.run("scontrol", "requeue", job_id)  # as an administrator or a node failure would
+    interrupt(job_id)
     wait_for_requeue(cluster, job_id)
     cluster.release(job_id)
     code, output = finish(grid)
     assert code == 0, output[-3000:]
     assert "Grid summary: 2 finished, 0 skipped, 0 failed (of 2 configs)" in output
     assert "requeued 1 time by SLURM" in output
+
+
+def test_a_job_requeued_mid_epoch_resumes_into_its_runs_and_ends_as_an_uninterrupted_one(cluster, tmp_path):
+    # as an administrator or a node failure would
+    requeued_once(cluster, tmp_path, lambda job_id: cluster.run("scontrol", "requeue", job_id))
 
     # the same configs, never interrupted, on this machine
     reference = subprocess.run([sys.executable, "-m", "hybrid_exp", "-m", *LONGER,
@@ -160,6 +167,16 @@ def test_a_job_requeued_mid_epoch_resumes_into_its_runs_and_ends_as_an_uninterru
         assert run.data.metrics["test/error"] == client.get_run(reference_id).data.metrics["test/error"]
 
 
+def test_a_job_preempted_by_a_higher_priority_partition_is_requeued_and_finishes(cluster, tmp_path):
+    # a job of the urgent partition that needs the whole node
+    requeued_once(cluster, tmp_path, lambda job_id: cluster.run("sbatch", "-p", "urgent", "-c", str(os.cpu_count()),
+                                                                "--wrap", "true"))
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(runs) == 2 and (runs.status == "FINISHED").all()
+    assert all(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(r).data.tags.get("resumed_from_epoch")
+               for r in runs.run_id)
+
+
 def test_a_job_out_of_time_is_requeued_at_most_max_num_timeout_times_then_a_relaunch_resumes_it(cluster, tmp_path):
     # submitit counts a signal as a time-out when the job ran more than min(80%, limit - 10 min)
     # of its limit: with a 10-minute limit, always. The signal is what SLURM sends before the
@@ -176,7 +193,7 @@ def test_a_job_out_of_time_is_requeued_at_most_max_num_timeout_times_then_a_rela
     code, output = finish(grid)
     assert code != 0
     assert "Grid summary: 0 finished, 0 skipped, 2 failed (of 2 configs)" in output
-    assert "timed-out too many times" in output
+    assert "timed-out too many times" in output and "requeued 1 time by SLURM" in output
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     runs = load_runs("hybrid-exp", uri)
     assert len(runs) == 2 and (runs.status == "KILLED").all()  # interrupted, not failed

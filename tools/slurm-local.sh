@@ -3,7 +3,8 @@
 # hydra/launcher=slurm on a laptop: munged, MariaDB + slurmdbd (so sacct works, as submitit and
 # people expect), slurmctld and slurmd, all under one state directory, on loopback ports.
 #
-#   tools/slurm-local.sh start [--install]  # --install: the Debian packages first (apt-get)
+#   tools/slurm-local.sh install            # the Debian packages, if missing (apt-get; CI)
+#   tools/slurm-local.sh start [--install]  # --install: install first
 #   export SLURM_CONF=/tmp/hybrid-exp-slurm/slurm.conf   # start prints this line
 #   tools/slurm-local.sh status             # sinfo; exits 1 when the cluster is not up
 #   tools/slurm-local.sh stop
@@ -25,6 +26,7 @@ packages=(slurmctld slurmd slurmdbd slurm-client munge mariadb-server)
 say() { echo "slurm-local: $*" >&2; }
 
 install_packages() {
+    missing >/dev/null || return 0
     local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
@@ -195,8 +197,9 @@ stop() {
 }
 
 case "${1:-}" in
+    install) install_packages ;;
     start) shift; start "$@" ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start [--install] | status | stop" >&2; exit 2 ;;
+    *) echo "usage: $0 install | start [--install] | status | stop" >&2; exit 2 ;;
 esac

@@ -170,7 +170,7 @@ def test_a_job_requeued_mid_epoch_resumes_into_its_runs_and_ends_as_an_uninterru
 def test_a_job_preempted_by_a_higher_priority_partition_is_requeued_and_finishes(cluster, tmp_path):
     # a job of the urgent partition that needs the whole node
     requeued_once(cluster, tmp_path, lambda job_id: cluster.run("sbatch", "-p", "urgent", "-c", str(os.cpu_count()),
-                                                                "--wrap", "true"))
+                                                                "-o", "/dev/null", "--wrap", "true"))
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
     assert len(runs) == 2 and (runs.status == "FINISHED").all()
     assert all(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(r).data.tags.get("resumed_from_epoch")

@@ -325,9 +325,10 @@ def mlflow_run(client: Client, experiment_id: str, cfg: DictConfig, tags: dict[s
         import optuna
 
         pruned = isinstance(e, optuna.TrialPruned)  # stopped early by the Optuna pruner
-        failed = isinstance(e, Exception) and not pruned and not out_of_requeues(e)
+        requeues_spent = out_of_requeues(e)
+        failed = isinstance(e, Exception) and not pruned and not requeues_spent
         reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else \
-            f"interrupted: {e}" if out_of_requeues(e) else "interrupted"
+            f"interrupted: {e}" if requeues_spent else "interrupted"
         if client.get_run(run_id).info.status != "FAILED":  # else failed by itself before
             client.set_tag(run_id, "pruned" if pruned else "error", reason)
             client.set_terminated(run_id, "FAILED" if failed else "KILLED")

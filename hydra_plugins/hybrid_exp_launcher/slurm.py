@@ -98,6 +98,7 @@ if Submitit is not None:
         except UncompletedJobError as e:  # includes FailedJobError: SLURM ended it, not Python
             ended = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
             last = next((line for line in reversed(str(e).splitlines()) if line.strip()), "")
-            ended._return_value = EndedWithoutResult(f"SLURM job {job.job_id} ended {job.state.split(' by ')[0]} without a result "
-                                               f"({last.strip()[:300]}); its log: {job.paths.stderr}")
+            state = job.state.split(" by ")[0]  # "CANCELLED by 0": the uid that cancelled it
+            ended._return_value = EndedWithoutResult(f"SLURM job {job.job_id} ended {state} without a result "
+                                                     f"({last.strip()[:300]}); its log: {job.paths.stderr}")
             return ended

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.report import clean_or_explain, write_report
-from analysis.runs import AnalysisError, fetch_runs, load_history, load_predictions, prepare
+from analysis.runs import AnalysisError, epochs_from_one, fetch_runs, load_history, load_predictions, prepare
 
 RUNS, PREDICTIONS, HISTORY, PROVENANCE = "runs.csv", "predictions.npz", "history.csv", "provenance.json"
 DATA_FILES = (RUNS, PREDICTIONS, HISTORY)
@@ -167,7 +167,7 @@ def read(folder: str | Path) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
         for key in saved.files:
             run_id, field = key.rsplit(".", 1)
             predictions.setdefault(run_id, {})[field] = saved[key].astype(np.int64)
-    history = pd.read_csv(folder / HISTORY, float_precision="round_trip")
+    history = epochs_from_one(pd.read_csv(folder / HISTORY, float_precision="round_trip"))
     return prepare(raw), predictions, history, meta
 
 

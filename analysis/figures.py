@@ -127,8 +127,8 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, out: Path) -> tup
         for setup, curves in panel.groupby("setup"):
             by_epoch = curves.groupby("epoch").value
             mean, sd = by_epoch.mean(), by_epoch.std().fillna(0)
-            ax.plot(mean.index + 1, mean, marker="o", ms=3, label=setup)  # markers: one epoch shows
-            ax.fill_between(mean.index + 1, mean - sd, mean + sd, alpha=0.2)
+            ax.plot(mean.index, mean, marker="o", ms=3, label=setup)  # markers: one epoch shows
+            ax.fill_between(mean.index, mean - sd, mean + sd, alpha=0.2)
         ax.set_xlabel("epoch")
         ax.set_ylabel("val/error (%)")
         ax.legend(fontsize="small")

@@ -107,7 +107,15 @@ def load_history(tracking_uri: str, run_ids, metric: str = "val/error") -> pd.Da
     client = Client(tracking_uri)
     rows = [{"run_id": run_id, "epoch": m.step, "value": m.value}
             for run_id in run_ids for m in client.get_metric_history(run_id, metric)]
-    return pd.DataFrame(rows, columns=["run_id", "epoch", "value"])
+    return epochs_from_one(pd.DataFrame(rows, columns=["run_id", "epoch", "value"]))
+
+
+def epochs_from_one(history: pd.DataFrame) -> pd.DataFrame:
+    """``history`` with its epochs counted from 1, as runs log them now: a run that logged an
+    epoch 0 (versions before 0-based steps were dropped, and bundles they published) moves up
+    by one."""
+    from_zero = history.groupby("run_id").epoch.transform("min") == 0
+    return history.assign(epoch=history.epoch + from_zero.astype(int))
 
 
 @dataclass

@@ -7,3 +7,26 @@ def config_dir() -> str:
     in the CLI: importing the CLI registers Hydra plugins and a resolver."""
     source = Path(__file__).resolve().parent.parent / "conf"
     return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
+
+
+def class_folders(root: str) -> int:
+    """The number of class folders in ``<root>/train``: ``data=image_folder``'s
+    ``num_classes`` by default (``${class_folders:${data.root}}``), known before any image is
+    read, as the network's output size must be."""
+    train = Path(root).expanduser() / "train"
+    count = sum(p.is_dir() for p in train.iterdir()) if train.is_dir() else 0
+    if count < 2:
+        raise ValueError(f"data.root={root} holds {'no' if not count else 'one'} class folder in "
+                         f"{train}: lay the images out as <root>/train/<class>/*.png|jpg and "
+                         f"<root>/test/<class>/*.png|jpg, two classes at least")
+    return count
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("class_folders"):
+        OmegaConf.register_new_resolver("class_folders", class_folders)
+
+
+_register_resolver()

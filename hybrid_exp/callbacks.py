@@ -23,7 +23,7 @@ class OptunaPruning(Callback):
         self.trial = trial
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        epoch, value = trainer.current_epoch, pl_module.val_metrics[0]["val/error"]
+        epoch, value = trainer.current_epoch + 1, pl_module.val_metrics[0]["val/error"]  # from 1
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned by Optuna at epoch {epoch} (val/error {value:.2f})")
@@ -119,7 +119,7 @@ class BestWeights(Checkpoint):
             if m not in self.best or self.sign * value < self.sign * self.best[m]["value"]:
                 state = state or {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
                 member = member_state(state, m, pl_module.members) if pl_module.members > 1 else state
-                self.best[m] = {"epoch": trainer.current_epoch, "value": value, "state": member}
+                self.best[m] = {"epoch": trainer.current_epoch + 1, "value": value, "state": member}
 
     def state_dict(self) -> dict:
         return {"best": self.best}

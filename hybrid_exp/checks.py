@@ -11,9 +11,11 @@ import difflib
 import inspect
 import itertools
 import logging
+import re
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,11 @@ def check_values(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]} must be given (it has no default here): add "
                           f"{missing[0]}=... to the command line")
+    try:  # the data's values computed from others (data.num_classes from data.root's folders)
+        OmegaConf.to_container(cfg.data, resolve=True)
+    except InterpolationResolutionError as e:  # a resolver's own sentence, else the key's
+        sentence, raised = re.subn(r"^\w+ raised while resolving interpolation: ", "", e.msg)
+        raise ConfigError(sentence if raised else f"{e.full_key}: {sentence}") from None
     if "tags" in cfg and not OmegaConf.is_list(cfg.tags):
         raise ConfigError(f"tags must be a list of labels, tags=[{cfg.tags}] (or tags=[a,b]); "
                           f"got {cfg.tags!r}")

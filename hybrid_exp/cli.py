@@ -17,21 +17,53 @@ from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE  # read by the
 
 
 def config_tree(cfg: DictConfig, output_dir: Path) -> None:
-    """The composed config as a tree, group by group: saved beside the job's outputs
-    (``config_tree.log``) and printed on a terminal."""
+    """The composed config as a tree, group by group, saved beside the job's outputs
+    (``config_tree.log``); on a terminal, the tree of what differs from the defaults
+    (``python -m hybrid_exp`` with no override): what this run changes."""
     from rich.console import Console
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "config_tree.log", "w") as f:
+        Console(file=f, width=100, color_system=None).print(tree(cfg))
+    if sys.stdout.isatty():
+        from hydra import compose
+
+        defaults = compose(HydraConfig.get().job.config_name)
+        Console().print(tree(cfg, changed_from=defaults))
+
+
+def tree(cfg: DictConfig, changed_from: DictConfig | None = None):
+    """A rich tree of ``cfg``, a branch per top-level key; with ``changed_from``, only the keys
+    whose values differ from it (as written, before interpolation), with their values."""
     from rich.syntax import Syntax
     from rich.tree import Tree
 
-    tree = Tree("config", guide_style="dim")
-    for key, value in cfg.items():
-        text = redact(OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value))
-        tree.add(key).add(Syntax(text.rstrip(), "yaml"))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / "config_tree.log", "w") as f:
-        Console(file=f, width=100, color_system=None).print(tree)
-    if sys.stdout.isatty():
-        Console().print(tree)
+    if changed_from is None:
+        title, branches = "config", {key: OmegaConf.to_container(value, resolve=True)
+                                     if OmegaConf.is_config(value) else value for key, value in cfg.items()}
+    else:
+        written = lambda c: dict(leaves(OmegaConf.to_container(c, resolve=False)))
+        default = written(changed_from)
+        title, branches = "config: what differs from the defaults (all of it: config_tree.log)", {}
+        for key in (k for k, v in written(cfg).items() if default.get(k) != v):
+            value = OmegaConf.select(cfg, key)
+            group, _, rest = key.partition(".")
+            branches.setdefault(group, {})[rest or group] = \
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    root = Tree(title, guide_style="dim")
+    for key, value in branches.items():
+        text = OmegaConf.to_yaml(value) if isinstance(value, (dict, list)) else str(value)
+        root.add(str(key)).add(Syntax(redact(text).rstrip(), "yaml"))
+    return root
+
+
+def leaves(node, prefix: str = ""):
+    """(dotted key, value) of each value that is no mapping: a list is one value."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), node
 
 
 def task(cfg: DictConfig):
@@ -73,14 +105,18 @@ def task(cfg: DictConfig):
     status.write_text(json.dumps({"setup": setup, "requeues": requeues, "seconds": time.monotonic() - start, "runs": [
         {"seed": r.seed, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,
          "error": r.error} for r in results]}))
-    value = lambda metrics, key: metrics.get(key, metrics["test/error"])
-    objective = lambda r: (None if r.status == "failed" else value(r.metrics, cfg.objective)
-                           if isinstance(cfg.objective, str) else [value(r.metrics, k) for k in cfg.objective])
     if OmegaConf.is_list(cfg.seed):
-        return [objective(r) for r in results]
+        return [None if r.status == "failed" else objective(cfg, r.metrics) for r in results]
     if results[0].status == "failed":
         raise RuntimeError(results[0].error)
-    return objective(results[0])
+    return objective(cfg, results[0].metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict[str, float]):
+    """What a job returns for a run's final ``metrics``: ``cfg.objective``, a metric or a list
+    of them; ``test/error`` stands in for ``val/error`` when there is no validation split."""
+    value = lambda key: metrics.get(key, metrics["test/error"])
+    return value(cfg.objective) if isinstance(cfg.objective, str) else [value(k) for k in cfg.objective]
 
 
 def unknown_option(args: list[str]) -> str | None:

@@ -114,6 +114,10 @@ def read_class_folders(folder: Path, classes: tuple[str, ...] | None = CLASSES,
             ([f"it has folder(s) that are no class: {', '.join(extra)}"] if extra else [])))
     files = [(p, label) for label, name in enumerate(classes)
              for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    empty = [name for label, name in enumerate(classes) if not any(l == label for _, l in files)]
+    if empty:  # else it trains or tests on the other classes, under the same config
+        raise DataError(f"{folder}/{empty[0]} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}): every "
+                        f"class needs its images in both splits; restore them")
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
         images = list(pool.map(decode, (p for p, _ in files), chunksize=256))
     return np.stack(images), np.array([label for _, label in files], dtype=np.int64)

@@ -2,6 +2,7 @@
 SGD, per-epoch metrics per member."""
 import logging
 import math
+import statistics
 import time
 
 import pytorch_lightning as pl
@@ -217,12 +218,13 @@ class Classifier(pl.LightningModule):
         return [{f"{stage}/loss": loss / count, f"{stage}/error": 100 * errors / count}
                 for loss, errors in sums.tolist()]
 
-    def report(self, metrics: list[dict[str, float]]) -> None:
-        """Log each living member's metrics at this epoch (= MLflow step)."""
+    def report(self, metrics: list[dict[str, float]], epoch: int | None = None) -> None:
+        """Log each living member's metrics at ``epoch``, counted from 1 as the log prints it
+        (= the MLflow step): by default the epoch under way."""
         for member, values in enumerate(metrics):
             if member not in self.failures:
                 self.metrics[member].update(values)
-                self.reporter.log(member, values, self.current_epoch)
+                self.reporter.log(member, values, self.current_epoch + 1 if epoch is None else epoch)
 
     def on_train_start(self) -> None:  # after a checkpoint is restored, which replaces the lr
         self.prepare_fit(self.optimizers().optimizer, self.trainer.num_training_batches,
@@ -252,7 +254,7 @@ class Classifier(pl.LightningModule):
         for member, step in enumerate(self.first_bad_step.tolist()):
             if step >= 0 and member not in self.failures:
                 self.fail(member, f"training diverged: non-finite loss at epoch "
-                                  f"{self.current_epoch}, step {step}; lower optim.lr or check the data")
+                                  f"{self.current_epoch + 1}, step {step}; lower optim.lr or check the data")
         if len(self.failures) == self.members:
             raise Diverged(self.failures[0] if self.members == 1 else
                            f"every member of the array diverged: {self.failures}")
@@ -264,15 +266,25 @@ class Classifier(pl.LightningModule):
         common = {"lr": self.lr_now.item(), "epoch_seconds": seconds,
                   "images_per_second": images / seconds}  # per member
         self.report([{**train, **common} for train in self.summarize("train")])
-        alive = self.living_members()[0]
-        log.info("epoch %d/%d  %s", self.current_epoch + 1, self.trainer.max_epochs, "  ".join(
-            f"{k} {v:.4g}" for k, v in self.metrics[alive].items()) + (
-            f"  (member {alive} of {self.members})" if self.members > 1 else ""))
+        log.info("epoch %d/%d  %s", self.current_epoch + 1, self.trainer.max_epochs, self.epoch_line())
+
+    def epoch_line(self) -> str:
+        """The epoch's metrics: one run's values; an array's mean ± sd over its living members
+        (one value where they agree, as the learning rate does), and how many live."""
+        alive = self.living_members()
+        values = {k: [self.metrics[m][k] for m in alive] for k in self.metrics[alive[0]]}
+        shown = lambda v: f"{v[0]:.4g}" if max(v) == min(v) else \
+            f"{statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g}"
+        line = "  ".join(f"{k} {shown(v)}" for k, v in values.items())
+        if self.members == 1:
+            return line
+        failed = f", {len(self.failures)} failed" if self.failures else ""
+        return f"{line}  (mean ± sd over {len(alive)} members{failed})"
 
     def on_test_epoch_end(self) -> None:
         metrics = [{**subset, **full} for subset, full in zip(self.summarize("test"), self.summarize("test_full"))]
         self.fail_non_finite(metrics, "test")
-        self.report(metrics)
+        self.report(metrics, epoch=self.current_epoch)  # after the last epoch: its number
 
     def fail_non_finite(self, metrics: list[dict[str, float]], stage: str) -> None:
         """A member whose evaluation loss is not finite diverged (its training loss can still
@@ -281,7 +293,7 @@ class Classifier(pl.LightningModule):
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad and member not in self.failures:
                 self.fail(member, f"diverged: non-finite {stage} metric ({', '.join(bad)}) at epoch "
-                                  f"{self.current_epoch}; lower optim.lr or check the data")
+                                  f"{self.current_epoch + 1 if stage != 'test' else self.current_epoch}; lower optim.lr or check the data")
         if len(self.failures) == self.members:
             raise Diverged(self.failures[0] if self.members == 1 else
                            f"every member of the array diverged: {self.failures}")

@@ -21,6 +21,8 @@ from hybrid_exp.schema import DEFAULTS_OUT_OF_HASH, UNHASHED_KEYS, protocol_text
 from hybrid_exp.store import Client
 
 log = logging.getLogger(__name__)
+# A quiet terminal: MLflow announces each store migration (a new store: a dozen lines)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)
 
@@ -233,6 +235,20 @@ def resumable_runs(client: Client, checkpoint_dir: Path) -> list[str] | None:
         return None
     interrupted = lambda run: run.info.status in ("RUNNING", "KILLED") and "pruned" not in run.data.tags
     return run_ids if any(interrupted(run) for run in runs) else None
+
+
+def end_orphans(client: Client, experiment_id: str, hash_: str, keep: list[str]) -> None:
+    """End KILLED the RUNNING runs of config ``hash_`` other than ``keep``: called by the process
+    that holds the config's claim (so no other process trains them) and does not resume them
+    (their checkpoint is gone: deleted, or on another machine's disk). Left RUNNING they would
+    look alive forever."""
+    for run in client.search_runs([experiment_id], f"tags.config_hash = '{hash_}' and "
+                                                   f"attributes.status = 'RUNNING'"):
+        if run.info.run_id not in keep:
+            reason = "interrupted, and its checkpoint is gone: the config trains again in a new run"
+            client.set_tag(run.info.run_id, "error", reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("run %s (%s): %s", run.info.run_id, run.info.run_name, reason)
 
 
 class TrackedRun:

@@ -1,6 +1,7 @@
 """One training run, or a fused array of runs: build everything from the config, then skip,
 resume or train, and test."""
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -30,13 +31,11 @@ from hybrid_exp.members import array_key, build_network, member_config, setup_na
 
 log = logging.getLogger(__name__)
 # A quiet terminal: Lightning advertises its cloud logger and lists the accelerators it did not
-# use at every start (the run's device is in its log and its tags); MLflow announces each store
-# migration; Lightning's own pytree helper warns about a deprecation it calls itself, and, where
+# use at every start (the run's device is in its log and its tags); Lightning's own pytree helper warns about a deprecation it calls itself, and, where
 # SLURM is installed, that a job not started by srun is not one (it knows: SLURM_JOB_ID is unset).
 NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith(NOISE) and "litlogger" not in record.getMessage())
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).* is deprecated")
 warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
@@ -131,27 +130,52 @@ def train(cfg: DictConfig) -> list[Result]:
     fingerprint = instantiate(cfg.data).data_fingerprint()  # read before any store or run exists
     client, experiment_id = tracking.connect(cfg.logger)
     model, block, setup = cfg.names.model, cfg.names.block, setup_name(cfg)
-    results, todo = {}, []
-    for member in members:
-        done = None if cfg.rerun else tracking.finished_run(client, experiment_id,
-                                                             tracking.config_hash(member), fingerprint)
-        if done:
-            log.info("%s-seed%s: skipped, this config already FINISHED as run %s (rerun=true to "
-                     "train again)", setup, member.seed, done.info.run_id)
-            results[member.seed] = Result(member.seed, "skipped", dict(done.data.metrics), done.info.run_id)
-        else:
-            todo.append(member)
-    try:
-        if todo:
-            results.update({r.seed: r for r in train_array(
-                todo, [nets[m.seed] for m in todo], client, experiment_id, setup, model, block,
-                fingerprint)})
-    except Exception as e:  # each run is FAILED with the reason already; an array reports it per seed
-        if len(members) == 1:
-            raise
-        results.update({m.seed: Result(m.seed, "failed", {}, None, f"{type(e).__name__}: {e}")
-                        for m in todo})
-    return [results[seed] for seed in seeds]
+    with contextlib.ExitStack() as held:  # each config is this process's alone until it ends
+        claim(Path(cfg.checkpoint_dir).expanduser().resolve() / "claims",
+              [tracking.config_hash(member) for member in members],
+              f"{setup}-seed{','.join(map(str, seeds))}", held)
+        results, todo = {}, []
+        for member in members:
+            done = None if cfg.rerun else tracking.finished_run(client, experiment_id,
+                                                                 tracking.config_hash(member), fingerprint)
+            if done:
+                log.info("%s-seed%s: skipped, this config already FINISHED as run %s (rerun=true to "
+                         "train again)", setup, member.seed, done.info.run_id)
+                results[member.seed] = Result(member.seed, "skipped", dict(done.data.metrics), done.info.run_id)
+            else:
+                todo.append(member)
+        try:
+            if todo:
+                results.update({r.seed: r for r in train_array(
+                    todo, [nets[m.seed] for m in todo], client, experiment_id, setup, model, block,
+                    fingerprint)})
+        except Exception as e:  # each run is FAILED with the reason already; an array reports it per seed
+            if len(members) == 1:
+                raise
+            results.update({m.seed: Result(m.seed, "failed", {}, None, f"{type(e).__name__}: {e}")
+                            for m in todo})
+        return [results[seed] for seed in seeds]
+
+
+def claim(directory: Path, hashes: list[str], name: str, held: contextlib.ExitStack) -> None:
+    """Hold an exclusive lock on each config (``<checkpoint_dir>/claims/<hash>.lock``) for as
+    long as ``held`` is open: a second grid launched beside this one (or the same command run
+    twice) waits for the config, saying who holds it, then finds it FINISHED and skips it,
+    rather than resuming runs that are being trained. The kernel releases the lock however this
+    process ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for hash_ in sorted(set(hashes)):  # one order for every process: none waits on another in a circle
+        fd = os.open(directory / f"{hash_}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        held.callback(os.close, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 2000, 0).decode(errors="replace").strip() or "another process"
+            log.warning("%s: config %s is being trained by %s; waiting until it ends, then what it "
+                        "finished is skipped", name, hash_, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()} ({launch_command()})".encode(), 0)
 
 
 def train_array(members: list[DictConfig], nets: list[nn.Module], client, experiment_id: str,
@@ -175,6 +199,8 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     checkpoints = (Path(cfg.checkpoint_dir).expanduser().resolve()
                    / array_key([tracking.config_hash(member) for member in members]))
     resume, start = resume_point(cfg, client, checkpoints, fingerprint, name)
+    for member in members:  # claimed by this process: a run of it still RUNNING lost its trainer
+        tracking.end_orphans(client, experiment_id, tracking.config_hash(member), keep=resume or [])
     checkpoints.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         runs = []
@@ -228,8 +254,8 @@ def run_tags(members: list[DictConfig], net: nn.Module, trainer_args: dict, setu
 
 def resume_point(cfg: DictConfig, client, checkpoints: Path, fingerprint: str,
                  name: str) -> tuple[list[str] | None, int | None]:
-    """(the interrupted runs to reopen, the epoch to pick up at: 0-based, = the MLflow step,
-    the one after the checkpointed one), or (None, None) to start afresh: ``rerun``, no
+    """(the interrupted runs to reopen, the epochs done: the checkpointed epoch's number from 1,
+    its MLflow step), or (None, None) to start afresh: ``rerun``, no
     interrupted runs, runs that trained on other data, or an unreadable checkpoint."""
     resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
     if resume and any(client.get_run(r).data.tags.get("data_fingerprint", fingerprint)

@@ -44,7 +44,7 @@ def test_an_array_gives_each_member_its_own_run_equal_to_the_unfused_run(make_cf
     for run_id in runs.run_id:
         run = client.get_run(run_id)
         assert run.data.tags["array"] == "3 seeds fused: 0 1 2"
-        assert [m.step for m in client.get_metric_history(run_id, "val/error")] == [0, 1]
+        assert [m.step for m in client.get_metric_history(run_id, "val/error")] == [1, 2]
 
     alone_uri = f"sqlite:///{tmp_path}/alone.db"
     train(make_cfg(*real(cifar10_root, "seed=1"), f"logger.tracking_uri={alone_uri}"))
@@ -75,7 +75,7 @@ def test_a_diverged_member_fails_alone_and_the_others_stay_bit_identical(make_cf
     monkeypatch.setattr(Batches, "__iter__", poisoned)
     hurt = train(make_cfg(*array))
     assert [r.status for r in hurt] == ["finished", "failed", "finished"]
-    assert "non-finite loss at epoch 0, step 3" in hurt[1].error
+    assert "non-finite loss at epoch 1, step 3" in hurt[1].error
     for m in (0, 2):
         assert learned(hurt[m].metrics) == learned(clean[m].metrics)  # exactly
     before, after = checkpoint_state(tmp_path / "clean"), checkpoint_state(tmp_path / "checkpoints")
@@ -86,7 +86,7 @@ def test_a_diverged_member_fails_alone_and_the_others_stay_bit_identical(make_cf
     assert all((v == 0).all() for k, v in frozen.items() if v.is_floating_point() and "running_var" not in k)
 
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").set_index("seed")
-    assert runs.loc[1, "status"] == "FAILED" and "non-finite loss at epoch 0, step 3" in runs.loc[1, "error"]
+    assert runs.loc[1, "status"] == "FAILED" and "non-finite loss at epoch 1, step 3" in runs.loc[1, "error"]
     assert (runs.drop(index=1).status == "FINISHED").all()
 
 
@@ -117,7 +117,7 @@ def test_a_killed_array_resumes_every_member_into_its_own_run(tmp_path, cifar10_
     for run_id in runs.run_id:
         assert int(client.get_run(run_id).data.tags["resumed_from_epoch"]) >= 1
         for key in ("val/error", "train/loss", "lr"):
-            assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [0, 1, 2, 3]
+            assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3, 4]
 
     uninterrupted = run([*command, f"logger.tracking_uri=sqlite:///{tmp_path}/whole.db",
                          f"checkpoint_dir={tmp_path}/whole"], tmp_path)

@@ -1,4 +1,6 @@
 """The command line as a user runs it: real subprocesses, a real multirun."""
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +29,9 @@ def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10
     assert "epoch 3/3" in next((tmp_path / "multirun").glob("*/*/0/hybrid_exp.log")).read_text()
     assert "epoch 3/3" in run.stdout + run.stderr  # one plain progress line per epoch
     output = run.stdout + run.stderr
-    assert "job 1 of 2 started: model=separable" in output and "job 2 of 2 done" in output
+    assert re.search(r"job [12] of 2 started \(slot cpu-[01]\): model=separable", output)
+    assert "job 2 of 2 done" in output
+    assert "Creating initial MLflow database tables" not in output  # the grid's own store too
 
 
 def test_ctrl_c_marks_the_run_killed_not_running(tmp_path):
@@ -103,3 +107,20 @@ def test_a_run_and_its_analysis_keep_the_terminal_quiet(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]  # the baseline alone: a report all the same
     assert "Downloading artifacts" not in report.stdout + report.stderr
+
+
+def test_a_run_on_a_terminal_shows_what_differs_from_the_defaults_and_saves_the_whole_config(tmp_path):
+    command = ("python -m hybrid_exp data=synthetic data.train_subset=64 data.val_size=32 "
+               "data.eval_size=32 model.width=8 model.depth=1 trainer.max_epochs=1 data.batch_size=32")
+    terminal = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "COLUMNS": "120"})
+    assert terminal.returncode == 0, terminal.stdout[-2000:]
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.stdout)  # the terminal's colours
+    shown = out[:out.index("test/error") if "test/error" in out else None]
+    assert "what differs from the defaults" in shown
+    for changed in ("width: 8", "depth: 1", "max_epochs: 1", "_target_: hybrid_exp.data.Synthetic"):
+        assert changed in shown, changed
+    for unchanged in ("momentum", "accelerator", "lr: 0.1", "experiment_name"):
+        assert unchanged not in shown, unchanged  # the defaults stay in the file
+    saved = next(tmp_path.glob("outputs/*/*/config_tree.log")).read_text()
+    assert "momentum: 0.9" in saved and "accelerator: auto" in saved and "width: 8" in saved

@@ -21,7 +21,7 @@ def options(group: str) -> list[str]:
                                    "experiment", "hparams_search"])
 def test_every_option_of_every_group_composes(make_cfg, group):
     assert options(group), f"conf/{group} is empty"
-    required = {"data=image_folder": ["data.root=/nonexistent", "data.num_classes=10"]}  # no defaults
+    required = {"data=image_folder": ["data.root=/nonexistent", "data.num_classes=10"]}  # no folder to count
     for option in options(group):
         cfg = make_cfg(f"{group}={option}", *required.get(f"{group}={option}", []))
         if group.startswith("model"):

@@ -241,6 +241,8 @@ def test_a_changed_image_folder_is_read_again_not_served_from_its_cache(tmp_path
     image.unlink()
     for f in (tmp_path / "test/dog").iterdir():
         f.unlink()
+    with pytest.raises(DataError, match=r"test/dog holds no image \(.*\): every class needs its images"):
+        load_cifar10(tmp_path, "image_folder")  # not 9 classes under the same config
     (tmp_path / "test/dog").rmdir()
     with pytest.raises(DataError, match=r"test lacks the class folder\(s\) dog"):
         load_cifar10(tmp_path, "image_folder")

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from hybrid_exp import data
 from hybrid_exp.checks import ConfigError, check_config
 from hybrid_exp.data import Batches, DataError
+from hybrid_exp.tracking import config_hash
 
 
 def write_cifar100_archive(root, n_train=300, n_test=100, seed=0):
@@ -155,9 +156,16 @@ def test_every_dataset_names_its_classes_in_label_order(make_cfg, option, overri
         option.split("_")[0]] == dataset.classes[0] or overrides == ["data.labels=coarse"]
 
 
-def test_image_folder_needs_its_number_of_classes_up_front(make_cfg):
-    with pytest.raises(ConfigError, match=r"data.num_classes must be given .*add data.num_classes=... to"):
+def test_image_folder_counts_its_classes_from_its_folders_up_front(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"^data.root=/nonexistent holds no class folder in "
+                                          r"/nonexistent/train: lay the images out as"):
         check_config(make_cfg("data=image_folder", "data.root=/nonexistent"))
+    for name in ("cat", "dog", "emu"):
+        (tmp_path / "folder/train" / name).mkdir(parents=True)
+    cfg = make_cfg("data=image_folder", f"data.root={tmp_path / 'folder'}")
+    assert cfg.data.num_classes == cfg.model.num_classes == 3  # the network's output size too
+    given = make_cfg("data=image_folder", f"data.root={tmp_path / 'folder'}", "data.num_classes=3")
+    assert config_hash(cfg) == config_hash(given)  # the same run as one that named its classes
 
 
 @pytest.mark.slow

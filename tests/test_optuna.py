@@ -152,19 +152,19 @@ def test_pruner_stops_hopeless_trials_through_the_storage(tmp_path, cifar10_root
                 "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=4",
                 "rerun=true",  # a repeated config trains again (else it reuses its stored result)
                 "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-                "+hydra.sweeper.pruner.upper=85.0", "+hydra.sweeper.pruner.n_warmup_steps=1",
+                "+hydra.sweeper.pruner.upper=85.0", "+hydra.sweeper.pruner.n_warmup_steps=2",
                 cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     _, done = trials(tmp_path)
     states = {t.params["optim.lr"]: t.state.name for t in done}
     assert states == {0.2: "COMPLETE", 0.00001: "PRUNED"}, [(t.params, t.state) for t in done]
     pruned = [t for t in done if t.state.name == "PRUNED"]
-    assert all(t.last_step == 1 for t in pruned)  # reported epochs 0 and 1, then stopped
+    assert all(t.last_step == 2 for t in pruned)  # reported epochs 1 and 2 (steps = epochs), then stopped
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     killed = runs[runs.status == "KILLED"]
     assert len(killed) == len(pruned)
-    assert all("pruned by Optuna at epoch 1" in client.get_run(r).data.tags["pruned"] for r in killed.run_id)
+    assert all("pruned by Optuna at epoch 2" in client.get_run(r).data.tags["pruned"] for r in killed.run_id)
 
 
 @pytest.mark.slow

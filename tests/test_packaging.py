@@ -26,3 +26,15 @@ def test_wheel_carries_the_configs_and_runs_from_them(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "hybrid_exp", "model=standard", "--cfg", "job"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert "hybrid_exp.blocks.Standard" in shown.stdout
+
+
+def test_the_readmes_install_lets_any_hydra_app_find_the_launchers_and_the_sweeper(tmp_path):
+    """Hydra finds plugins by scanning the hydra_plugins namespace: setuptools' default editable
+    install hides it behind an import hook, the README's (editable_mode=compat) does not."""
+    found = subprocess.run([sys.executable, "-c", (
+        "from hydra.core.plugins import Plugins\n"
+        "from hydra.plugins.launcher import Launcher\n"
+        "from hydra.plugins.sweeper import Sweeper\n"
+        "print(*(p.__name__ for kind in (Launcher, Sweeper) for p in Plugins.instance().discover(kind)))")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)  # outside the checkout
+    assert {"GPULauncher", "OptunaSweeper"} <= set(found.stdout.split()), found.stderr[-2000:]

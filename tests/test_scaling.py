@@ -52,7 +52,7 @@ def test_killed_grid_relaunched_finishes_each_config_once_resuming_from_checkpoi
     for run in resumed:
         start = int(run.data.tags["resumed_from_epoch"])
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/error")]
-        assert 1 <= start < 6 and sorted(steps) == list(range(6))  # continuous, in the same run
+        assert 1 <= start < 6 and sorted(steps) == list(range(1, 7))  # continuous, in the same run
         assert run.info.run_id in interrupted.run_id.values
     assert "Grid summary:" in relaunch.stderr + relaunch.stdout
 
@@ -336,3 +336,73 @@ def test_a_job_waiting_for_a_slot_names_its_holder_and_how_to_run_beside_it(tmp_
     assert "hydra.launcher.lock_dir=DIR" in caplog.text
     assert claimed, "the slot is ours once its holder is gone"
     os.close(claimed[0][0])
+
+
+def test_a_grid_says_started_only_once_its_job_holds_a_slot(tmp_path):
+    locks = tmp_path / "locks"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path\n"
+        "from hydra_plugins.hybrid_exp_launcher.gpus import claim\n"
+        f"claim([('cpu-0', '')], Path({str(locks)!r}), 'python -m hybrid_exp model=hybrid')\n"
+        "print('held', flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    job = subprocess.Popen([sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=1",
+                            "seed=0", f"hydra.launcher.lock_dir={locks}"], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    before = []
+    for line in job.stdout:  # the job waits for the slot the holder has
+        before.append(line)
+        if "waiting for a free slot" in line:
+            break
+    holder.kill()
+    holder.wait()
+    after, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, after[-3000:]
+    assert not any("started" in line for line in before), before
+    assert f"cpu-0 by pid {holder.pid}: python -m hybrid_exp model=hybrid" in before[-1]
+    assert "job 1 of 1 started (slot cpu-0): data=synthetic" in after
+    assert after.index("started (slot cpu-0)") < after.index("Grid summary: 1 finished")
+
+
+def test_a_relaunch_decides_its_skips_before_starting_any_job(tmp_path):
+    first = grid(*SMALL, "trainer.max_epochs=1", "seed=0,1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = grid(*SMALL, "trainer.max_epochs=1", "seed=0,1,2", cwd=tmp_path)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert "2 of 3 configs FINISHED before: skipped without a job" in out
+    assert "job 1 of 1 started" in out and "job 2 of" not in out  # one job: seed 2 alone
+    assert "Grid summary: 1 finished, 2 skipped, 0 failed (of 3 configs)" in out
+    assert out.count("(skipped: done before)") == 2
+    done = grid(*SMALL, "trainer.max_epochs=1", "seed=0,1,2", cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "Launching" not in out and " started" not in out, out[-3000:]
+    assert "Grid summary: 0 finished, 3 skipped, 0 failed (of 3 configs)" in out
+    assert len(load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")) == 3
+
+
+def test_a_run_left_running_without_its_checkpoint_ends_killed_when_its_config_trains_again(make_cfg, tmp_path):
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
+    client, experiment_id = tracking.connect(cfg.logger)
+    orphan = client.create_run(experiment_id, run_name="separable-seed0",  # a trainer killed, then
+                               tags={"config_hash": tracking.config_hash(cfg)}).info.run_id  # checkpoints/ deleted
+    result = train(cfg)[0]
+    assert result.status == "finished" and result.run_id != orphan
+    ended = client.get_run(orphan)
+    assert ended.info.status == "KILLED" and "its checkpoint is gone" in ended.data.tags["error"]
+
+
+def test_two_identical_grids_launched_together_train_each_config_once(tmp_path):
+    """Each with its own slots (so both run at once): the second waits for the config the
+    first trains, then skips it; however they interleave, one FINISHED run per config."""
+    command = [sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=3", "seed=0"]
+    grids = [subprocess.Popen([*command, f"hydra.launcher.lock_dir={tmp_path / f'slots{i}'}"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outputs = [g.communicate(timeout=600)[0] for g in grids]
+    assert [g.returncode for g in grids] == [0, 0], outputs
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(runs) == 1 and runs.status.tolist() == ["FINISHED"], runs[["status", "run_id"]]
+    history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(runs.run_id[0], "val/error")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # each epoch logged once
+    summaries = " ".join(o for o in outputs)
+    assert "1 finished, 0 skipped" in summaries and "0 finished, 1 skipped" in summaries

@@ -37,7 +37,7 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     stored = client.get_run(run.run_id)
     assert stored.data.params["optim.lr"] == "0.1" and stored.data.params["seed"] == "0"
     history = client.get_metric_history(run.run_id, "val/error")
-    assert [m.step for m in history] == [0, 1, 2]  # one point per epoch, step = epoch
+    assert [m.step for m in history] == [1, 2, 3]  # one point per epoch, step = epoch from 1
     for key in ("train/loss", "train/error", "val/loss", "lr", "epoch_seconds",
                 "images_per_second", "test/loss"):
         assert key in stored.data.metrics, key
@@ -79,10 +79,10 @@ def test_variants_do_not_share_initial_weights(make_cfg):
 
 def test_divergence_fails_the_run_naming_epoch_and_step(make_cfg):
     cfg = make_cfg("data=synthetic", "data.train_subset=256", *TINY, "optim.lr=1e30")
-    with pytest.raises(Diverged, match=r"non-finite loss at epoch 0, step \d+; lower optim.lr"):
+    with pytest.raises(Diverged, match=r"non-finite loss at epoch 1, step \d+; lower optim.lr"):
         train(cfg)
     run = load_runs("hybrid-exp", cfg.logger.tracking_uri).iloc[0]
-    assert run.status == "FAILED" and "non-finite loss at epoch 0" in run.error
+    assert run.status == "FAILED" and "non-finite loss at epoch 1" in run.error
 
 
 def test_missing_data_stops_before_any_store_or_run_exists(make_cfg, tmp_path):
@@ -165,7 +165,7 @@ def test_callbacks_composed_in_config_join_the_trainer(make_cfg):
     (result,) = train(cfg)
     assert result.status == "finished"
     history = MlflowClient(cfg.logger.tracking_uri).get_metric_history(result.run_id, "val/error")
-    assert [m.step for m in history] == [0, 1]  # stopped after 2 of 10 epochs
+    assert [m.step for m in history] == [1, 2]  # stopped after 2 of 10 epochs
     assert list(Path(cfg.checkpoint_dir).glob("*/last.ckpt"))
 
 
@@ -178,7 +178,7 @@ def test_best_weights_keep_each_members_best_epoch_and_survive_a_resume():
     from hybrid_exp.train import BestWeights
 
     net = fuse([torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)])
-    errors = [(50.0, 40.0), (30.0, 45.0), (35.0, float("nan"))]  # best: member 0 epoch 1, member 1 epoch 0
+    errors = [(50.0, 40.0), (30.0, 45.0), (35.0, float("nan"))]  # best: member 0 epoch 2, member 1 epoch 1
     module = SimpleNamespace(net=net, members=2, failures={}, val_metrics=None)
     best, seen = BestWeights(), []
     for epoch, (e0, e1) in enumerate(errors):
@@ -188,14 +188,14 @@ def test_best_weights_keep_each_members_best_epoch_and_survive_a_resume():
         seen.append({k: v.clone() for k, v in net.state_dict().items()})
         module.val_metrics = [{"val/error": e0}, {"val/error": e1}]
         best.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), module)
-    assert (best.best[0]["epoch"], best.best[0]["value"]) == (1, 30.0)
-    assert (best.best[1]["epoch"], best.best[1]["value"]) == (0, 40.0)  # a NaN epoch is never best
-    for member, epoch in ((0, 1), (1, 0)):
+    assert (best.best[0]["epoch"], best.best[0]["value"]) == (2, 30.0)  # epochs counted from 1
+    assert (best.best[1]["epoch"], best.best[1]["value"]) == (1, 40.0)  # a NaN epoch is never best
+    for member, epoch in ((0, 1), (1, 0)):  # the weights of that epoch (filled with its index)
         torch.nn.Linear(3, 2).load_state_dict(best.best[member]["state"])  # the unfused layout
         assert all(torch.all(v == epoch) for v in best.best[member]["state"].values())
     resumed = BestWeights()
     resumed.load_state_dict(torch.load(_saved(best.state_dict()), weights_only=True))
-    assert resumed.best[0]["epoch"] == 1 and torch.equal(resumed.best[0]["state"]["weight"],
+    assert resumed.best[0]["epoch"] == 2 and torch.equal(resumed.best[0]["state"]["weight"],
                                                           best.best[0]["state"]["weight"])
     with pytest.raises(ValueError, match="monitor a val/ metric"):
         BestWeights(monitor="train/loss")
@@ -272,7 +272,7 @@ def test_a_non_finite_validation_or_test_metric_fails_the_run(make_cfg):
     validation loss is NaN; a run must not FINISH with NaN metrics."""
     cfg = make_cfg("data=synthetic", "model.width=16", "model.depth=1", "trainer.max_epochs=1",
                    "optim.lr=1e4")
-    with pytest.raises(Diverged, match=r"non-finite validation metric \(val/loss\) at epoch 0"):
+    with pytest.raises(Diverged, match=r"non-finite validation metric \(val/loss\) at epoch 1"):
         train(cfg)
     (run,) = load_runs("hybrid-exp", cfg.logger.tracking_uri).itertuples()
     assert run.status == "FAILED"

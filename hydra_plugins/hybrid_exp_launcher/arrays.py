@@ -1,14 +1,18 @@
 """Fused seed arrays in a grid: jobs whose overrides differ only in ``seed=`` become one job with
 ``seed=[s1,s2,...]`` (trained as one network, hybrid_exp.fusion), and its result is split back
 into one JobReturn per original job, so sweepers and the grid summary still see every config."""
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext
 from omegaconf import DictConfig
 
 from hybrid_exp.redact import redact_files
 from hydra_plugins.hybrid_exp_launcher.summary import log_summary, status_file
+
+log = logging.getLogger(__name__)
 
 
 def seed_of(overrides: Sequence[str]) -> str | None:
@@ -57,13 +61,24 @@ def launch_arrays(launch: Callable[[list[list[str]], int], Sequence[JobReturn]],
     return ordered
 
 
-def launch_grid(config: DictConfig, launch: Callable[[list[list[str]], int], Sequence[JobReturn]],
+def launch_grid(config: DictConfig, hydra_context: HydraContext,
+                launch: Callable[[list[list[str]], int], Sequence[JobReturn]],
                 job_overrides: Sequence[Sequence[str]], initial_job_idx: int, max_size: int) -> list[JobReturn]:
     """What each of our launchers' ``launch`` does with its own ``launch`` (gpus: processes on
-    GPU slots; slurm: submitit jobs): the sweep's saved config redacted, the grid run as fused
-    arrays, and its summary logged."""
+    GPU slots; slurm: submitit jobs): the sweep's saved config redacted, the configs that
+    FINISHED before skipped without a job, the others run as fused arrays, and the summary."""
+    from hydra_plugins.hybrid_exp_launcher.done import finished_jobs
+
     redact_files(Path(config.hydra.sweep.dir))  # multirun.yaml, as the sweeper saved it
-    jobs = launch_arrays(launch, job_overrides, initial_job_idx, max_size)
+    jobs = finished_jobs(config, hydra_context, job_overrides, initial_job_idx)
+    todo = [i for i in range(len(job_overrides)) if i not in jobs]
+    if jobs:
+        log.info("%d of %d configs FINISHED before: skipped without a job (rerun=true trains them "
+                 "again)", len(jobs), len(job_overrides))
+    if todo:
+        launched = launch_arrays(launch, [job_overrides[i] for i in todo], initial_job_idx, max_size)
+        jobs.update(zip(todo, launched))
+    jobs = [jobs[i] for i in range(len(job_overrides))]
     log_summary(jobs)
     return jobs
 

@@ -95,11 +95,12 @@ def private_dir(path: Path) -> Path:
 
 
 WAIT_REPORT_SECONDS = 180  # how often a job waiting for a slot says so
+STARTED = b"slot claimed: "  # a job's first message to the launcher, before its JobReturn
 
 
 def claim(slots: list[tuple[str, str]], lock_dir: Path, what: str = "",
-          report_every: float = WAIT_REPORT_SECONDS) -> tuple[int, str]:
-    """Block until one of ``slots`` is ours: (open lock file descriptor, its device). The lock
+          report_every: float = WAIT_REPORT_SECONDS) -> tuple[int, tuple[str, str]]:
+    """Block until one of ``slots`` is ours: (open lock file descriptor, the slot). The lock
     file then names its holder (pid, ``what`` it runs); while every slot is held, a line names
     the holders every ``report_every`` seconds (at once the first time).
 
@@ -115,7 +116,7 @@ def claim(slots: list[tuple[str, str]], lock_dir: Path, what: str = "",
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()}: {redact(what)}"[:2000].encode(), 0)
-                return fd, device  # held until this process exits
+                return fd, (name, device)  # held until this process exits
             except BlockingIOError:
                 os.close(fd)
         if reported is None or time.monotonic() - reported >= report_every:
@@ -140,8 +141,10 @@ def run_in_slot(idx: int, job: bytes, slots: list[tuple[str, str]], lock_dir: Pa
     """A job's process: claim a slot, pin its GPU and threads, run the job, send its result.
 
     ``job`` is the cloudpickled (overrides, Hydra context, config, task, Hydra state), unpacked
-    only once the environment is pinned: nothing can have initialised CUDA before."""
-    _, device = claim(slots, lock_dir, what)
+    only once the environment is pinned: nothing can have initialised CUDA before. The first
+    message on ``result`` names the slot once it is claimed; the second is the JobReturn."""
+    _, (name, device) = claim(slots, lock_dir, what)
+    result.send_bytes(STARTED + name.encode())
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(job)
@@ -176,7 +179,7 @@ class GPULauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        return launch_grid(self.config, self.launch_jobs, job_overrides, initial_job_idx, self.array_size)
+        return launch_grid(self.config, self.hydra_context, self.launch_jobs, job_overrides, initial_job_idx, self.array_size)
 
     def launch_jobs(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
         setup_globals()
@@ -208,8 +211,6 @@ class GPULauncher(Launcher):
         while pending or running:
             while pending and len(running) < len(slots):
                 idx, overrides = pending.pop(0)
-                started += 1
-                log.info("job %d of %d started: %s", started, total, redact(" ".join(overrides)))
                 reader, writer = spawn.Pipe(duplex=False)
                 job = cloudpickle.dumps((overrides, self.hydra_context, self.config,
                                          self.task_function, state))  # closures included
@@ -219,15 +220,21 @@ class GPULauncher(Launcher):
                 process.start()
                 writer.close()
                 running[reader] = (idx, overrides, process)
-            for reader in wait(list(running)):  # a result arrived, or the process ended
-                idx, overrides, process = running.pop(reader)
+            for reader in wait(list(running)):  # a message arrived, or the process ended
+                idx, overrides, process = running[reader]
                 try:
-                    results[idx] = cloudpickle.loads(reader.recv_bytes())
+                    message = reader.recv_bytes()
                 except EOFError:  # died without a result: killed, out of memory, ...
-                    process.join()
-                    results[idx] = JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
-                                             _return_value=RuntimeError(
-                                                 f"job process ended with exit code {process.exitcode}"))
+                    message = None
+                if message and message.startswith(STARTED):  # it holds a slot now: it trains
+                    started += 1
+                    log.info("job %d of %d started (slot %s): %s", started, total,
+                             message.removeprefix(STARTED).decode(), redact(" ".join(overrides)))
+                    continue
+                del running[reader]
                 process.join()
+                results[idx] = cloudpickle.loads(message) if message else JobReturn(
+                    overrides=list(overrides), status=JobStatus.FAILED, _return_value=RuntimeError(
+                        f"job process ended with exit code {process.exitcode}"))
                 log.info("job %d of %d done (%d running): %s", len(results), total, len(running),
                          redact(" ".join(overrides)))

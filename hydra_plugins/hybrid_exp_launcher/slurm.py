@@ -58,7 +58,7 @@ if Submitit is not None:
             self.array_size = max_array_size if fuse_seeds else 1
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-            return launch_grid(self.config, self.submit, job_overrides, initial_job_idx, self.array_size)
+            return launch_grid(self.config, self.hydra_context, self.submit, job_overrides, initial_job_idx, self.array_size)
 
         def submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
             """hydra-submitit-launcher's ``launch``, but for two things it does not do: what it

@@ -12,6 +12,7 @@ import inspect
 import itertools
 import logging
 import re
+from pathlib import Path
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
@@ -69,7 +70,7 @@ def check_values(cfg: DictConfig) -> None:
     try:  # the data's values computed from others (data.num_classes from data.root's folders)
         OmegaConf.to_container(cfg.data, resolve=True)
     except InterpolationResolutionError as e:  # a resolver's own sentence, else the key's
-        sentence, raised = re.subn(r"^\w+ raised while resolving interpolation: ", "", e.msg)
+        sentence, raised = re.subn(r"^\w+ raised while resolving interpolation: ", "", e.msg.splitlines()[0])
         raise ConfigError(sentence if raised else f"{e.full_key}: {sentence}") from None
     if "tags" in cfg and not OmegaConf.is_list(cfg.tags):
         raise ConfigError(f"tags must be a list of labels, tags=[{cfg.tags}] (or tags=[a,b]); "
@@ -141,7 +142,22 @@ def check_keys(cfg: DictConfig) -> None:
             hint = f"did you mean {prefix}.{close}? " if close else ""
             listed = f"(its settings: {', '.join(settings)})" if len(settings) <= 16 else \
                 f"(its settings: conf/{prefix.split('.')[0]}/)"
-            raise ConfigError(f"{prefix}.{key} is not a setting of {target.__name__}: {hint}{listed}")
+            raise ConfigError(f"{prefix}.{key} is not a setting of {target.__name__}: {hint}{listed}"
+                              + preset_hint(cfg, f"{prefix}.{key}"))
+
+
+def preset_hint(cfg: DictConfig, key: str) -> str:
+    """Where a key no component takes came from, when an ``experiment`` preset set it: a preset
+    written for other models (``experiment=quick`` sizes the stacked backbone's)."""
+    from hybrid_exp import config_dir
+
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    preset = choices.get("experiment")
+    path = Path(config_dir()) / "experiment" / f"{preset}.yaml"
+    if not preset or not path.is_file() or OmegaConf.select(OmegaConf.load(path), key) is None:
+        return ""
+    return (f"; it comes from experiment={preset}, which sizes the models that take {key}: with "
+            f"model={choices.get('model')}, leave the preset out or give the model's own settings")
 
 
 def closest(key: str, names: list[str]) -> str | None:
@@ -222,6 +238,9 @@ def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
             choices.append([f"{key}={override.get_value_element_as_str()}"])
         elif override.is_choice_sweep() or override.is_range_sweep():
             choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+            if not choices[-1]:
+                raise ConfigError(f"{override.input_line} gives no value, so the grid would have no "
+                                  f"job: give it at least one (seed='range(3)' is 0, 1, 2)")
     swept = [i for i, values in enumerate(choices) if len(values) > 1]
     return [([job[i] for i in swept], compose(config.hydra.job.config_name, overrides=list(job)))
             for job in itertools.product(*choices)]

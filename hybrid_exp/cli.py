@@ -119,6 +119,11 @@ def objective(cfg: DictConfig, metrics: dict[str, float]):
     return value(cfg.objective) if isinstance(cfg.objective, str) else [value(k) for k in cfg.objective]
 
 
+# Options of hydra-optuna-sweeper's configs that Optuna no longer has.
+REMOVED = {"hydra/sweeper/sampler=motpe": "MOTPESampler was removed in Optuna 4, which searches "
+                                          "several objectives with TPE: use hydra/sweeper/sampler=tpe"}
+
+
 def unknown_option(args: list[str]) -> str | None:
     """One sentence for a group option that does not exist (``model=seperable``), with the
     closest one: before Hydra, whose answer is a 30-line list (printed twice in a grid)."""
@@ -127,6 +132,8 @@ def unknown_option(args: list[str]) -> str | None:
 
     conf = Path(config_dir())
     for arg in args:
+        if arg in REMOVED:
+            return f"{arg}: {REMOVED[arg]}"
         if arg.startswith("-") or "=" not in arg:
             continue
         key, value = arg.lstrip("+~").split("=", 1)

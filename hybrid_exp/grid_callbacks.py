@@ -21,7 +21,25 @@ class CheckConfigs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hybrid_exp.checks import ConfigError, check_code, check_values, grid_configs
 
-        jobs = grid_configs(config)
+        try:
+            jobs = grid_configs(config)
+        except ConfigError as e:
+            raise SystemExit(str(e)) from None
+        if config.hydra.sweeper._target_.endswith(".OptunaSweeper"):  # its search space, trials, storage
+            from hydra.utils import instantiate
+
+            try:
+                instantiate(config.hydra.sweeper).validate(config, list(config.hydra.overrides.task))
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
+        launcher = config.hydra.launcher
+        if launcher._target_.endswith(".GPULauncher"):  # the GPUs it names exist here
+            from hydra_plugins.hybrid_exp_launcher.gpus import make_slots
+
+            try:
+                make_slots(launcher.gpus, launcher.runs_per_gpu, launcher.n_jobs)
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
         for stage in (check_values, check_code):  # the quick checks first, for all jobs
             for overrides, cfg in jobs:
                 try:
@@ -32,7 +50,11 @@ class CheckConfigs(Callback):
 
 
 class CheckTracking(Callback):
-    """A tracking URI that cannot work, or a server that is down or refuses us."""
+    """A tracking URI that cannot work, or a server that is down or refuses us; a single run's
+    before Hydra creates its output folder."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self.on_multirun_start(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hybrid_exp.tracking import TrackingUnavailable, check_server, resolve_tracking_uri
@@ -45,7 +67,11 @@ class CheckTracking(Callback):
 
 class PrepareData(Callback):
     """The grid's dataset read once (downloaded, checked, decoded and cached), so that parallel
-    jobs neither download it side by side nor each fail alone."""
+    jobs neither download it side by side nor each fail alone; a single run's, before Hydra
+    creates its output folder (a missing dataset leaves nothing behind)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self.on_multirun_start(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.utils import instantiate
@@ -56,6 +82,10 @@ class PrepareData(Callback):
             instantiate(config.data, seeds=[0]).load()
         except DataError as e:
             raise SystemExit(str(e)) from None
+        except Exception as e:  # not foreseen: every job would fail on it in turn
+            raise SystemExit(f"the dataset (data={config.data._target_.rsplit('.', 1)[-1]}, "
+                             f"data.root={config.data.get('root')}) could not be read: "
+                             f"{type(e).__name__}: {e}") from None
 
 
 class PrepareTracking(Callback):

@@ -145,8 +145,11 @@ LOCAL_HINT = "or log locally with logger.tracking_uri=sqlite:///mlflow.db"
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail at once, in one sentence, when a tracking server is down. Mid-run, MLflow's client
-    retries for minutes (a server restart loses nothing); at start that would only hide a typo."""
+    """Fail at once, in one sentence, when a tracking server or database is down. Mid-run,
+    MLflow's client retries for minutes (a server restart loses nothing); at start that would
+    only hide a typo."""
+    if uri.startswith(("postgresql", "mysql")):
+        check_database(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return
     import base64
@@ -166,6 +169,20 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         reason = getattr(e, "reason", None) or e
         raise TrackingUnavailable(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(reason))}): "
                                   f"start it (docker compose up -d, see docs/tracking.md) {LOCAL_HINT}") from None
+
+
+def check_database(uri: str, timeout: float) -> None:
+    """One connection to a database tracking store, given ``timeout`` seconds."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, round(timeout))})
+        with engine.connect():
+            pass
+    except Exception as e:  # the driver's own error: refused, unknown host, bad password, no driver
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise TrackingUnavailable(f"the tracking database {redact(uri)} cannot be used ({redact(reason[0] if reason else type(e).__name__)}): "
+                                  f"start it, check its address and login (docs/tracking.md) {LOCAL_HINT}") from None
 
 
 def get_experiment(client: Client, name: str):

@@ -1,4 +1,5 @@
 """A config mistake is one sentence, before the data is read or a run or folder is created."""
+import re
 import subprocess
 import sys
 
@@ -128,3 +129,55 @@ def test_a_run_is_checked_once_though_its_callback_and_train_both_ask(make_cfg, 
     assert calls == ["values", "code"]
     checks.check_config(make_cfg("data=synthetic", "seed=4"))  # another config: checked
     assert calls == ["values", "code"] * 2
+
+
+def write_folder_of_non_images(root):
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            (root / split / name / "notes.txt").write_text("not an image")
+    return root
+
+
+SYNTHETIC_GRID = ["-m", "data=synthetic", "data.train_subset=64", "data.val_size=32", "data.eval_size=32",
+                  "trainer.max_epochs=1"]
+OPTUNA = ["-m", "hydra/sweeper=optuna", "data=synthetic", "trainer.max_epochs=1"]
+
+
+# One row per bad input: what the user typed, the one sentence expected (the last line of the
+# output, no traceback), and nothing created: no store, no study, no output folder.
+@pytest.mark.parametrize("args, sentence", [
+    ([*SYNTHETIC_GRID, "seed=range(0)"],
+     r"^seed=range\(0\) gives no value, so the grid would have no job: give it at least one"),
+    ([*SYNTHETIC_GRID, "seed=0,1", "hydra.launcher.gpus=[5]"],
+     r"^hydra.launcher.gpus=\[5\], but this machine shows no GPU: name GPUs it has"),
+    ([*OPTUNA, "optim.lr=interval(0.5, 0.1)"], r"^optim.lr=interval\(0.5, 0.1\): .*low"),
+    ([*OPTUNA, "optim.lr=tag(log, interval(0, 0.1))"], r"^optim.lr=tag\(log, interval\(0, 0.1\)\): .*log"),
+    ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra.sweeper.n_trials=0"],
+     r"^hydra.sweeper.n_trials must be a whole number >= 1; got 0$"),
+    ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra.sweeper.storage=sqlite:///mlflow.db"],
+     r"^hydra.sweeper.storage=sqlite:///mlflow.db is the MLflow store \(logger.tracking_uri\): give "
+     r"the study a database of its own"),
+    ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra/sweeper/sampler=motpe"],
+     r"^hydra/sweeper/sampler=motpe: MOTPESampler was removed in Optuna 4"),
+    (["data=image_folder", "data.root=/nonexistent"],
+     r"^data.root=/nonexistent holds no class folder in /nonexistent/train: lay the images out as"),
+    (["-m", "data=image_folder", "data.root=FOLDER", "seed=0,1"],
+     r"^FOLDER/train/cat holds no image \(.jpeg, .jpg, .png\): every class needs its images in both splits"),
+    (["experiment=quick", "model=darknet", "data=synthetic"],
+     r"^model.width is not a setting of DarkNet: .*; it comes from experiment=quick, which sizes the "
+     r"models that take model.width: with model=darknet, leave the preset out"),
+    (["data.root=/nonexistent", "data.download=false"], r"^no CIFAR-10 found under /nonexistent: expected"),
+    (["logger.tracking_uri=postgresql://user:marker-pw@127.0.0.1:9/db", "data=synthetic"],
+     r"^the tracking database postgresql://user:\*\*\*@127.0.0.1:9/db cannot be used \(.*\): start it"),
+])
+def test_bad_input_is_one_sentence_before_anything_is_created(tmp_path, args, sentence):
+    folder = write_folder_of_non_images(tmp_path / "folder")
+    args = [a.replace("FOLDER", str(folder)) for a in args]
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp", *args], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and lines, run.stdout[-2000:]
+    assert re.search(sentence.replace("FOLDER", re.escape(str(folder))), lines[-1]), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "marker-pw" not in run.stdout + run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]  # no store, study, outputs or multirun

@@ -150,16 +150,24 @@ def test_slots_pin_gpus_and_split_runs_per_gpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert make_slots(None, 2, 1) == [("gpu2-0", "2"), ("gpu2-1", "2"), ("gpu3-0", "3"), ("gpu3-1", "3")]
     assert make_slots(1, 1, 1) == [("gpu2-0", "2")]
-    assert make_slots([5], 1, 1) == [("gpu5-0", "5")]
+    assert make_slots([3], 1, 1) == [("gpu3-0", "3")]
+    with pytest.raises(ValueError, match=r"^hydra.launcher.gpus=\[5\], but this machine shows GPU\(s\) 2, 3 "
+                                         r"\(CUDA_VISIBLE_DEVICES\): name GPUs it has"):
+        make_slots([5], 1, 1)  # else its jobs would train on the CPU
+    with pytest.raises(ValueError, match=r"gpus=3, but this machine shows GPU\(s\) 2, 3"):
+        make_slots(3, 1, 1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert make_slots(None, 1, 3) == [("cpu-0", ""), ("cpu-1", ""), ("cpu-2", "")]
+    with pytest.raises(ValueError, match=r"gpus=\[0\], but this machine shows no GPU"):
+        make_slots([0], 1, 1)
 
 
 @pytest.mark.slow
 def test_each_job_sees_only_its_gpu(tmp_path):
     run = grid(*SMALL, "trainer.max_epochs=1", "trainer.accelerator=cpu", "seed=0,1",
                "hydra.launcher.gpus=[0,1]", f"hydra.launcher.lock_dir={tmp_path}/locks",
-               "hydra.launcher.fuse_seeds=false", cwd=tmp_path)  # two jobs, not one array
+               "hydra.launcher.fuse_seeds=false", cwd=tmp_path,  # two jobs, not one array
+               env={**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"})  # as if it had them: jobs on the CPU
     assert run.returncode == 0, run.stderr[-3000:]
     logs = "".join(p.read_text() for p in tmp_path.glob("multirun/*/*/*/*.log"))
     logs += run.stdout + run.stderr

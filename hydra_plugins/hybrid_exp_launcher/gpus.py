@@ -68,6 +68,12 @@ def make_slots(gpus, runs_per_gpu: int, n_jobs: int) -> list[tuple[str, str]]:
         devices = visible[:gpus]
     else:
         devices = [str(g) for g in gpus]
+    absent = [d for d in devices if d not in visible] or (isinstance(gpus, int) and gpus > len(visible))
+    if absent:  # else its jobs would train on the CPU without a word
+        seen = f"GPU(s) {', '.join(visible)}" if visible else "no GPU"
+        raise ValueError(f"hydra.launcher.gpus={gpus}, but this machine shows {seen}"
+                         f"{' (CUDA_VISIBLE_DEVICES)' if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}: "
+                         f"name GPUs it has, or leave gpus out (every GPU; n_jobs CPU jobs without one)")
     if devices:
         return [(f"gpu{d}-{k}", d) for d in devices for k in range(runs_per_gpu)]
     return [(f"cpu-{k}", "") for k in range(n_jobs)]

@@ -102,30 +102,46 @@ class OptunaSweeper(Sweeper):
         for override in overrides:
             key = override.get_key_element()
             if override.is_sweep_override():
-                space[key] = distribution(override)
+                try:
+                    space[key] = distribution(override)
+                except ValueError as e:  # Optuna's own words on its bounds, with the key they belong to
+                    raise ValueError(f"{override.input_line}: {e}") from None
                 fixed.pop(key, None)
             else:
                 fixed[key] = override.input_line
                 space.pop(key, None)
         return space, list(fixed.values())
 
-    def check_objective(self) -> None:
-        """Tune on validation, never on the test subset (hybrid-exp's configs)."""
-        objective = self.config.get("objective")
+    def validate(self, config: DictConfig, arguments: list[str]) -> tuple[dict, list[str], str]:
+        """(search space, fixed overrides, storage) of the sweep ``config`` and its command line
+        ``arguments`` describe, or a ValueError in one sentence: what the sweep would stop on,
+        checked before a grid creates anything (hybrid_exp.grid_callbacks) and again here."""
+        objective = config.get("objective")  # tune on validation, never on the test subset
         objectives = [objective] if isinstance(objective, str) else list(objective or [])
         if any(str(o).startswith("test/") for o in objectives):
             raise ValueError(f"objective={objective} tunes on the test subset; use val/error")
-        if "data" in self.config and self.config.data.get("val_size", 1) == 0:
+        if "data" in config and config.data.get("val_size", 1) == 0:
             raise ValueError("an Optuna sweep tunes on the validation split, but data.val_size=0 "
                              "holds none out: set data.val_size (e.g. 5000)")
-
-    def sweep(self, arguments: list[str]) -> None:
-        self.check_objective()
+        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ValueError(f"hydra.sweeper.n_trials must be a whole number >= 1; got {self.n_trials!r}")
         space, fixed = self.search_space(arguments)
         if not space and not self.extend_space:
             raise ValueError("nothing to search: give hydra.sweeper.params or sweeps on the command "
                              "line, e.g. optim.lr='tag(log, interval(0.01, 0.5))'")
         storage = self.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+        tracking = OmegaConf.select(config, "logger.tracking_uri")  # a database of its own
+        same = lambda uri: Path(uri.removeprefix("sqlite:///")).expanduser().resolve() \
+            if str(uri).startswith("sqlite:///") else str(uri)
+        if tracking is not None and same(storage) == same(str(tracking)):
+            raise ValueError(f"hydra.sweeper.storage={redact(storage)} is the MLflow store "
+                             f"(logger.tracking_uri): give the study a database of its own, e.g. "
+                             f"hydra.sweeper.storage=sqlite:///optuna.db (each would add its tables "
+                             f"to the other's)")
+        return space, fixed, storage
+
+    def sweep(self, arguments: list[str]) -> None:
+        space, fixed, storage = self.validate(self.config, arguments)
         name = self.study_name or self.default_study_name(space, fixed)
         n_trials, grid = self.n_trials, None
         if isinstance(self.sampler, functools.partial) and self.sampler.func is optuna.samplers.GridSampler:
@@ -147,7 +163,25 @@ class OptunaSweeper(Sweeper):
             # a resumed sweep must not replay the trials its seed drew the first time
             study.sampler = instantiate(sampler_cfg, seed=sampler_cfg.seed + done)
         parent = self.parent_run(name)
-        failures = 0
+        try:
+            completed = self.run_trials(study, space, fixed, storage, name, parent, done, n_trials)
+        except BaseException as e:  # the study's run ends with it, not RUNNING forever
+            if parent:
+                self.tracking_client.set_terminated(parent, "FAILED" if isinstance(e, Exception) else "KILLED")
+            raise
+        if completed:
+            self.report(study, storage, fixed)
+        else:
+            log.warning("Study %s: no trial completed, so there is no best trial (see the failed "
+                        "trials above)", name)
+        if parent:
+            self.tracking_client.set_terminated(parent, "FINISHED" if completed else "FAILED")
+
+    def run_trials(self, study: optuna.Study, space: dict, fixed: list[str], storage: str, name: str,
+                   parent: str | None, done: int, n_trials: int) -> int:
+        """Launch trials ``n_jobs`` at a time until ``n_trials`` are done; the number of the
+        study's completed trials. Too many failures stop it, naming the last one's error."""
+        failures, reason = 0, ""
         while done < n_trials:
             trials = [self.ask(study, space) for _ in range(min(self.n_jobs, n_trials - done))]
             batch = [fixed + [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
@@ -157,14 +191,14 @@ class OptunaSweeper(Sweeper):
                         f"++optuna.parent_run_id={parent or 'null'}"] for trial in trials]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, job in zip(trials, returns):
-                failures += self.tell(study, trial, job)
+                failed = self.tell(study, trial, job)
+                if failed:
+                    failures, reason = failures + 1, f"trial {trial.number}: {failed}"
             done += len(trials)
             if failures > self.max_failure_rate * done:
                 raise RuntimeError(f"{failures} of {done} trials failed, more than "
-                                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
-        self.report(study, storage, fixed)
-        if parent:
-            self.tracking_client.set_terminated(parent, "FINISHED")
+                                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; {redact(reason)}")
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
     def ask(self, study: optuna.Study, space: dict) -> optuna.Trial:
         """A new trial with the space's parameters, plus those ``custom_search_space`` suggests."""
@@ -173,23 +207,23 @@ class OptunaSweeper(Sweeper):
             self.extend_space(self.config, trial)
         return trial
 
-    def tell(self, study: optuna.Study, trial: optuna.Trial, job) -> int:
-        """Record a job's outcome in the study; 1 if the trial failed."""
+    def tell(self, study: optuna.Study, trial: optuna.Trial, job) -> str:
+        """Record a job's outcome in the study; why the trial failed, '' if it did not."""
         if job.status == JobStatus.COMPLETED:
             values = job.return_value if isinstance(job.return_value, Sequence) else [job.return_value]
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 study.tell(trial, values)
-                return 0
+                return ""
             reason = f"non-finite objective {values}"
         elif isinstance(job._return_value, optuna.TrialPruned):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             log.info("trial %d pruned", trial.number)
-            return 0
+            return ""
         else:
             reason = f"{type(job._return_value).__name__}: {job._return_value}"
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        log.warning("trial %d failed: %s", trial.number, reason)
-        return 1
+        log.warning("trial %d failed: %s", trial.number, redact(reason))
+        return reason
 
     def default_study_name(self, space: dict, fixed: list[str]) -> str:
         """Stable across reruns of the same command: the experiment plus the search itself."""
@@ -232,5 +266,12 @@ class OptunaSweeper(Sweeper):
         (out / "best.yaml").write_text("# @package _global_\n# best trial of study "
                                        f"{study.study_name}; copy to conf/experiment/\n"
                                        + OmegaConf.to_yaml(preset))
-        log.info("Best: %s -> %s", results.get("best_params") or "Pareto front",
-                 out / "optimization_results.yaml")
+        objective = self.config.get("objective", "value")
+        if len(self.directions) == 1:
+            log.info("Best: trial %d, %s %.4g with %s (of %d trials; %s)", best.number, objective, best.value,
+                     " ".join(f"{k}={v}" for k, v in best.params.items()), len(study.trials),
+                     out / "optimization_results.yaml")
+        else:
+            log.info("Best: a Pareto front of %d trials (%s) -> %s", len(study.best_trials),
+                     ", ".join(f"trial {t.number}: {t.values}" for t in study.best_trials),
+                     out / "optimization_results.yaml")

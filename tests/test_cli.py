@@ -28,6 +28,7 @@ def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10
     assert tree.startswith("config") and "├── model" in tree and "max_epochs: 3" in tree
     assert "epoch 3/3" in next((tmp_path / "multirun").glob("*/*/0/hybrid_exp.log")).read_text()
     assert "epoch 3/3" in run.stdout + run.stderr  # one plain progress line per epoch
+    assert re.search(r"epoch 3/3  val/loss [\d.]+ ± [\d.e-]+ .*\(mean ± sd over 2 members\)", run.stdout + run.stderr)
     output = run.stdout + run.stderr
     assert re.search(r"job [12] of 2 started \(slot cpu-[01]\): model=separable", output)
     assert "job 2 of 2 done" in output

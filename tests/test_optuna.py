@@ -122,6 +122,9 @@ def test_sweep_on_real_cifar10_is_tracked_and_resumes_running_only_missing_trial
         "optim.lr", "optim.weight_decay"}
     best = next(tmp_path.glob("multirun/*/*/best.yaml")).read_text()
     assert best.startswith("# @package _global_") and "optim:" in best
+    shown = study.best_trial  # the log's last word: which trial, its value, its parameters
+    assert (f"Best: trial {shown.number}, val/error {shown.value:.4g} with optim.lr={shown.params['optim.lr']} "
+            f"optim.weight_decay={shown.params['optim.weight_decay']} (of 6 trials") in first.stdout + first.stderr
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     runs = load_runs("hybrid-exp", uri)
@@ -182,9 +185,15 @@ def test_failing_trial_fails_the_trial_not_the_sweep_up_to_max_failure_rate(tmp_
     strict = sweep(*SYNTHETIC, "trainer.max_epochs=1", "optim.lr=choice(1e30)",
                    "hydra.sweeper.n_trials=4", cwd=tmp_path / "strict")
     assert strict.returncode != 0
-    assert "trials failed, more than hydra.sweeper.max_failure_rate=0.0" in strict.stderr
+    stopped = next(line for line in strict.stderr.splitlines() if "trials failed" in line)
+    assert "2 of 2 trials failed, more than hydra.sweeper.max_failure_rate=0.0; trial 1: " in stopped
+    assert "non-finite loss" in stopped  # the trial's own error, not only a count
     _, done = trials(tmp_path / "strict")
     assert len(done) == 2  # stopped after the first batch
+    client = MlflowClient(f"sqlite:///{tmp_path / 'strict'}/mlflow.db")
+    (study_run,) = client.search_runs([client.get_experiment_by_name("hybrid-exp").experiment_id],
+                                      "tags.`hybrid_exp.kind` = 'study'")
+    assert study_run.info.status == "FAILED"  # ended with the sweep, not left RUNNING
 
 
 @pytest.mark.slow

@@ -321,15 +321,21 @@ def test_a_run_interrupted_and_resumed_matches_the_uninterrupted_run_epoch_by_ep
             assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-5), key
 
 
-def test_a_job_waiting_for_a_slot_names_its_holder_and_how_to_run_beside_it(tmp_path, caplog):
-    import threading
-
+def hold_slot(lock_dir: Path) -> subprocess.Popen:
+    """Another process holding slot cpu-0 of ``lock_dir`` (for five minutes, or until killed)."""
     holder = subprocess.Popen([sys.executable, "-c", (
         "import time; from pathlib import Path\n"
         "from hydra_plugins.hybrid_exp_launcher.gpus import claim\n"
-        f"claim([('cpu-0', '')], Path({str(tmp_path)!r}), 'python -m hybrid_exp model=hybrid')\n"
-        "print('held', flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+        f"claim([('cpu-0', '')], Path({str(lock_dir)!r}), 'python -m hybrid_exp model=hybrid')\n"
+        "print('held', flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_job_waiting_for_a_slot_names_its_holder_and_how_to_run_beside_it(tmp_path, caplog):
+    import threading
+
+    holder = hold_slot(tmp_path)
     claimed = []
     with caplog.at_level("WARNING"):
         waiter = threading.Thread(target=lambda: claimed.append(claim([("cpu-0", "")], tmp_path, report_every=0)))
@@ -348,12 +354,7 @@ def test_a_job_waiting_for_a_slot_names_its_holder_and_how_to_run_beside_it(tmp_
 
 def test_a_grid_says_started_only_once_its_job_holds_a_slot(tmp_path):
     locks = tmp_path / "locks"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pathlib import Path\n"
-        "from hydra_plugins.hybrid_exp_launcher.gpus import claim\n"
-        f"claim([('cpu-0', '')], Path({str(locks)!r}), 'python -m hybrid_exp model=hybrid')\n"
-        "print('held', flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold_slot(locks)
     job = subprocess.Popen([sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=1",
                             "seed=0", f"hydra.launcher.lock_dir={locks}"], cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -372,6 +373,7 @@ def test_a_grid_says_started_only_once_its_job_holds_a_slot(tmp_path):
     assert after.index("started (slot cpu-0)") < after.index("Grid summary: 1 finished")
 
 
+@pytest.mark.slow
 def test_a_relaunch_decides_its_skips_before_starting_any_job(tmp_path):
     first = grid(*SMALL, "trainer.max_epochs=1", "seed=0,1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -400,6 +402,7 @@ def test_a_run_left_running_without_its_checkpoint_ends_killed_when_its_config_t
     assert ended.info.status == "KILLED" and "its checkpoint is gone" in ended.data.tags["error"]
 
 
+@pytest.mark.slow
 def test_two_identical_grids_launched_together_train_each_config_once(tmp_path):
     """Each with its own slots (so both run at once): the second waits for the config the
     first trains, then skips it; however they interleave, one FINISHED run per config."""

@@ -185,6 +185,7 @@ def test_failing_trial_fails_the_trial_not_the_sweep_up_to_max_failure_rate(tmp_
     strict = sweep(*SYNTHETIC, "trainer.max_epochs=1", "optim.lr=choice(1e30)",
                    "hydra.sweeper.n_trials=4", cwd=tmp_path / "strict")
     assert strict.returncode != 0
+    assert "Traceback" not in strict.stderr
     stopped = next(line for line in strict.stderr.splitlines() if "trials failed" in line)
     assert "2 of 2 trials failed, more than hydra.sweeper.max_failure_rate=0.0; trial 1: " in stopped
     assert "non-finite loss" in stopped  # the trial's own error, not only a count

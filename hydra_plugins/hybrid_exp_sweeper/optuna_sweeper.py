@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
@@ -66,6 +67,10 @@ def grid_values(key: str, dist: optuna.distributions.BaseDistribution) -> list:
         return [dist.low + i * dist.step for i in range(n)]
     raise ValueError(f"hydra/sweeper/sampler=grid tries every value, so {key} needs choice(...) or "
                      f"range(a, b, step); an interval has no grid")
+
+
+class TooManyFailures(CompactHydraException):
+    """A sweep stopped by its failed trials: Hydra prints this sentence, not a traceback."""
 
 
 class OptunaSweeper(Sweeper):
@@ -196,7 +201,7 @@ class OptunaSweeper(Sweeper):
                     failures, reason = failures + 1, f"trial {trial.number}: {failed}"
             done += len(trials)
             if failures > self.max_failure_rate * done:
-                raise RuntimeError(f"{failures} of {done} trials failed, more than "
+                raise TooManyFailures(f"{failures} of {done} trials failed, more than "
                                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; {redact(reason)}")
         return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 

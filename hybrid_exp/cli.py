@@ -93,12 +93,13 @@ def task(cfg: DictConfig):
 
         from hybrid_exp.checks import ConfigError
         from hybrid_exp.data import DataError
+        from hybrid_exp.store import StoreFailed
         from hybrid_exp.tracking import TrackingUnavailable
 
         pruned = isinstance(e, optuna.TrialPruned)
         status.write_text(json.dumps({"setup": setup, "requeues": requeues, "status": "pruned" if pruned
                                       else "failed", "error": f"{type(e).__name__}: {e}"}))
-        if isinstance(e, (ConfigError, DataError, TrackingUnavailable)) and \
+        if isinstance(e, (ConfigError, DataError, TrackingUnavailable, StoreFailed)) and \
                 HydraConfig.get().mode == RunMode.RUN:
             raise SystemExit(str(e)) from None  # the user's mistake: one sentence, no traceback
         raise

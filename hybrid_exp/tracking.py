@@ -18,11 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from hybrid_exp.redact import redact, redact_tree
 from hybrid_exp.schema import DEFAULTS_OUT_OF_HASH, UNHASHED_KEYS, protocol_text, short_hash
-from hybrid_exp.store import Client
+from hybrid_exp.store import Client, StoreFailed
 
 log = logging.getLogger(__name__)
-# A quiet terminal: MLflow announces each store migration (a new store: a dozen lines)
+# A quiet terminal: MLflow announces each store migration (a new store: a dozen lines), and logs a
+# traceback for each failed attempt at a store error (store.retrying says it once, in a sentence)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("mlflow.store.db.utils").addFilter(
+    lambda record: not record.getMessage().startswith("SQLAlchemy database error"))
 
 WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)
 
@@ -354,6 +357,8 @@ def mlflow_run(client: Client, experiment_id: str, cfg: DictConfig, tags: dict[s
             client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
         tracked = TrackedRun(client, run_id, resumed=bool(resume))
         yield tracked
+    except StoreFailed:  # nothing can be recorded now: the run stays as it is, to be resumed
+        raise
     except BaseException as e:  # Lightning turns Ctrl-C into SystemExit: both are KILLED
         import optuna
 

@@ -33,3 +33,17 @@ def test_a_busy_store_is_retried_and_any_other_error_is_not(tmp_path, monkeypatc
         client.get_run("0" * 32)  # not busy: raised at once
     assert len(calls) == 4
     assert client.tracking_uri.endswith("mlflow.db")  # attributes pass through
+
+
+def test_a_store_error_no_retry_mends_is_one_sentence_at_once():
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: ...]",
+                              error_code=TEMPORARILY_UNAVAILABLE)
+
+    with pytest.raises(store.StoreFailed, match=r"^the store failed \(\(sqlite3.OperationalError\) attempt to write a "
+                                          r"readonly database\): make it writable"):
+        store.retrying(broken, store="the store")
+    assert len(calls) == 1  # no retry: it would only repeat the error for a minute

@@ -149,6 +149,8 @@ OPTUNA = ["-m", "hydra/sweeper=optuna", "data=synthetic", "trainer.max_epochs=1"
 @pytest.mark.parametrize("args, sentence", [
     ([*SYNTHETIC_GRID, "seed=range(0)"],
      r"^seed=range\(0\) gives no value, so the grid would have no job: give it at least one"),
+    ([*SYNTHETIC_GRID, "seed=[0,0],[1,2]"],
+     r"^seed must be one seed or a list of distinct seeds; got \[0, 0\] \(job seed=\[0,0\]\)$"),
     ([*SYNTHETIC_GRID, "seed=0,1", "hydra.launcher.gpus=[5]"],
      r"^hydra.launcher.gpus=\[5\], but this machine shows no GPU: name GPUs it has"),
     ([*OPTUNA, "optim.lr=interval(0.5, 0.1)"], r"^optim.lr=interval\(0.5, 0.1\): .*low"),

@@ -35,7 +35,7 @@ def finished_jobs(config: DictConfig, hydra_context: HydraContext, job_overrides
                 sweep.hydra.job.num = initial_job_idx + i
             HydraConfig.instance().set_config(sweep)  # what the job's interpolations read
             cfg = OmegaConf.masked_copy(sweep, [k for k in sweep if k != "hydra"])
-            if cfg.get("rerun"):
+            if cfg.get("rerun") or not {"data", "logger"} <= set(cfg):  # rerun, or not hybrid-exp's
                 continue
             data = OmegaConf.to_yaml(cfg.data, resolve=True)
             if data not in fingerprints:

@@ -318,7 +318,7 @@ def test_grid_logs_over_http_to_postgres_with_artifacts_on_the_server(server, tm
     assert sorted(tags(r)["seed"] for r in runs) == ["0", "1"]
     for run in runs:
         assert run["info"]["status"] == "FINISHED"
-        assert server.history(run["info"]["run_id"], "val/error") == [0, 1]  # one point per epoch
+        assert server.history(run["info"]["run_id"], "val/error") == [1, 2]  # one point per epoch, from 1
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert params["model.width"] == "16"
         # the artifacts went through the server into its artifact store, not to a local folder

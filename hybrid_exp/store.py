@@ -33,10 +33,12 @@ def retrying(call, *args, attempts: int = 8, store: str = "the tracking store", 
             reason = str(e).strip().splitlines()[0] if str(e).strip() else "unavailable"
             lasting = any(kind in reason for kind in LASTING)
             if lasting or attempt == attempts - 1:
-                raise StoreFailed(
-                    f"{store} failed ({reason[:300]}{'' if lasting else f'; {attempts} tries'}): make "
-                    f"it writable (its file, its folder, disk space) and run the same command again: "
-                    f"finished runs are kept and interrupted ones resume from their last checkpoint") from None
+                mend = ("make it writable (its file, its folder, disk space)" if lasting else
+                        f"it stayed busy through {attempts} tries: fewer parallel writers, or a "
+                        f"server store (docs/tracking.md)")
+                raise StoreFailed(f"{store} failed ({reason[:300]}): {mend}, and run the same command "
+                                  f"again: finished runs are kept and interrupted ones resume from "
+                                  f"their last checkpoint") from None
             time.sleep(0.2 * 2**attempt * (1 + random.random()))
 
 

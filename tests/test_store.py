@@ -47,3 +47,14 @@ def test_a_store_error_no_retry_mends_is_one_sentence_at_once():
                                           r"readonly database\): make it writable"):
         store.retrying(broken, store="the store")
     assert len(calls) == 1  # no retry: it would only repeat the error for a minute
+
+
+def test_a_store_busy_through_every_retry_says_so(monkeypatch):
+    monkeypatch.setattr(store.time, "sleep", lambda seconds: None)
+
+    def locked():
+        raise MlflowException("(sqlite3.OperationalError) database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+
+    with pytest.raises(store.StoreFailed, match=r"^the store failed \(.*database is locked\): it stayed busy "
+                                                r"through 8 tries: fewer parallel writers"):
+        store.retrying(locked, store="the store")

@@ -67,7 +67,7 @@ def launch_grid(config: DictConfig, hydra_context: HydraContext,
     """What each of our launchers' ``launch`` does with its own ``launch`` (gpus: processes on
     GPU slots; slurm: submitit jobs): the sweep's saved config redacted, the configs that
     FINISHED before skipped without a job, the others run as fused arrays, and the summary."""
-    from hydra_plugins.hybrid_exp_launcher.done import finished_jobs
+    from hydra_plugins.hybrid_exp_launcher.done import finished_jobs  # done.py imports this module
 
     redact_files(Path(config.hydra.sweep.dir))  # multirun.yaml, as the sweeper saved it
     jobs = finished_jobs(config, hydra_context, job_overrides, initial_job_idx)

@@ -3,10 +3,9 @@ from pathlib import Path
 
 
 def config_dir() -> str:
-    """conf/ of a source checkout, else the copy a wheel installs as hybrid_exp/conf. Here, not
+    """The Hydra configs, hybrid_exp/conf (also reachable as conf/ in a checkout). Here, not
     in the CLI: importing the CLI registers Hydra plugins and a resolver."""
-    source = Path(__file__).resolve().parent.parent / "conf"
-    return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
+    return str(Path(__file__).resolve().parent / "conf")
 
 
 def class_folders(root: str) -> int:

@@ -4,7 +4,7 @@ from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, Laun
 
 from hydra_plugins.hybrid_exp_launcher import register
 
-register()  # an editable install hides the plugin from Hydra's scan
+register()  # as the CLI does: whatever the install, this process knows the launcher
 # The suites expect jobs to run in their output dir (Hydra < 1.2); this test session runs at
 # version_base 1.3 (set by importing hybrid_exp.cli), so ask for it explicitly.
 OVERRIDES = ["hydra.job.chdir=True", "hydra.launcher.n_jobs=2"]

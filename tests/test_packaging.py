@@ -29,8 +29,9 @@ def test_wheel_carries_the_configs_and_runs_from_them(tmp_path):
 
 
 def test_the_readmes_install_lets_any_hydra_app_find_the_launchers_and_the_sweeper(tmp_path):
-    """Hydra finds plugins by scanning the hydra_plugins namespace: setuptools' default editable
-    install hides it behind an import hook, the README's (editable_mode=compat) does not."""
+    """Hydra finds plugins by scanning the hydra_plugins namespace: an editable install must put
+    the checkout on sys.path (pyproject's package-dir), not hide it behind an import hook, as
+    setuptools does for packages mapped elsewhere (conf/ as hybrid_exp.conf did)."""
     found = subprocess.run([sys.executable, "-c", (
         "from hydra.core.plugins import Plugins\n"
         "from hydra.plugins.launcher import Launcher\n"

@@ -3,8 +3,9 @@
 
 
 def register() -> None:
-    """Make the plugins known to Hydra. Its plugin scan finds them in a wheel install but not
-    through the import hook of an editable (`pip install -e`) one."""
+    """Make the plugins known to Hydra in this process, whatever its scan of ``hydra_plugins``
+    finds (it finds them in a wheel and in an editable install of this layout; an editable
+    install made before ``conf/`` moved into the package hides them behind an import hook)."""
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.hybrid_exp_launcher import gpus, slurm

@@ -21,3 +21,13 @@ class TestGPULauncher(LauncherTestSuite):
                          [("gpus", ["hydra.sweeper.max_batch_size=2", *OVERRIDES])])
 class TestGPULauncherBatched(BatchedSweeperTestSuite):
     pass
+
+
+def test_the_suites_run_on_this_projects_launcher():
+    """What the suites above exercise is ours: Hydra resolves hydra/launcher=gpus to GPULauncher."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    from hydra_plugins.hybrid_exp_launcher.gpus import GPULauncher
+
+    assert GPULauncher in Plugins.instance().discover(Launcher)

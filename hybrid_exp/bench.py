@@ -33,6 +33,9 @@ capture: once per run, or per array).
 reports seconds per epoch per member, to check the projection against the product path.
 ``--pack`` also times several fast-path runs sharing the device at once, each its own process
 (``hydra.launcher.runs_per_gpu``), and gives the aggregate images/s.
+``--shapes``, instead of the modes, times each distinct conv of the setups' training step
+(arrays of ``--fuse`` members), forward + backward, as cuDNN's grouped conv and the other ways
+to compute it (hybrid_exp/conv_alternatives.py), the shapes that cost the step most first.
 """
 import argparse
 import json
@@ -68,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--pack", type=lambda text: [int(n) for n in text.split(",")],
                      help="also time N fast-path runs at once on the device for each N in "
                           "this list, e.g. 1,2,4,8 (the first model only)")
+    cli.add_argument("--shapes", action="store_true",
+                     help="instead of the modes: time each distinct conv of the --models' training "
+                          "step (arrays of --fuse members) forward + backward as one grouped conv, "
+                          "one conv per member and (1x1) one batched matmul, --seconds per shape "
+                          "and implementation (hybrid_exp/conv_alternatives.py)")
     cli.add_argument("--json", help="also write the results here")
     return cli
 
@@ -77,6 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(argv)
     if args.fuse < 1:
         cli.error(f"--fuse must be >= 1 (members per fused array); got {args.fuse}")
+    if args.shapes and (args.compile or args.e2e or args.pack):
+        cli.error("--shapes times the convs instead of the training modes: run --compile, --e2e "
+                  "and --pack in a command of their own")
     import resource
     import statistics
 
@@ -103,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     except DataError as e:
         cli.error(f"{e} (--data-root)")
 
+    if args.shapes:
+        return shapes(args, arrays, device)
     on_gpu = device.type == "cuda"
     modes = ["lightning", "conventional", "fast", *(["fused"] if args.fuse > 1 else []),
              *(["graph"] if args.fuse > 1 and on_gpu else []), *(["compiled"] if args.compile else []),
@@ -157,6 +170,31 @@ def main(argv: list[str] | None = None) -> dict:
                                               args.pack, args.batch_size)
         print(f"{args.models[0]}, runs at once on one {device.type}: " + ", ".join(
             f"{r['runs']}: {r['images_per_s']:.0f} img/s ({r['scaling']:.2f}x)" for r in report["packing"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def shapes(args, arrays, device) -> dict:
+    """``--shapes``: the table of conv timings, the slowest shapes first."""
+    from hybrid_exp import benchmark
+
+    rows = [row for setup in args.models for row in benchmark.shape_timings(
+        setup, arrays, device, args.batch_size, args.fuse, args.seconds)]
+    rows.sort(key=lambda row: -row["ms"]["grouped"] * row["layers"])
+    names = list(benchmark.conv_alternatives.IMPLEMENTATIONS)
+    print(f"forward + backward, ms per call, {args.fuse} member(s) per array, on {benchmark.machine(device)}")
+    print(f"{'setup':<24}{'input':>22}{'weight':>20}{'stride':>7}{'groups':>7}{'layers':>7}"
+          + "".join(f"{name:>12}" for name in names) + "  fastest")
+    for row in rows:
+        ms = row["ms"]
+        print(f"{row['setup']:<24}{'x'.join(map(str, row['input'])):>22}{'x'.join(map(str, row['weight'])):>20}"
+              f"{row['stride']:>7}{row['groups']:>7}{row['layers']:>7}"
+              + "".join(f"{ms[name]:>12.3f}" if name in ms else f"{'-':>12}" for name in names)
+              + f"  {min(ms, key=ms.get)}")
+    report = {"machine": benchmark.machine(device), "members": args.fuse, "seconds": args.seconds,
+              "shapes": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

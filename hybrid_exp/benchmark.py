@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from hybrid_exp import costs
+from hybrid_exp import conv_alternatives, costs
 from hybrid_exp import config_dir
 from hybrid_exp.data import Batches, conventional_loader, load_cifar10
 from hybrid_exp.fusion import fuse
@@ -291,6 +291,18 @@ def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int
             result[f"{mode}_eval_images_per_s"] = pipelines[mode].eval_rate()
     result["ratio"] = result["fast_images_per_s"] / result["conventional_images_per_s"]
     return result
+
+
+def shape_timings(setup: str, arrays, device: torch.device, batch_size: int, members: int,
+                  seconds: float) -> list[dict]:
+    """Each distinct conv of the setup's training step (a fused array of ``members``), its
+    forward + backward timed in milliseconds as each implementation of
+    hybrid_exp.conv_alternatives that computes it, in the step's precision."""
+    platform = Platform(setup, arrays[0], arrays[1], device, batch_size, members=members)
+    shapes = conv_alternatives.conv_shapes(platform.module, platform.step, members)
+    return [{"setup": setup, **shape,
+             "ms": conv_alternatives.time_shape(shape, device, platform.autocast, seconds)}
+            for shape in shapes]
 
 
 def packed_run(setup: str, data_root: str, device: str, seconds: float, threads: int,

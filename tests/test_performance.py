@@ -217,6 +217,15 @@ def test_bench_names_the_valid_setups_for_an_unknown_one(capsys):
     assert "unknown setup 'fractalnet+nope'" in error and "hybrid" in error and "standard" in error
 
 
+def test_bench_shapes_with_a_training_mode_is_one_sentence(capsys, tmp_path):
+    from hybrid_exp.bench import main
+    with pytest.raises(SystemExit) as stopped:
+        main(["--shapes", "--compile", "--json", str(tmp_path / "out.json")])
+    assert stopped.value.code == 2
+    assert "run --compile, --e2e and --pack in a command of their own" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("network", [
     pytest.param(TINY, id="stacked"),
@@ -245,3 +254,73 @@ def test_cuda_graph_without_cuda_trains_eagerly_saying_why(make_cfg, caplog):
     assert result.status == "finished"
     assert "trainer.cuda_graph=true: it needs a CUDA device; training without a CUDA graph" in caplog.text
     assert "litlogger" not in caplog.text  # Lightning's advertisement is filtered out
+
+
+SHAPES = [  # (input, weight, stride, padding, groups, members): the kinds a fused array has
+    ((2, 9, 6, 6), (12, 3, 3, 3), 1, 1, 3, 3),  # a stem: 3 channels per group, 3 members
+    ((2, 24, 6, 6), (24, 4, 3, 3), 2, 1, 6, 3),  # ResNeXt's grouped 3x3, 2 groups per member
+    ((2, 24, 6, 6), (6, 8, 1, 1), 1, 0, 3, 3),  # a narrow 1x1 (8 -> 2 per member)
+    ((2, 24, 6, 6), (12, 4, 1, 1), 1, 0, 6, 3),  # a grouped 1x1
+    ((2, 24, 6, 6), (6, 8, 1, 1), 2, 0, 3, 3),  # a strided 1x1 (a shortcut's projection)
+    ((2, 8, 6, 6), (4, 8, 1, 1), 1, 0, 1, 1),  # one run
+]
+
+
+@pytest.mark.parametrize("input_shape, weight_shape, stride, padding, groups, members", SHAPES)
+def test_every_conv_alternative_computes_the_grouped_conv_exactly(input_shape, weight_shape, stride,
+                                                                   padding, groups, members):
+    """Forward and both gradients in float64, on NHWC tensors as training has them."""
+    from hybrid_exp.conv_alternatives import IMPLEMENTATIONS, applies, grouped
+
+    shape = {"kernel": weight_shape[-1], "stride": stride, "members": members}
+    x = torch.randn(input_shape, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(weight_shape, dtype=torch.float64).requires_grad_()
+    args = (stride, padding, groups, members)
+    expected = grouped(x, w, *args)
+    grad_out = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, w), grad_out)
+    checked = [name for name in IMPLEMENTATIONS if applies(name, shape)]
+    assert ("matmul" in checked) == (weight_shape[-1] == 1 and stride == 1)
+    assert ("per_member" in checked) == (members > 1)
+    for name in checked:
+        y = IMPLEMENTATIONS[name](x, w, *args)
+        assert y.is_contiguous(memory_format=torch.channels_last), name  # stays NHWC
+        torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12, msg=name)
+        for grad, expected_grad in zip(torch.autograd.grad(y, (x, w), grad_out), expected_grads):
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_conv_shapes_finds_each_distinct_conv_of_a_fused_training_step():
+    from hybrid_exp.benchmark import network
+    from hybrid_exp.conv_alternatives import conv_shapes
+
+    array = network("resnext", torch.device("cpu"), members=2)
+    x = torch.randn(2, 6, 32, 32)  # 2 members' images
+    shapes = conv_shapes(array, lambda: array(x).sum().backward(), members=2)
+    convs = [m for m in array.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sum(s["layers"] for s in shapes) == len(convs)  # every conv once, each shape once
+    assert len({repr({k: v for k, v in s.items() if k != "layers"}) for s in shapes}) == len(shapes)
+    stem = next(s for s in shapes if s["input"][1] == 6)
+    assert (stem["groups"], stem["members"], stem["weight"][1]) == (2, 2, 3)  # 3 channels per group
+    grouped = [s for s in shapes if s["groups"] == 2 * 32]  # ResNeXt's 32 paths, per member
+    assert grouped and all(s["weight"][1] == 4 and s["layers"] >= 1 for s in grouped)
+
+
+@pytest.mark.slow
+def test_bench_shapes_times_each_conv_of_an_array_in_every_implementation(tmp_path, cifar10_root):
+    out = tmp_path / "shapes.json"
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp.bench", "--models", "inception", "--fuse", "2",
+                          "--shapes", "--seconds", "0.05", "--batch-size", "16",
+                          "--data-root", str(cifar10_root), "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["shapes"]
+    assert report["members"] == 2 and all(row["members"] == 2 for row in rows)
+    assert all(row["ms"]["grouped"] > 0 and row["ms"]["per_member"] > 0 for row in rows)
+    one_by_one = [row for row in rows if row["kernel"] == 1 and row["stride"] == 1]
+    assert one_by_one and all(row["ms"]["matmul"] > 0 for row in one_by_one)
+    assert all("matmul" not in row["ms"] for row in rows if row["kernel"] > 1)
+    narrow = next(row for row in rows if row["weight"][:2] == [8, 64])  # 64 -> 4 per member, x2
+    assert narrow["groups"] == 2 and narrow["input"][1] == 128
+    assert "fastest" in run.stdout and "grouped" in run.stdout

@@ -38,7 +38,7 @@ def matmul(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, groups: 
            members: int) -> torch.Tensor:
     B, C, H, W = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(-1, groups, C // groups).transpose(0, 1)  # (G, BHW, C_in/G)
-    y = torch.bmm(rows, w.view(groups, -1, C // groups).transpose(1, 2))  # (G, BHW, C_out/G)
+    y = torch.bmm(rows, w.reshape(groups, -1, C // groups).transpose(1, 2))  # (G, BHW, C_out/G)
     return y.transpose(0, 1).reshape(B, H, W, -1).permute(0, 3, 1, 2)  # NHWC in memory
 
 
@@ -57,7 +57,7 @@ def applies(name: str, shape: dict) -> bool:
 def conv_shapes(net: nn.Module, step, members: int) -> list[dict]:
     """The distinct convs ``step()`` runs through ``net``'s ``nn.Conv2d`` layers: input shape,
     weight shape, stride, padding, groups, and how many layers of the network have that shape."""
-    seen: dict[tuple, dict] = {}
+    seen: dict[str, dict] = {}
 
     def record(conv: nn.Conv2d, inputs, output) -> None:
         shape = {"input": list(inputs[0].shape), "weight": list(conv.weight.shape),

@@ -293,16 +293,42 @@ def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int
     return result
 
 
+class ConvCall(Pipeline):
+    """One conv of a fused array computed one way (hybrid_exp.conv_alternatives): each step is
+    a forward + backward on the NHWC tensors ``x`` and ``w``, in the training step's precision."""
+
+    def __init__(self, implementation, shape: dict, x: torch.Tensor, w: torch.Tensor, autocast):
+        super().__init__(x.device)
+        self.implementation, self.x, self.w, self.autocast = implementation, x, w, autocast
+        self.args = (shape["stride"], shape["padding"], shape["groups"], shape["members"])
+
+    def step(self) -> int:
+        with self.autocast:
+            y = self.implementation(self.x, self.w, *self.args)
+        torch.autograd.grad(y, (self.x, self.w), torch.ones_like(y))
+        return 1  # rate: calls per second
+
+
 def shape_timings(setup: str, arrays, device: torch.device, batch_size: int, members: int,
-                  seconds: float) -> list[dict]:
+                  seconds: float, rounds: int = 2) -> list[dict]:
     """Each distinct conv of the setup's training step (a fused array of ``members``), its
     forward + backward timed in milliseconds as each implementation of
-    hybrid_exp.conv_alternatives that computes it, in the step's precision."""
+    hybrid_exp.conv_alternatives that computes it, alternating between them."""
     platform = Platform(setup, arrays[0], arrays[1], device, batch_size, members=members)
-    shapes = conv_alternatives.conv_shapes(platform.module, platform.step, members)
-    return [{"setup": setup, **shape,
-             "ms": conv_alternatives.time_shape(shape, device, platform.autocast, seconds)}
-            for shape in shapes]
+    rows = []
+    for shape in conv_alternatives.conv_shapes(platform.module, platform.step, members):
+        nhwc = lambda size: torch.randn(size, device=device).to(memory_format=torch.channels_last)
+        x, w = nhwc(shape["input"]).requires_grad_(), nhwc(shape["weight"]).requires_grad_()
+        calls = {name: ConvCall(implementation, shape, x, w, platform.autocast)
+                 for name, implementation in conv_alternatives.IMPLEMENTATIONS.items()
+                 if conv_alternatives.applies(name, shape)}
+        for call in calls.values():
+            call.warm_up(1)  # cudnn's autotuning, the allocator
+        for _ in range(rounds):
+            for call in calls.values():
+                call.run(seconds / rounds)
+        rows.append({"setup": setup, **shape, "ms": {name: 1e3 / call.rate for name, call in calls.items()}})
+    return rows
 
 
 def packed_run(setup: str, data_root: str, device: str, seconds: float, threads: int,

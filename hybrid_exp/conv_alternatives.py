@@ -13,8 +13,6 @@ Inception's narrow 1x1s (64 -> 4 per member). Each alternative computes the same
 
 Training routes no shape elsewhere until a GPU's figures show one faster (docs/performance.md).
 """
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,33 +71,3 @@ def conv_shapes(net: nn.Module, step, members: int) -> list[dict]:
         for hook in hooks:
             hook.remove()
     return list(seen.values())
-
-
-def time_shape(shape: dict, device: torch.device, autocast, seconds: float) -> dict[str, float]:
-    """Milliseconds of forward + backward of each implementation that computes ``shape``, on
-    NHWC tensors as training has them, alternating between them (at least 4 timed calls each)."""
-    x = torch.randn(shape["input"], device=device).to(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(shape["weight"], device=device).to(memory_format=torch.channels_last).requires_grad_()
-    names = [name for name in IMPLEMENTATIONS if applies(name, shape)]
-    args = (shape["stride"], shape["padding"], shape["groups"], shape["members"])
-
-    def call(name: str) -> None:
-        with autocast:
-            y = IMPLEMENTATIONS[name](x, w, *args)
-        torch.autograd.grad(y, (x, w), torch.ones_like(y))
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    elapsed, calls = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
-    for name in names:  # warm-up: cudnn's autotuning, the allocator
-        call(name)
-    for _ in range(2):  # alternate, so slow drifts of the machine hit every implementation
-        for name in names:
-            sync()
-            start, n = time.perf_counter(), 0
-            while n < 2 or time.perf_counter() - start < seconds / 2:
-                call(name)
-                n += 1
-            sync()
-            elapsed[name] += time.perf_counter() - start
-            calls[name] += n
-    return {name: 1e3 * elapsed[name] / calls[name] for name in names}

@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from analysis.report import analyze
 
+            if args.publish:  # a folder it may not write is refused before the report is written
+                from analysis.bundle import writable
+
+                writable(Path(args.publish))
+
             out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
                           args.margin, args.metric, sesoi=args.sesoi)
             if args.publish:

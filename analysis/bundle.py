@@ -42,8 +42,11 @@ VERSIONS = ("torch", "pytorch-lightning", "hydra-core", "mlflow", "optuna", "num
 def publish(experiment: str, tracking_uri: str, folder: str | Path, command: str,
             baseline: str = "separable", control: str = "equivalent", margin: float = 0.25,
             metric: str = "test/error", sesoi: float | None = None) -> Path:
-    """Write the bundle of ``experiment`` into ``folder`` (replacing a bundle there)."""
+    """Write the bundle of ``experiment`` into ``folder``: a new one where ``folder`` is absent or
+    empty; where it holds a bundle, a new one in its place, the old kept until the new is whole;
+    any other folder is refused (``writable``) before anything is read or written."""
     folder = Path(folder)
+    writable(folder)
     raw = fetch_runs(experiment, tracking_uri)
     runs = clean_or_explain(experiment, prepare(raw.copy()), metric)
     used = runs.finished.run_id
@@ -60,17 +63,67 @@ def publish(experiment: str, tracking_uri: str, folder: str | Path, command: str
                 shutil.copy(staging / "report" / name, staging / name)
         for png in (staging / "report").glob("*.png"):
             shutil.copy(png, staging / png.name)
-        shutil.rmtree(staging / "report")
+        shutil.rmtree(staging / "report")  # staging is ours: made by mkdtemp above
         write_data(staging, raw, predictions, history)
         (staging / PROVENANCE).write_text(json.dumps(provenance(experiment, raw, runs.finished, staging,
                                                                 command, options), indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
         staging.chmod(0o755)  # mkdtemp's folder is private; a bundle is for readers
-        staging.rename(folder)
+        replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def writable(folder: Path) -> None:
+    """Refuse, in one sentence, a ``--publish`` folder whose contents publishing would lose:
+    only an absent or empty folder, or a bundle this project wrote, may be written."""
+    here = Path.cwd().resolve()
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise AnalysisError(f"--publish {folder}: it is a {'link' if folder.is_symlink() else 'file'}, "
+                            f"not a folder for a bundle: give a new folder, e.g. results/<name>")
+    if here == folder.resolve() or folder.resolve() in here.parents:
+        raise AnalysisError(f"--publish {folder}: that is the working directory or a folder above it, "
+                            f"which a bundle would replace: give a new folder, e.g. results/<name>")
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    if not is_bundle(folder):
+        raise AnalysisError(f"--publish {folder}: the folder holds files that are not a results bundle "
+                            f"this project wrote, which publishing would replace: give a new or empty "
+                            f"folder (e.g. {folder / 'new-bundle'}), or move those files away")
+
+
+def is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a bundle ``publish`` wrote and nothing else: its provenance and
+    data files, matching it, its report files, and the figures its report shows."""
+    try:
+        meta = json.loads((folder / PROVENANCE).read_text())
+        matches = all(sha256(folder / name) == meta["sha256"][name] for name in DATA_FILES)
+        report = (folder / "report.md").read_text() if (folder / "report.md").is_file() else ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    own = {PROVENANCE, *DATA_FILES, *REPORT_FILES}
+    return matches and all(path.is_file() and not path.is_symlink() and (
+        path.name in own or path.suffix == ".png" and f"]({path.name})" in report)
+        for path in folder.iterdir())
+
+
+def replace(new: Path, folder: Path) -> None:
+    """Put the bundle ``new`` at ``folder`` (absent, empty, or a bundle, by ``writable``): the old
+    bundle is renamed aside first and deleted only once ``new`` stands in its place."""
+    writable(folder)  # again: the folder may have changed while the report was written
+    if folder.exists() and any(folder.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
+        folder.rename(old / "bundle")
+        try:
+            new.rename(folder)
+        except OSError:
+            (old / "bundle").rename(folder)
+            raise
+        shutil.rmtree(old)  # the previous bundle, checked by writable above
+    else:
+        if folder.exists():
+            folder.rmdir()  # empty: rmdir deletes nothing else
+        new.rename(folder)
 
 
 def write_data(folder: Path, raw: pd.DataFrame, predictions: dict, history: pd.DataFrame) -> None:

@@ -15,13 +15,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from hybrid_exp import conv_alternatives, costs
 from hybrid_exp import config_dir
 from hybrid_exp.data import Batches, conventional_loader, load_cifar10
 from hybrid_exp.fusion import fuse
 from hybrid_exp.module import Classifier, prepare_network, resolve_precision
+from hybrid_exp.registry import build
 
 PROTOCOL = ("fig4", "fig5", "fig6")  # the presets whose grids the projection covers
 PAPER_FIG4 = ("separable", "inception", "resnext", "reformulated_inception", "equivalent", "hybrid")
@@ -67,7 +67,7 @@ def network(setup: str, device: torch.device, members: int = 1) -> torch.nn.Modu
     nets = []
     for seed in range(members):
         torch.manual_seed(seed)
-        nets.append(instantiate(cfg.model))
+        nets.append(build(cfg, "model"))
     return (fuse(nets) if members > 1 else nets[0]).to(device)
 
 

@@ -188,6 +188,10 @@ def check_code(cfg: DictConfig) -> None:
     """Every component's keys, the split sizes against the dataset and the network's shape."""
     from hydra.utils import get_class
 
+    from hybrid_exp.registry import BUILT, buildable
+
+    for part in BUILT:  # only the project's own classes, before any module they name is imported
+        buildable(cfg, part)
     check_keys(cfg)
     dataset = get_class(cfg.data._target_)
     sizes = dataset.sizes(**{k: v for k, v in cfg.data.items() if k != "_target_"})

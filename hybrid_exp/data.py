@@ -139,7 +139,17 @@ class ResidentData(pl.LightningDataModule):
                                 f"({', '.join(short)} training images, below its quota of "
                                 f"{self.train_subset // len(classes)}): choose a smaller subset")
             train = np.concatenate([per_class[c][:quota[c]] for c in classes])
+        if len(train) < self.batch_size:  # partial batches are dropped: every epoch would train nothing
+            raise DataError(f"data.batch_size={self.batch_size} is larger than the {len(train)} "
+                            f"training images: choose data.batch_size <= {len(train)}")
         return np.sort(train), np.sort(val)
+
+    def check_splits(self) -> None:
+        """Draw every member's splits from the labels, as ``setup`` will: a split that cannot
+        be made (a subset too large, no full batch) is one sentence before any run exists."""
+        labels = self.load()[1]
+        for seed in self.seeds:
+            self.split_indices(labels, seed)
 
     def batches(self, split: str, train: bool = False) -> Batches:
         """The minibatches of ``split``, normalised with the dataset's statistics; augmented

@@ -4,7 +4,6 @@ import hashlib
 import logging
 import os
 import pickle
-import shutil
 import tarfile
 import tempfile
 import urllib.request
@@ -141,7 +140,10 @@ def fetch(url: str, path: Path, md5: str, name: str, layouts: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         log.info("downloading %s from %s to %s", name, url, path)
-        partial = path.with_name(path.name + ".part")
+        handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.fchmod(handle, 0o644)  # readable by all, as a download is (mkstemp's is private)
+        os.close(handle)  # created here, so the unlink below deletes only what this call made
+        partial = Path(partial)
         try:
             urllib.request.urlretrieve(url, partial)
         except OSError as e:
@@ -153,12 +155,18 @@ def fetch(url: str, path: Path, md5: str, name: str, layouts: str) -> None:
 
 
 def extract(archive: Path, member: str) -> None:
-    """The folder ``member`` of a tar archive, extracted beside it whole or not at all."""
+    """The folder ``member`` of a tar archive, extracted beside it whole or not at all; a folder
+    of that name that is not empty is someone's: refused, never replaced."""
+    target = archive.parent / member
+    if target.is_symlink() or target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DataError(f"{target} is in the way of the extracted dataset, but does not hold it: "
+                        f"move it away (nothing in it was changed), or set data.root to another folder")
     with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        shutil.rmtree(archive.parent / member, ignore_errors=True)
-        os.replace(Path(tmp) / member, archive.parent / member)
+            tar.extractall(tmp, filter="data")  # no path outside tmp, no links out, no devices
+        if target.exists():
+            target.rmdir()  # empty: nothing is lost
+        os.replace(Path(tmp) / member, target)
 
 
 def download(root: Path) -> None:
@@ -242,9 +250,15 @@ def manifest(folder: Path, names: list[str]) -> str:
 def save_atomically(cache: Path, arrays: dict[str, np.ndarray], source: str) -> None:
     """Write the cache whole or not at all, with the manifest of its source; a read-only data
     folder just goes uncached."""
-    partial = cache.with_name(f".{cache.name}.{os.getpid()}.part")
     try:
-        with open(partial, "wb") as f:
+        handle, partial = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".part", dir=cache.parent)
+    except OSError as e:
+        log.warning("could not write the cache %s (%s); the next run decodes again", cache, e)
+        return
+    partial = Path(partial)  # created here: the unlink below deletes only what this call made
+    try:
+        os.fchmod(handle, 0o644)  # shared like the data beside it (mkstemp's is private)
+        with os.fdopen(handle, "wb") as f:
             np.savez(f, source=np.array(source), **arrays)
         os.replace(partial, cache)
     except OSError as e:

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from hybrid_exp import config_dir
 from hybrid_exp.module import complexity
+from hybrid_exp.registry import build
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "variants.md"
 START, END = "<!-- generated: python -m hybrid_exp.docs -->", "<!-- end of generated table -->"
@@ -32,7 +32,7 @@ def table() -> str:
                 backbone = cfg.model._target_.rpartition(".")[2].lower()
                 if swap and backbone == "stacked":
                     continue  # a stacked preset with separable units is model=separable
-                counts = complexity(instantiate(cfg.model))
+                counts = complexity(build(cfg, "model"))
                 rows.append(f"| `{name}` | {backbone} | `{cfg.hydra.runtime.choices['model/block']}` | "
                             f"{counts['params']:,} | {counts['mult_adds']:,} |")
     return "\n".join(rows)

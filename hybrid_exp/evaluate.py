@@ -50,37 +50,6 @@ def find_run(client, experiment: str, run: str):
     return runs[0]
 
 
-def project_targets() -> set[str]:
-    """Every ``_target_`` the project's own configs name for models, units, backbones and
-    datasets: the only callables a stored config may build."""
-    import re
-    from pathlib import Path
-
-    from hybrid_exp import config_dir
-
-    found = set()
-    for group in ("model", "backbone", "data"):
-        for path in (Path(config_dir()) / group).rglob("*.yaml"):
-            found |= set(re.findall(r"^\s*_target_:\s*([\w.]+)", path.read_text(), re.MULTILINE))
-    return found
-
-
-def refuse_foreign_targets(run_id: str, node, allowed: set[str], where: str = "") -> None:
-    """A run's ``config.yaml`` is an artifact anyone who can write to the store can change:
-    building it must not call anything but the project's own classes."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and target not in allowed:
-            raise SystemExit(f"run {run_id}'s config.yaml names _target_ '{target}' at {where or 'its root'}, "
-                             f"which is none of the project's models, units or datasets: refusing to "
-                             f"build it (a stored config may not choose what code runs)")
-        for key, value in node.items():
-            refuse_foreign_targets(run_id, value, allowed, f"{where}.{key}".lstrip("."))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            refuse_foreign_targets(run_id, value, allowed, f"{where}[{i}]")
-
-
 def evaluate(run_id: str, client, split: str = "subset", image_folder: str | None = None,
              data_root: str | None = None, weights: str = "model.pt") -> dict[str, float]:
     """Loss and error (%) of the run's trained weights on ``split`` (or ``image_folder``)."""
@@ -88,11 +57,10 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
     from pathlib import Path
 
     import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from hybrid_exp.data import Batches, read_class_folders
     from hybrid_exp.module import Classifier
+    from hybrid_exp.registry import build, stored
 
     if weights not in {a.path for a in client.list_artifacts(run_id)}:
         raise SystemExit(f"run {run_id} has no {weights}: " + (
@@ -100,17 +68,16 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
             "only runs that FINISHED with this version store their weights; train it again (rerun=true)"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as folder:
-        cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
-        allowed = project_targets()
-        for part in ("model", "data"):
-            refuse_foreign_targets(run_id, OmegaConf.to_container(cfg[part]), allowed, part)
+        source = f"run {run_id}'s config.yaml"  # an artifact: anyone who can write to the store can edit it
+        cfg = stored(client.download_artifacts(run_id, "config.yaml", folder), source)
+        if data_root:
+            cfg.data.root = data_root
+        # only the project's own classes, both checked before either is built or weights are read
+        net = build(cfg, "model", source)
+        data = build(cfg, "data", source, seeds=[cfg.seed])
         state = torch.load(client.download_artifacts(run_id, weights, folder), map_location=device,
                            weights_only=True)
-    net = instantiate(cfg.model)
     net.load_state_dict(state)
-    if data_root:
-        cfg.data.root = data_root
-    data = instantiate(cfg.data, seeds=[cfg.seed])
     if image_folder or data.mean is None:  # an image folder's statistics come with its data
         data.setup()
     if image_folder:  # the training data's classes, in its label order
@@ -146,10 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         metrics = evaluate(run.info.run_id, client, args.split, args.image_folder, args.data_root,
                            args.weights)
-    except Exception as e:  # a data or shape problem: say it in one line
+    except Exception as e:  # a data problem or a refused config: say it in one line
+        from hybrid_exp.checks import ConfigError
         from hybrid_exp.data import DataError
 
-        if not isinstance(e, DataError):
+        if not isinstance(e, (ConfigError, DataError)):
             raise
         sys.exit(str(e))
     print(f"{run.info.run_name} ({run.info.run_id}): " + ", ".join(

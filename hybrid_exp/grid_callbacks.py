@@ -74,12 +74,11 @@ class PrepareData(Callback):
         self.on_multirun_start(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hydra.utils import instantiate
-
         from hybrid_exp.data import DataError
+        from hybrid_exp.registry import build
 
         try:
-            instantiate(config.data, seeds=[0]).load()
+            build(config, "data", seeds=[0]).check_splits()  # loads it, and draws a split
         except DataError as e:
             raise SystemExit(str(e)) from None
         except Exception as e:  # not foreseen: every job would fail on it in turn

@@ -4,10 +4,10 @@ checks (which build a grid's networks before anything runs)."""
 import hashlib
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hybrid_exp.registry import build
 from hybrid_exp.seeding import derive_seed
 
 
@@ -35,7 +35,42 @@ def build_network(cfg: DictConfig) -> nn.Module:
     never share them, and equal model configs reproduce them (the data streams derive from the
     seed alone)."""
     torch.manual_seed(derive_seed(cfg.seed, "init", OmegaConf.to_yaml(cfg.model, resolve=True)))
-    return instantiate(cfg.model)
+    return build(cfg, "model")
+
+
+def named(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``names`` it can read: Hydra's choices of a job; outside one (``train()``
+    called from Python on a composed config) the ones set, else the choices a
+    ``compose(..., return_hydra_config=True)`` config holds, else the classes' names (the
+    backbone's, and the unit's YAML file under conf/model/block/), said in the log."""
+    import logging
+    from pathlib import Path
+
+    from omegaconf import open_dict
+    from omegaconf.errors import InterpolationResolutionError
+
+    from hybrid_exp import config_dir
+
+    try:
+        names = OmegaConf.to_container(cfg.names, resolve=True) if "names" in cfg else {}
+    except InterpolationResolutionError:  # ${hydra:...} with no Hydra job around
+        names = {}
+    if {"model", "block"} <= set(names):
+        return cfg
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    target = lambda key: str(OmegaConf.select(cfg, f"{key}._target_") or "").rpartition(".")[2]
+    unit = next((p.stem for p in sorted(Path(config_dir(), "model", "block").glob("*.yaml"))
+                 if OmegaConf.load(p).get("_target_", "").rpartition(".")[2] == target("model.block")),
+                target("model.block").lower())
+    names = {"model": choices.get("model") or target("model").lower(),
+             "block": choices.get("model/block") or unit}
+    logging.getLogger(__name__).info(
+        "names.model=%s, names.block=%s (no Hydra job to name the run; set cfg.names to choose)",
+        names["model"], names["block"])
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.names = names
+    return cfg
 
 
 def setup_name(cfg: DictConfig) -> str:

@@ -36,7 +36,8 @@ def identity(cfg: DictConfig) -> DictConfig:
     run of the same config)."""
     from hybrid_exp.module import resolve_precision, trains_on_gpu  # training side, imported when used
 
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    kept = [k for k in cfg.keys() if k not in UNHASHED_KEYS]  # names read Hydra's runtime: not needed
+    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True))
     for key in UNHASHED_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg

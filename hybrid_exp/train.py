@@ -24,10 +24,11 @@ from hybrid_exp import tracking
 from hybrid_exp.checks import check_config
 from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.redact import redact
+from hybrid_exp.registry import build
 from hybrid_exp.module import Classifier, complexity, prepare_network, resolve_precision, trains_on_gpu
 # the callbacks and the members' helpers moved out; importable from here as before
 from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRuns, OptunaPruning  # noqa: F401
-from hybrid_exp.members import array_key, build_network, member_config, setup_name, trial_seeds  # noqa: F401
+from hybrid_exp.members import array_key, build_network, member_config, named, setup_name, trial_seeds  # noqa: F401
 
 log = logging.getLogger(__name__)
 # A quiet terminal: Lightning advertises its cloud logger and lists the accelerators it did not
@@ -66,7 +67,7 @@ def checkpoint_epoch(last: Path, client, run_ids: list[str]) -> int | None:
     try:
         return torch.load(last, weights_only=True, map_location="cpu")["epoch"]
     except Exception as e:
-        kept = last.with_name(f"{last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        kept = last.with_name(f"{last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")  # never an earlier one
         os.replace(last, kept)
         reason = (f"{last} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); kept "
                   f"as {kept.name}; the config restarts in a new run")
@@ -118,6 +119,7 @@ def train(cfg: DictConfig) -> list[Result]:
     Names come from ``names`` (Hydra's choices of ``model``, the preset, and ``model/block``);
     the ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
     """
+    cfg = named(cfg)  # Hydra's choices, or (called from Python) the classes' names
     check_config(cfg)  # a mistake stops here, in one sentence: before the data and the store
     seeds = trial_seeds(cfg)
     if len(seeds) > 1 and str(cfg.trainer.precision) in ("16-mixed", "16"):
@@ -127,7 +129,9 @@ def train(cfg: DictConfig) -> list[Result]:
                          "hydra.launcher.fuse_seeds=false")
     members = [member_config(cfg, seed) for seed in sorted(seeds)]  # the array's member order
     nets = {member.seed: build_network(member) for member in members}  # a bad shape stops here
-    fingerprint = instantiate(cfg.data).data_fingerprint()  # read before any store or run exists
+    data = build(cfg, "data", seeds=seeds)  # read before any store or run exists
+    fingerprint = data.data_fingerprint()
+    data.check_splits()
     client, experiment_id = tracking.connect(cfg.logger)
     model, block, setup = cfg.names.model, cfg.names.block, setup_name(cfg)
     with contextlib.ExitStack() as held:  # each config is this process's alone until it ends
@@ -191,7 +195,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
                           trainer_args.pop("compile"))
     trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
     cuda_graph = trainer_args.pop("cuda_graph") and graph_applies(nets[0], trainer_args["accelerator"])
-    data = instantiate(cfg.data, seeds=[member.seed for member in members])
+    data = build(cfg, "data", seeds=[member.seed for member in members])
     name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
     trial = optuna_trial(cfg)
     tags = run_tags(members, nets[0], trainer_args, setup, model, block, fingerprint, trial)

@@ -87,6 +87,47 @@ def test_the_command_line_publishes_and_regenerates(tmp_path):
     assert both.returncode == 2 and "give one of --experiment NAME" in both.stderr
 
 
+def test_publishing_replaces_only_a_bundle_and_keeps_it_until_the_new_one_is_whole(tmp_path):
+    uri = log_store(tmp_path)
+    results = tmp_path / "results"
+    (results / "empty").mkdir(parents=True)
+    bundle = publish("fig4", uri, results / "empty", "")  # an empty folder takes a bundle
+    (results / "notes.md").write_text("mine")
+    first = (bundle / "provenance.json").read_text()
+    with pytest.raises(AnalysisError, match="no experiment"):  # fails before the new one is whole
+        publish("absent", uri, bundle, "")
+    assert (bundle / "provenance.json").read_text() == first
+    publish("fig4", uri, bundle, "")  # a bundle this project wrote is replaced
+    assert (bundle / "provenance.json").read_text() != first
+    assert sorted(p.name for p in results.iterdir()) == ["empty", "notes.md"]  # no old copy left behind
+    (bundle / "mine.png").write_bytes(b"mine")  # a file no bundle holds: no longer only a bundle
+    with pytest.raises(AnalysisError, match="holds files that are not a results bundle this project wrote"):
+        publish("fig4", uri, bundle, "")
+    (bundle / "mine.png").unlink()
+    (bundle / "runs.csv").write_text("edited")  # a bundle edited since: someone's work
+    with pytest.raises(AnalysisError, match="not a results bundle"):
+        publish("fig4", uri, bundle, "")
+    for folder, why in ((results, "holds files that are not a results bundle"),  # results/ itself
+                        (results / "notes.md", "it is a file")):
+        with pytest.raises(AnalysisError, match=why):
+            publish("fig4", uri, folder, "")
+    assert (results / "notes.md").read_text() == "mine" and (bundle / "runs.csv").read_text() == "edited"
+
+
+@pytest.mark.parametrize("target", [".", "..", "{work}"])
+def test_publish_refuses_the_working_directory_and_its_parents_and_deletes_nothing(tmp_path, target):
+    uri = log_store(tmp_path / "store")
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "mine.txt").write_text("mine")
+    target = target.format(work=work)  # the working directory by its absolute path
+    done = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "fig4", "--tracking-uri", uri,
+                           "--publish", target], cwd=work, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: --publish {target}: ") and \
+        "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (work / "data" / "mine.txt").read_text() == "mine" and not (work / "analysis").exists()
+
+
 def test_the_index_and_the_readme_section_come_from_the_bundles(tmp_path):
     results = tmp_path / "results"
     publish("fig4", log_store(tmp_path), results / "fig4-test", "")

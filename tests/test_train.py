@@ -280,30 +280,6 @@ def test_a_non_finite_validation_or_test_metric_fails_the_run(make_cfg):
     assert "non-finite validation metric" in error
 
 
-def test_evaluate_builds_no_callable_a_stored_config_names_but_the_projects_own(tmp_path):
-    """config.yaml is an artifact anyone who can write to the store can change: a crafted
-    _target_ is refused in one sentence, and never called."""
-    import torch
-
-    from hybrid_exp.evaluate import evaluate, project_targets
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.create_experiment("x", artifact_location=(tmp_path / "a").as_uri())
-    run_id = client.create_run(experiment).info.run_id
-    pwned = tmp_path / "pwned"
-    (tmp_path / "config.yaml").write_text(
-        f"seed: 0\nmodel:\n  _target_: os.mkdir\n  path: {pwned}\ndata:\n  _target_: hybrid_exp.data.CIFAR10\n")
-    torch.save({}, tmp_path / "model.pt")
-    client.log_artifact(run_id, str(tmp_path / "config.yaml"))
-    client.log_artifact(run_id, str(tmp_path / "model.pt"))
-    with pytest.raises(SystemExit, match="names _target_ 'os.mkdir' at model, which is none of the "
-                                         "project's models, units or datasets: refusing"):
-        evaluate(run_id, client)
-    assert not pwned.exists()
-    assert {"hybrid_exp.backbones.Stacked", "hybrid_exp.blocks.Separable", "hybrid_exp.data.CIFAR10",
-            "hybrid_exp.backbones.FractalNet"} <= project_targets()
-
-
 def test_train_takes_its_names_from_the_config_without_hydra(make_cfg, tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
@@ -316,3 +292,34 @@ def test_train_takes_its_names_from_the_config_without_hydra(make_cfg, tmp_path)
     [result] = train(cfg)
     tags = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id).data.tags
     assert (tags["setup"], tags["model"], tags["block"]) == ("my_separable+separable_bn", "my_separable", "separable_bn")
+
+
+def test_train_from_a_notebook_names_its_runs_by_their_classes(tmp_path):
+    """Hydra's compose API, then train(cfg), as in a notebook: no Hydra job, no names.* set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from hybrid_exp import config_dir
+    from hybrid_exp.tracking import config_hash
+
+    HydraConfig.instance().cfg = None
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "model=reformulated_inception", "data=synthetic", "data.train_subset=256", "data.val_size=64",
+            "data.eval_size=128", *TINY, "trainer.max_epochs=1",
+            f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"checkpoint_dir={tmp_path}/checkpoints"])
+    HydraConfig.instance().cfg = None  # compose leaves its own behind; a notebook's kernel may not
+    [result] = train(cfg)
+    tags = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id).data.tags
+    assert (tags["model"], tags["block"], tags["setup"]) == (
+        "stacked", "reformulated_inception", "stacked+reformulated_inception")
+    assert tags["config_hash"] == config_hash(cfg)  # run identity needs no Hydra runtime either
+
+
+def test_a_batch_larger_than_a_synthetic_training_set_is_one_sentence_before_any_run(make_cfg, tmp_path):
+    """data=synthetic has no size known before it is read: the check is where the splits are drawn."""
+    cfg = make_cfg("data=synthetic", "data.train_subset=512", "data.batch_size=1024", *TINY[:2])
+    with pytest.raises(DataError, match=r"^data.batch_size=1024 is larger than the 512 training images: "
+                                        r"choose data.batch_size <= 512$"):
+        train(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # before the store: no run, FINISHED or not

@@ -18,11 +18,10 @@ def finished_jobs(config: DictConfig, hydra_context: HydraContext, job_overrides
                   initial_job_idx: int) -> dict[int, JobReturn]:
     """{position in ``job_overrides``: the JobReturn of a skipped job} for every job of one seed
     whose config already FINISHED (none with ``rerun=true``)."""
-    from hydra.utils import instantiate
-
     from hybrid_exp import tracking
     from hybrid_exp.cli import objective
     from hybrid_exp.members import setup_name
+    from hybrid_exp.registry import build
 
     found, fingerprints, stores = {}, {}, {}
     launching = HydraConfig.instance().cfg
@@ -39,7 +38,7 @@ def finished_jobs(config: DictConfig, hydra_context: HydraContext, job_overrides
                 continue
             data = OmegaConf.to_yaml(cfg.data, resolve=True)
             if data not in fingerprints:
-                fingerprints[data] = instantiate(cfg.data).data_fingerprint()
+                fingerprints[data] = build(cfg, "data").data_fingerprint()
             store = OmegaConf.to_yaml(cfg.logger, resolve=True)
             if store not in stores:
                 stores[store] = tracking.connect(cfg.logger)

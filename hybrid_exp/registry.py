@@ -28,33 +28,40 @@ GROUPS = ("model", "backbone", "data")  # where the project's buildable classes 
 FLAGS = ("_args_", "_partial_", "_recursive_", "_convert_")  # Hydra's keys beside _target_
 
 
+def nodes(node, where: str = ""):
+    """(key, node) of ``node`` (plain data) and of everything inside it, depth first."""
+    yield where, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from nodes(value, f"{where}.{key}".lstrip("."))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from nodes(value, f"{where}[{i}]")
+
+
 @functools.cache
 def registry() -> dict[str, frozenset[str]]:
     """{every ``_target_`` the project's YAML files under ``GROUPS`` name: the Hydra flags they
     give it}."""
     found: dict[str, set[str]] = {}
-
-    def collect(node) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("_target_"), str):
-                found.setdefault(node["_target_"], set()).update(f for f in FLAGS if f in node)
-            for value in node.values():
-                collect(value)
-        elif isinstance(node, list):
-            for value in node:
-                collect(value)
-
     for group in GROUPS:
         for path in sorted((Path(config_dir()) / group).rglob("*.yaml")):
-            collect(OmegaConf.to_container(OmegaConf.load(path)))
+            for _, node in nodes(OmegaConf.to_container(OmegaConf.load(path))):
+                if isinstance(node, dict) and isinstance(node.get("_target_"), str):
+                    found.setdefault(node["_target_"], set()).update(f for f in FLAGS if f in node)
     return {target: frozenset(flags) for target, flags in found.items()}
 
 
-def check(node, where: str, source: str = "the config") -> None:
-    """Refuse, in one sentence naming the key, anything in the resolved ``node`` (at key
-    ``where``) that would make ``instantiate`` call code that is not the project's own."""
+def check(tree, part: str, source: str = "the config") -> None:
+    """Refuse, in one sentence naming the key, anything in the resolved ``tree`` (the config's
+    ``part``) that would make ``instantiate`` call code that is not the project's own."""
     known = registry()
-    if isinstance(node, dict):
+    for where, node in nodes(tree, part):
+        if isinstance(node, str) and "${" in node:
+            raise ConfigError(f"{source} holds {node!r} at {where}, an interpolation that would be "
+                              f"resolved while building: refusing to build it; write the value itself")
+        if not isinstance(node, dict):
+            continue
         target = node.get("_target_")
         if "_target_" in node and (not isinstance(target, str) or target not in known):
             raise ConfigError(
@@ -67,14 +74,6 @@ def check(node, where: str, source: str = "the config") -> None:
                 raise ConfigError(f"{source} sets {where}.{flag}, which the project's own configs "
                                   f"never give {target or 'a node without _target_'}: refusing to "
                                   f"build it; remove the key")
-        for key, value in node.items():
-            check(value, f"{where}.{key}", source)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            check(value, f"{where}[{i}]", source)
-    elif isinstance(node, str) and "${" in node:
-        raise ConfigError(f"{source} holds {node!r} at {where}, an interpolation that would be "
-                          f"resolved while building: refusing to build it; write the value itself")
 
 
 def buildable(cfg: DictConfig, part: str, source: str = "the config", **kwargs) -> dict:
@@ -107,21 +106,16 @@ def plain(value):
 def stored(path: str | Path, source: str) -> DictConfig:
     """A config the project wrote (resolved) read back from ``path``; one that holds any
     interpolation was edited since, and is refused before anything resolves it."""
-    cfg = OmegaConf.load(path)  # YAML's safe loader: plain data, no Python objects
-
-    def refuse_interpolations(node, where: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                refuse_interpolations(value, f"{where}.{key}".lstrip("."))
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                refuse_interpolations(value, f"{where}[{i}]")
-        elif isinstance(node, str) and "${" in node:
+    try:
+        cfg = OmegaConf.load(path)  # YAML's safe loader: plain data, no Python objects
+    except Exception as e:  # a YAML or OmegaConf error: either way not what the project wrote
+        raise ConfigError(f"{source} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}): "
+                          f"refusing to build from it") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{source} is no mapping of settings: refusing to build from it")
+    for where, node in nodes(OmegaConf.to_container(cfg, resolve=False)):
+        if isinstance(node, str) and "${" in node:
             raise ConfigError(f"{source} holds the interpolation {node!r} at {where or 'its root'}, "
                               f"but the project stores configs resolved: it was edited after the "
                               f"run; refusing to build from it")
-
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{source} is no mapping of settings: refusing to build from it")
-    refuse_interpolations(OmegaConf.to_container(cfg, resolve=False), "")
     return cfg

@@ -83,6 +83,7 @@ CRAFTED = {
     "_convert_ flag": ("seed: 0\n" + STACKED + "  _convert_: all\ndata:\n" + SYNTHETIC, "model._convert_"),
     "_partial_ on a dataset": ("seed: 0\n" + STACKED + "data:\n" + SYNTHETIC + "  _partial_: true\n",
                                "data._partial_"),
+    "no YAML": ("seed: [0\nmodel: {run}\n", "cannot be read"),
     "foreign target as the seed": (
         "seed:\n  _target_: os.system\n  command: {run}\n" + STACKED + "data:\n" + SYNTHETIC,
         "_target_ 'os.system' at data.seeds\\[0\\]"),

@@ -72,6 +72,16 @@ def check_values(cfg: DictConfig) -> None:
     except InterpolationResolutionError as e:  # a resolver's own sentence, else the key's
         sentence, raised = re.subn(r"^\w+ raised while resolving interpolation: ", "", e.msg.splitlines()[0])
         raise ConfigError(sentence if raised else f"{e.full_key}: {sentence}") from None
+    if "objective" in cfg:  # a misspelt metric must not make a sweep tune on something else
+        from hybrid_exp.schema import METRICS
+
+        objectives = OmegaConf.to_container(cfg.objective) if OmegaConf.is_list(cfg.objective) else [cfg.objective]
+        for name in objectives:
+            if name not in METRICS:
+                close = closest(str(name), list(METRICS))
+                hint = f"did you mean objective={close}? " if close else ""
+                raise ConfigError(f"objective={name} names no metric a run logs: {hint}(metrics: "
+                                  f"{', '.join(METRICS)})")
     if "tags" in cfg and not OmegaConf.is_list(cfg.tags):
         raise ConfigError(f"tags must be a list of labels, tags=[{cfg.tags}] (or tags=[a,b]); "
                           f"got {cfg.tags!r}")

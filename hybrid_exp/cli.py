@@ -115,8 +115,9 @@ def task(cfg: DictConfig):
 
 def objective(cfg: DictConfig, metrics: dict[str, float]):
     """What a job returns for a run's final ``metrics``: ``cfg.objective``, a metric or a list
-    of them; ``test/error`` stands in for ``val/error`` when there is no validation split."""
-    value = lambda key: metrics.get(key, metrics["test/error"])
+    of them; None for a metric the run did not log (``val/*`` without a validation split): no
+    other metric, the test set's least of all, stands in for it."""
+    value = lambda key: metrics.get(key)
     return value(cfg.objective) if isinstance(cfg.objective, str) else [value(k) for k in cfg.objective]
 
 

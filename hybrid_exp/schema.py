@@ -19,6 +19,9 @@ UNHASHED_KEYS = ("names", "logger", "tags", "grid", "data.root", "data.download"
 # Keys added after runs were logged, left out of the hash at their default: a new option
 # leaves every finished config's hash as it was.
 DEFAULTS_OUT_OF_HASH = {"optim.depthwise_weight_decay": None}
+# The final metrics every run logs (errors in %): what a job's ``objective`` may name.
+METRICS = tuple(f"{split}/{kind}" for split in ("train", "val", "test", "test_full")
+                for kind in ("loss", "error")) + ("lr", "epoch_seconds", "images_per_second")
 # What a setup is compared under: runs of different setups pair only on the same protocol.
 PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")
 # Tags every training run carries: what it is, its identity, and where and how it ran (the

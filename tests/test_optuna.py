@@ -216,6 +216,24 @@ def test_tuning_without_a_validation_split_stops_with_a_clear_message(tmp_path):
     assert not (tmp_path / "optuna.db").exists()
 
 
+def test_a_misspelt_objective_stops_the_sweep_before_any_trial(tmp_path):
+    """objective=val/eror used to fall back to test/error: a sweep tuning on the test subset."""
+    run = sweep(*SYNTHETIC, "hparams_search=separable_optuna", "objective=val/eror", cwd=tmp_path)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "objective=val/eror names no metric a run logs: did you mean objective=val/error?" in run.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_objective_no_run_logged_is_no_value_rather_than_the_test_error():
+    from omegaconf import OmegaConf
+
+    from hybrid_exp.cli import objective
+
+    metrics = {"test/error": 12.0, "train/loss": 0.5}  # a run without a validation split
+    assert objective(OmegaConf.create({"objective": "val/error"}), metrics) is None
+    assert objective(OmegaConf.create({"objective": ["val/error", "train/loss"]}), metrics) == [None, 0.5]
+
+
 @pytest.mark.parametrize("group, option", [
     *[("sampler", s) for s in ("tpe", "random", "cmaes", "qmc", "gp", "nsgaii")],
     *[("pruner", p) for p in ("none", "median", "hyperband")]])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, stats
-from analysis.runs import (KIND_TAG, AnalysisError, Runs, clean, client_and_experiment, load_history,
-                           load_predictions, load_runs)
+from analysis.runs import (IDENTITY, KIND_TAG, LATEST, AnalysisError, Runs, clean, client_and_experiment,
+                           load_history, load_predictions, load_runs)
 from analysis.table import PAPER_RANKING, Table, summarize
 
 
@@ -52,8 +52,7 @@ def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Pa
                     f"both. Margins fixed before the data: equivalence "
                     f"±{margin} points (TOST), smallest effect of interest {sesoi} points."),
               ("h2", "Runs set aside")]
-    aside = [f"Duplicate (an older FINISHED run of the same config and seed; the newest is kept): "
-             f"`{r.run_name}` ({r.run_id})" for r in runs.duplicates.itertuples()]
+    aside = duplicate_lines(runs, metric)
     aside += [f"{r.status}, not averaged in: `{r.run_name}` ({r.run_id})"
               + (f": {r.error}" if isinstance(r.error, str) else "") for r in runs.not_finished.itertuples()]
     aside += [f"Cannot be placed (no setup or model tag, no seed, or no logged config to rebuild "
@@ -294,6 +293,21 @@ def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str
         client.log_artifacts(run.info.run_id, str(out))
         client.set_terminated(run.info.run_id, "FINISHED")
     return out
+
+
+def duplicate_lines(runs: Runs, metric: str) -> list[str]:
+    """A line per FINISHED run set aside for another of its config and seed, with both values of
+    ``metric`` when they disagree."""
+    kept = runs.finished.set_index(IDENTITY)
+    lines = []
+    for r in runs.duplicates.itertuples():
+        other = kept.loc[tuple(getattr(r, k) for k in IDENTITY)]
+        mine, theirs = runs.duplicates.at[r.Index, metric], other[metric]
+        values = (f"; {metric} {mine:.2f} here, {theirs:.2f} in the kept run" if mine != theirs
+                  else f"; the same {metric}")
+        lines.append(f"Duplicate of `{other.run_name}` ({other.run_id}), same config and seed, {LATEST}: "
+                     f"`{r.run_name}` ({r.run_id}){values}")
+    return lines
 
 
 def clean_or_explain(experiment: str, frame: pd.DataFrame, metric: str) -> Runs:

@@ -129,14 +129,18 @@ class Runs:
 
 
 IDENTITY = ["protocol_hash", "setup_hash", "seed"]  # one run counts per setup, protocol and seed
+LATEST = "the one that ended last is kept (ties: the later start, then the larger run id)"
 
 
 def clean(frame: pd.DataFrame, metric: str = "test/error") -> Runs:
-    """Keep one FINISHED run per setup, protocol (data included) and seed, the newest; label
-    setups within each protocol; set aside runs that cannot be placed."""
+    """Keep one FINISHED run per setup, protocol (data included) and seed, the latest (``LATEST``);
+    label setups within each protocol; set aside runs that cannot be placed."""
     placed = frame.setup.notna() & frame.seed.notna() & frame.protocol_hash.notna() & frame.setup_hash.notna()
     done = frame.status.eq("FINISHED") & (frame[metric].notna() if metric in frame else False)
-    finished = frame[done & placed].sort_values("start_time", ascending=False)
+    finished = frame[done & placed]
+    ends = finished.start_time + pd.to_timedelta(finished.train_seconds.fillna(0), unit="s")
+    order = finished.assign(end_time=ends).sort_values(["end_time", "start_time", "run_id"], ascending=False)
+    finished = finished.loc[order.index]  # one total order: the store's row order never decides
     newest = ~finished.duplicated(IDENTITY)
     kept = label_setups(finished[newest].sort_values(["setup", "seed"]))
     return Runs(kept.reset_index(drop=True), finished[~newest].reset_index(drop=True),

@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 
 from analysis import AnalysisError, clean, load_runs
 from analysis import stats
-from analysis.report import analyze
+from analysis.report import analyze, duplicate_lines
 from analysis.runs import label_setups
 from analysis.table import PAPER_PROTOCOL
 from tests.conftest import PARALLEL, TINY
@@ -134,11 +134,27 @@ def test_every_number_of_the_table(store):
     assert table.loc["hybrid", "seeds_needed"] == n  # the same for every setup: it is a design number
 
 
+def test_tied_duplicates_are_resolved_by_one_total_order_whatever_the_stores_order(tmp_path):
+    """Two FINISHED runs of one config and seed that started and ended together: the larger run
+    id is kept, however the store returns them; the report names both values."""
+    uri, client, exp = new_experiment(tmp_path, "fig4")
+    ids = [log_run(client, exp, "separable", 0, error, start=7) for error in (10.0, 11.0)]
+    frame = load_runs("fig4", uri)
+    kept = {clean(order).finished.run_id.item() for order in (frame, frame.iloc[::-1])}
+    assert kept == {max(ids)}
+    runs = clean(frame)
+    [line] = duplicate_lines(runs, "test/error")
+    assert line.startswith(f"Duplicate of `separable-seed0` ({max(ids)}), same config and seed, the "
+                           f"one that ended last is kept (ties: the later start, then the larger run id)")
+    errors = dict(zip(ids, (10.0, 11.0)))
+    assert line.endswith(f"({min(ids)}); test/error {errors[min(ids)]:.2f} here, {errors[max(ids)]:.2f} in the kept run")
+
+
 def test_report_lists_what_was_set_aside_and_embeds_the_figures_with_captions(store):
     uri, tmp_path = store
     out = analyze("fig4", uri, str(tmp_path / "report"))
     report = (out / "report.md").read_text()
-    assert "Duplicate" in report and "`hybrid-seed0`" in report
+    assert "Duplicate of `hybrid-seed0`" in report and f"; test/error 99.00 here, {HYBRID[0]:.2f} in the kept run" in report
     assert "FAILED, not averaged in: `resnext-seed0`" in report and "Diverged" in report
     assert "Baseline seeds with no `equivalent` run, left out of its pairing: 3" in report
     assert "Baseline seeds with no `resnext` run, left out of its pairing: 0" in report

@@ -36,17 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default="test/error", help="metric to compare (in %%)")
     parser.add_argument("--publish", metavar="DIR",
                         help="also write a results bundle there (e.g. results/fig4-10ep-h100): the "
-                             "report, every run, the predictions, provenance; small, self-contained")
+                             "report, every run, the predictions, provenance; small, self-contained. "
+                             "With --runs BUNDLE: that bundle with its report written anew")
     parser.add_argument("--runs", nargs="+", metavar="BUNDLE",
                         help="regenerate the report from results bundles alone (no tracking store)")
     parser.add_argument("--index", metavar="RESULTS",
                         help="rewrite RESULTS/README.md (a line per bundle) and the README's "
                              "Results section (each bundle's headline table) from the bundles")
     args = parser.parse_args(argv)
+    if args.runs and args.publish and len(args.runs) != 1:
+        parser.error("--runs BUNDLE --publish DIR republishes one bundle: give one")
     if sum(map(bool, (args.experiment, args.runs, args.index))) != 1:
         parser.error("give one of --experiment NAME (a tracking store's experiment), --runs "
                      "BUNDLE (results bundles) or --index RESULTS (the results folder)")
     from analysis.runs import AnalysisError  # heavy (pandas, matplotlib, mlflow): after --help
+    from hybrid_exp.redact import redact
 
     try:
         if args.index:
@@ -55,26 +59,25 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_index(args.index):
                 print(f"wrote {path}")
             return 0
+        if args.publish:  # a folder it may not write is refused before the report is written
+            from analysis.bundle import writable
+
+            writable(Path(args.publish))
+        command = redact("python -m analysis " + " ".join(argv if argv is not None else sys.argv[1:]))
         if args.runs:
-            from analysis.bundle import regenerate
+            from analysis.bundle import regenerate, republish
 
             out = regenerate(args.runs, args.out or Path("analysis") / "reports" / Path(args.runs[0]).name)
+            if args.publish:
+                print(f"published {republish(args.runs[0], args.publish, command)}")
         else:
             from analysis.report import analyze
-
-            if args.publish:  # a folder it may not write is refused before the report is written
-                from analysis.bundle import writable
-
-                writable(Path(args.publish))
 
             out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
                           args.margin, args.metric, sesoi=args.sesoi)
             if args.publish:
                 from analysis.bundle import publish
 
-                from hybrid_exp.redact import redact
-
-                command = redact("python -m analysis " + " ".join(argv if argv is not None else sys.argv[1:]))
                 bundle = publish(args.experiment, args.tracking_uri, args.publish, command,
                                  args.baseline, args.control, args.margin, args.metric, args.sesoi)
                 print(f"published {bundle}")

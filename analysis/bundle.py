@@ -16,6 +16,7 @@
 alone (no MLflow store): the same summary.csv to the last digit. A bundle whose data files no
 longer match its provenance is refused: it was edited after it was published.
 """
+import contextlib
 import datetime
 import hashlib
 import importlib.metadata
@@ -54,24 +55,61 @@ def publish(experiment: str, tracking_uri: str, folder: str | Path, command: str
     history = load_history(tracking_uri, used)
     options = {"baseline": baseline, "control": control, "margin": margin, "metric": metric,
                "sesoi": margin if sesoi is None else sesoi}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))  # renamed whole
-    try:
-        write_report(experiment, runs, predictions, history, staging / "report", **options)
-        for name in REPORT_FILES:
-            if (staging / "report" / name).exists():
-                shutil.copy(staging / "report" / name, staging / name)
-        for png in (staging / "report").glob("*.png"):
-            shutil.copy(png, staging / png.name)
-        shutil.rmtree(staging / "report")  # staging is ours: made by mkdtemp above
+    with staged(folder) as staging:
+        write_report_files(staging, experiment, runs, predictions, history, options)
         write_data(staging, raw, predictions, history)
         (staging / PROVENANCE).write_text(json.dumps(provenance(experiment, raw, runs.finished, staging,
                                                                 command, options), indent=2) + "\n")
+    return folder
+
+
+def republish(source: str | Path, folder: str | Path, command: str) -> Path:
+    """The bundle ``source`` with its report written anew by this version of the analysis, with
+    the options it was published with, into ``folder`` (``source`` itself, to bring a published
+    bundle up to date): its data files are copied byte for byte, its provenance keeps what
+    trained it and records this analysis."""
+    source, folder = Path(source), Path(folder)
+    writable(folder)
+    frame, predictions, history, meta = read(source)
+    runs = clean_or_explain(meta["experiment"], frame, meta["options"]["metric"])
+    with staged(folder) as staging:
+        write_report_files(staging, meta["experiment"], runs, predictions, history, meta["options"])
+        for name in DATA_FILES:
+            shutil.copyfile(source / name, staging / name)
+        meta.update(published=now(), analysis_command=command,
+                    analysis={"git_commit": git_commit(), "versions": versions(), "machine": this_machine()})
+        (staging / PROVENANCE).write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+@contextlib.contextmanager
+def staged(folder: Path):
+    """A private folder beside ``folder`` to write a bundle into, put in ``folder``'s place
+    (``replace``) once the block completes, and removed whatever happens."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))  # renamed whole
+    try:
+        yield staging
         staging.chmod(0o755)  # mkdtemp's folder is private; a bundle is for readers
         replace(staging, folder)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+        shutil.rmtree(staging, ignore_errors=True)  # made by mkdtemp above: ours
+
+
+def write_report_files(staging: Path, experiment: str, runs, predictions: dict, history: pd.DataFrame,
+                       options: dict) -> None:
+    """The report's files a bundle holds (``REPORT_FILES`` and its figures as PNG) into ``staging``."""
+    write_report(experiment, runs, predictions, history, staging / "report", **options)
+    for name in REPORT_FILES:
+        if (staging / "report" / name).exists():
+            shutil.copy(staging / "report" / name, staging / name)
+    for png in (staging / "report").glob("*.png"):
+        shutil.copy(png, staging / png.name)
+    shutil.rmtree(staging / "report")  # inside staging: ours
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def writable(folder: Path) -> None:
@@ -150,7 +188,7 @@ def provenance(experiment: str, raw: pd.DataFrame, used: pd.DataFrame, folder: P
     distinct = lambda column: sorted(counted[column].dropna().unique().tolist()) if column in counted else []
     return {
         "experiment": experiment,
-        "published": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "published": now(),
         "analysis_command": command,
         "options": options,
         "runs": {"in_store": len(raw), "counted": len(counted)},

@@ -48,8 +48,7 @@ def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Pa
                     f"same protocol. Intervals are 95% t intervals over seeds, given from "
                     f"{stats.MIN_N_INTERVAL} seeds on; they hold for the one fixed evaluation subset "
                     f"every run is scored on (`data.eval_seed`), not for the images it could have "
-                    f"drawn: the seed × image bootstrap column (from the stored predictions) covers "
-                    f"both. Margins fixed before the data: equivalence "
+                    f"drawn. Margins fixed before the data: equivalence "
                     f"±{margin} points (TOST), smallest effect of interest {sesoi} points."),
               ("h2", "Runs set aside")]
     aside = duplicate_lines(runs, metric)
@@ -111,27 +110,28 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
                             "compare it with yet (run the experiment's other setups)."
                        if compared.empty else "No baseline ran under this protocol: its setups "
                             "are described, not compared."))
-    header = ["backbone", "setup", "n", "error mean ± sd [95% CI]", "mean Δ [95% CI]",
-              "mean Δ [seed × image bootstrap]", "p paired t (Holm)", "p signed-rank",
-              f"equivalence ±{margin} (TOST, Holm)", "mean |Δ| [95% CI]", "|mean Δ| [95% CI]",
-              "noise-corrected distance", "paper mean |Δ|"]
-    rows = [[r["backbone"], f"`{r['setup']}` ({r['role']})", r["n"],
+    header = ["backbone", "setup", "runs", "paired", "error mean ± sd [95% CI]", "mean Δ [95% CI]",
+              "p paired t (Holm)", "p signed-rank", f"equivalence ±{margin} (TOST, Holm)", "mean |Δ|",
+              "|mean Δ| [95% CI]", "paper mean |Δ|"]
+    rows = [[r["backbone"], f"`{r['setup']}` ({r['role']})", r["n"], fmt(r.get("n_paired"), 0),
              f"{fmt(r['mean_error'])} ± {fmt(r['sd_error'])} {bracket(r, 'mean_error')}",
-             with_ci(r, "mean_delta"), bracket(r, "mean_delta_boot") or "–",
-             fmt(r.get("p_ttest_holm"), 3), fmt(r.get("p_signed_rank"), 3),
+             with_ci(r, "mean_delta"), fmt(r.get("p_ttest_holm"), 3), fmt(r.get("p_signed_rank"), 3),
              f"{shown(r.get('equivalent_within_margin'))} (p {fmt(r.get('p_tost_holm'), 3)})",
-             with_ci(r, "mean_abs_delta"), with_ci(r, "abs_mean_delta"),
-             fmt(r.get("noise_corrected_distance")), fmt(r["paper_mean_abs_delta"])] for r in records(group)]
+             fmt(r.get("mean_abs_delta")), with_ci(r, "abs_mean_delta"),
+             fmt(r["paper_mean_abs_delta"])] for r in records(group)]
     blocks += [("h3", "Each setup against the baseline"), ("table", header, rows),
-               ("p", "Δ = error(setup) − error(baseline) on the same seed, in percentage points. The "
-                     "signed mean Δ is the primary result: its interval, a paired t-test, and a TOST "
-                     f"equivalence test that shows a setup equivalent when the mean Δ lies within "
-                     f"±{margin} points (a margin fixed before the data; 'not shown' is no evidence "
-                     "of a difference); p-values Holm-adjusted across the setups. Mean |Δ| is the "
-                     "paper's metric, a description biased by noise: it is positive even between two "
-                     "runs of one function (see the control). |mean Δ| and the noise-corrected "
-                     "distance √max(0, mean Δ² − s²/n) estimate how far apart the setups' mean "
-                     "errors are without that bias.")]
+               ("p", "Δ = error(setup) − error(baseline) on the same seed, in percentage points; "
+                     "*runs* counts a setup's runs, *paired* the seeds it shares with the baseline, "
+                     "on which every Δ, interval and test is computed. The signed mean Δ is the "
+                     "primary result: its interval, a paired t-test, and a TOST equivalence test "
+                     f"that shows a setup equivalent when the mean Δ lies within ±{margin} points (a "
+                     "margin fixed before the data; 'not shown' is no evidence of a difference); "
+                     "p-values Holm-adjusted across the setups. Mean |Δ| is the paper's metric, a "
+                     "description with no interval (a t interval on |Δ| covers less than 95% at few "
+                     "seeds): it is positive even between two runs of one function (see the "
+                     "control). |mean Δ| is the distance between the two mean errors, its interval "
+                     "that of mean Δ folded at 0; near a true Δ of 0 it too lies above the truth "
+                     "on average, less than mean |Δ| does.")]
     controls = group[group.role == "control"]
     tested = group[group.role == "setup"]
     blocks.append(("h3", "The noise floor"))
@@ -139,32 +139,43 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
         blocks.append(("p", f"No runs of the control `{control}` under this protocol: no noise floor."))
     for r in records(controls):
         blocks.append(("p", f"Control `{r['setup']}` ({r['backbone']}): mean |Δ| = "
-                            f"{with_ci(r, 'mean_abs_delta')} points over {int(r['n_paired'])} seeds, "
+                            f"{fmt(r.get('mean_abs_delta'))} points over {int(r['n_paired'])} seeds, "
                             f"sd of its Δ {fmt(r.get('sd_delta'))}: the difference two "
                             f"runs of the same function show by chance alone (noise level of |Δ|, "
                             f"sd·√(2/π): {fmt(r.get('noise_abs_delta'))}). Its own mean Δ "
                             f"{with_ci(r, 'mean_delta')}, paired t p {fmt(r.get('p_ttest'), 3)}; "
                             f"equivalence within ±{margin} {shown(none_if_nan(r.get('p_tost'), lambda p: p < 0.05))} "
-                            f"(TOST p {fmt(r.get('p_tost'), 3)}): at this many seeds even a strictly "
-                            f"equivalent unit need not be shown equivalent."))
+                            f"(TOST p {fmt(r.get('p_tost'), 3)})"
+                            + ("." if none_if_nan(r.get("p_tost"), lambda p: p < 0.05) else
+                               f": at {int(r['n_paired'])} seeds even a strictly equivalent unit need "
+                               f"not be shown equivalent.")))
     if not controls.empty and not tested.empty and "p_vs_control" in tested:
         header = ["setup", "|Δ| − |Δ control| [95% CI]", "p one-sided (Holm)", "farther than the control",
                   f"seeds needed for {sesoi} points"]
         rows = [[f"`{r['setup']}`", with_ci(r, "mean_abs_delta_minus_control"),
-                 fmt(r.get("p_vs_control_holm"), 3), yes_no(r.get("farther_than_control")),
-                 fmt(r.get("seeds_needed"), 0)] for r in records(tested)]
+                 fmt(r.get("p_vs_control_holm"), 3),
+                 yes_no(r.get("farther_than_control")) if r.get("vs_control_reachable", True)
+                 else f"cannot be shown at n = {int(r['n_vs_control'])}",
+                 f"{fmt(r.get('seeds_needed'), 0)} [{fmt(r.get('seeds_needed_low'), 0)}, "
+                 f"{fmt(r.get('seeds_needed_high'), 0)}]"] for r in records(tested)]
         ctrl = records(controls)[0]
         blocks += [("table", header, rows), ("list", [
             f"This comparison describes; it is weak evidence either way: with the control's sd of "
-            f"Δ ({fmt(ctrl.get('sd_delta'))}) at {int(ctrl['n_paired'])} seeds, the signed-rank test "
-            f"on |Δ| − |Δ control| has {percent(ctrl.get('power_vs_control_at_sesoi'))} power "
-            f"against a {sesoi}-point shift (simulated), where the paired t-test on Δ above has "
-            f"{percent(ctrl.get('power_ttest_at_sesoi'))}. A setup closer to the baseline than the "
-            f"control is not called farther (the test is one-sided).",
+            f"Δ ({fmt(ctrl.get('sd_delta'))}) at {int(ctrl['n_paired'])} seeds and Holm over "
+            f"{int(ctrl['family'])} setups, the signed-rank test on |Δ| − |Δ control| has "
+            + power_words(ctrl, "power_vs_control_at_sesoi")
+            + f" power against a {sesoi}-point shift (simulated), where the paired t-test on Δ above "
+              f"has {power_words(ctrl, 'power_ttest_at_sesoi')}. A setup closer to the baseline than "
+              f"the control is not called farther (the test is one-sided)"
+            + (f"; 'cannot be shown at n = N': over N seeds the smallest one-sided signed-rank p is "
+               f"1/2^N, which Holm's first step multiplies by {int(ctrl['family'])}: no outcome "
+               f"reaches 0.05." if not tested.get("vs_control_reachable", pd.Series([True])).all() else "."),
             f"Seeds needed: how many seeds a paired t-test needs to detect a true mean Δ of "
             f"{sesoi} points (the smallest effect of interest, stated before the data) with power "
-            f"0.8 at alpha 0.05, given the control's sd of Δ (run-to-run noise); never fewer than "
-            f"{stats.min_signed_rank_n()}, below which a signed-rank test cannot reach p < 0.05."])]
+            f"0.8 at alpha 0.05, given the control's sd of Δ (run-to-run noise), and [in brackets] "
+            f"given either end of that sd's 95% interval (estimated from {int(ctrl['n_paired'])} "
+            f"seeds); never fewer than {stats.min_signed_rank_n()}, below which a signed-rank test "
+            f"cannot reach p < 0.05."])]
     ranked = table.ranking[table.ranking.protocol_hash == first.protocol_hash] if not table.ranking.empty else table.ranking
     if not ranked.empty:
         header = ["closer (claimed)", "farther", "n", "|Δ farther| − |Δ closer| [95% CI]",
@@ -177,9 +188,7 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
                          + " in |Δ| from the baseline. Each consecutive pair is compared seed by seed; "
                            "'supported' means the farther one's |Δ| is larger at Holm-adjusted p < 0.05: "
                            "that the errors order as the paper says, not that its interpretation "
-                           "holds. `hybrid` is the baseline plus an identity shortcut on most units, "
-                           "so a small |Δ| is what one expects of it whatever separable convolutions "
-                           "are; the functional similarity below says more.")]
+                           "holds." + hybrid_words(group))]
     trends = table.trend[table.trend.protocol_hash == first.protocol_hash] if not table.trend.empty else table.trend
     if not trends.empty:
         header = ["backbone", "channels per group", "seeds", "slope per doubling [95% CI]", "p paired t"]
@@ -293,6 +302,30 @@ def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str
         client.log_artifacts(run.info.run_id, str(out))
         client.set_terminated(run.info.run_id, "FINISHED")
     return out
+
+
+def hybrid_words(group: pd.DataFrame) -> str:
+    """What ``hybrid`` adds to the baseline here, counted on the networks (its runs' configs)."""
+    hybrid, base = group[group.block == "hybrid"], group[group.role == "baseline"]
+    if hybrid.empty or base.empty or pd.isna(hybrid.units.iloc[0]):
+        return ""
+    r, b = hybrid.iloc[0], base.iloc[0]
+    units, shortcuts = int(r.units), int(r.shortcut_units)
+    size = ("the baseline's parameters" if r.params == b.params else
+            f"{r.params / b.params:.2f}x the baseline's parameters")
+    if shortcuts == 0:
+        return (f" Here `{r.setup}` has {size} and an identity shortcut on none of its {units} units "
+                f"(none keeps its channels and resolution): the baseline's function.")
+    return (f" Here `{r.setup}` has {size} and an identity shortcut on {shortcuts} of its {units} "
+            f"units (those that keep their channels and resolution), so a small |Δ| is what one "
+            f"expects of it whatever separable convolutions are; the functional similarity below "
+            f"says more.")
+
+
+def power_words(row: dict, key: str) -> str:
+    """'12%' where Holm cannot change it, else '8-12%' (Holm's first step to no adjustment)."""
+    low, high = row.get(f"{key}_low"), row.get(key)
+    return percent(high) if percent(low) == percent(high) else f"{percent(low)}-{percent(high)}"
 
 
 def duplicate_lines(runs: Runs, metric: str) -> list[str]:

@@ -71,6 +71,16 @@ def seeds_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0
     return float(max(math.ceil(n), min_signed_rank_n(alpha)))
 
 
+def sd_interval(sd: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The chi-square interval of a normal standard deviation estimated as ``sd`` from ``n``
+    values (exact for normal data); NaNs where undefined."""
+    if not sd > 0 or n < 2:
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    return (sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - tail, n - 1)),
+            sd * math.sqrt((n - 1) / stats.chi2.ppf(tail, n - 1)))
+
+
 def min_signed_rank_n(alpha: float = 0.05) -> int:
     """The fewest pairs at which a two-sided exact signed-rank test can reach p < alpha
     (its smallest p-value is 2 / 2**n): 6 at alpha 0.05."""
@@ -95,13 +105,20 @@ def power_paired_t(effect: float, sd: float, n: int, alpha: float = 0.05) -> flo
     return float(TTestPower().power(effect_size=effect / sd, nobs=n, alpha=alpha, alternative="two-sided"))
 
 
+def min_one_sided_signed_rank_p(n: int) -> float:
+    """The smallest p-value an exact one-sided signed-rank test over ``n`` pairs can give."""
+    return 0.5 ** n
+
+
 def power_vs_control(effect: float, sd: float, n: int, alpha: float = 0.05, reps: int = 2000) -> float:
     """Power of the one-sided signed-rank test on |Δ| − |Δ control| (the noise-floor comparison)
-    against a setup whose mean Δ is ``effect``, by simulation (seeded: the same number every
-    time): each seed's errors of baseline, control and setup independent normal with the
-    run-to-run sd that gives Δ the standard deviation ``sd``; NaN where undefined."""
+    at level ``alpha`` against a setup whose mean Δ is ``effect``, by simulation (seeded: the
+    same number every time): each seed's errors of baseline, control and setup independent
+    normal with the run-to-run sd that gives Δ the standard deviation ``sd``; NaN where undefined."""
     if not sd > 0 or n < 2:
         return math.nan
+    if min_one_sided_signed_rank_p(n) >= alpha:  # no outcome reaches the level
+        return 0.0
     rng = np.random.default_rng(0)
     base, control, setup = rng.normal(0, sd / math.sqrt(2), (3, reps, n))
     excess = np.abs(setup + effect - base) - np.abs(control - base)
@@ -116,23 +133,3 @@ def abs_interval(low: float, high: float) -> tuple[float, float]:
     if low <= 0 <= high:
         return 0.0, max(-low, high)
     return min(abs(low), abs(high)), max(abs(low), abs(high))
-
-
-def seed_image_bootstrap(correct_setup: np.ndarray, correct_base: np.ndarray, level: float = 0.95,
-                         reps: int = 2000) -> tuple[float, float]:
-    """Percentile interval of mean Δ (error points) resampling seeds and evaluation images
-    together: ``correct_*`` (seeds, images) booleans of the paired runs on the same images.
-    Intervals over seeds alone hold for this one test subset; this one also for the images it
-    could have drawn. Seeded: the same interval every time; NaNs below ``MIN_N_INTERVAL`` seeds."""
-    n, images = correct_setup.shape
-    if n < MIN_N_INTERVAL:
-        return math.nan, math.nan
-    delta = correct_base.astype(np.float32) - correct_setup.astype(np.float32)  # error(S) - error(B)
-    rng = np.random.default_rng(0)
-    means = np.empty(reps)
-    for r in range(reps):
-        rows = rng.integers(0, n, n)
-        cols = rng.integers(0, images, images)
-        means[r] = delta[rows][:, cols].mean() * 100
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

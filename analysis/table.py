@@ -9,6 +9,8 @@ random weights) shows how large |delta| gets by chance; ``|delta_S| - |delta_con
 described with a one-sided signed-rank test (a setup closer to the baseline than the control is
 not "farther than noise"). p-values are Holm-adjusted across the setups of a protocol.
 """
+import functools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -88,20 +90,18 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
                    "n": len(err), "seeds": " ".join(map(str, err.index)),
                    "mean_error": err.mean(), "sd_error": err.std(ddof=1) if len(err) > 1 else math.nan,
                    **interval("mean_error", err), "params": first.params, "mult_adds": first.mult_adds,
+                   **network_units(first.config),
                    # the paper's names are setup tags: a label that names knobs is not its setup
                    "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan)
                    if paper and setup == first.setup_tag else math.nan}
             if base and setup != base:
                 row.update(paired(err, base_err, ctrl_delta if setup != ctrl else None, margin,
                                   sesoi, alpha))
-                if predictions:
-                    row.update(dict(zip(("mean_delta_boot_ci_low", "mean_delta_boot_ci_high"),
-                                        bootstrap(group, setup, base, predictions))))
             if setup == ctrl and ctrl_delta is not None:  # what the noise floor can detect
                 sd, n = ctrl_delta.std(ddof=1) if len(ctrl_delta) > 1 else math.nan, len(ctrl_delta)
-                row.update({"power_ttest_at_sesoi": stats.power_paired_t(sesoi, sd, n, alpha),
-                            "power_vs_control_at_sesoi": stats.power_vs_control(sesoi, sd, n, alpha),
-                            "noise_abs_delta": sd * math.sqrt(2 / math.pi)})
+                family = len([s for s in setups if s not in (base, ctrl)])  # Holm's m
+                row.update({"family": family, "noise_abs_delta": sd * math.sqrt(2 / math.pi),
+                            **powers(sesoi, sd, n, alpha, family)})
             group_rows.append(row)
         adjust(group_rows, alpha)
         rows += group_rows
@@ -117,6 +117,45 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
     table.summary, table.ranking = pd.DataFrame(rows), pd.DataFrame(rankings)
     table.similarity, table.trend = pd.DataFrame(similarity), pd.DataFrame(trends)
     return table
+
+
+@functools.lru_cache(maxsize=256)
+def units_of(config_text: str) -> tuple[int, int]:
+    """(units, units with an identity shortcut) of the network the logged ``model.*`` params
+    build (through the registry: only the project's classes); (-1, -1) where they cannot."""
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from hybrid_exp.registry import build
+
+    params = json.loads(config_text)
+    try:
+        value = lambda v: "null" if v == "None" else v  # logged as Python's str()
+        cfg = OmegaConf.from_dotlist([f"{k}={value(v)}" for k, v in params.items() if k.startswith("model.")])
+        unit = str(params.get("model.block._target_", "")).rpartition(".")[2]
+        units = [m for m in build(cfg, "model", "a run's logged config").modules() if type(m).__name__ == unit]
+    except Exception:  # an older run's params, a class since renamed: nothing to count
+        return -1, -1
+    identity = lambda m: getattr(m, "shortcut", None) is True or isinstance(getattr(m, "shortcut", None), nn.Identity)
+    return len(units), sum(map(identity, units))
+
+
+def network_units(config: dict) -> dict[str, float]:
+    """``units`` and ``shortcut_units`` of a run's network, for sentences about it (NaN: unknown)."""
+    units, shortcuts = units_of(json.dumps(config, sort_keys=True))
+    return {"units": units if units >= 0 else math.nan, "shortcut_units": shortcuts if units >= 0 else math.nan}
+
+
+def powers(effect: float, sd: float, n: int, alpha: float, family: int) -> dict[str, float]:
+    """The power of each test at ``effect`` under the rule the report applies, Holm over
+    ``family`` setups: at least that of level alpha / family (Holm's first step), at most that
+    of level alpha; 0 for the signed-rank test where no outcome survives Holm's first step."""
+    reachable = stats.min_one_sided_signed_rank_p(n) * max(family, 1) < alpha
+    at_least = lambda power: power(effect, sd, n, alpha / max(family, 1))
+    return {"power_ttest_at_sesoi_low": at_least(stats.power_paired_t),
+            "power_ttest_at_sesoi": stats.power_paired_t(effect, sd, n, alpha),
+            "power_vs_control_at_sesoi_low": at_least(stats.power_vs_control) if reachable else 0.0,
+            "power_vs_control_at_sesoi": stats.power_vs_control(effect, sd, n, alpha) if reachable else 0.0}
 
 
 def interval(name: str, values) -> dict[str, float]:
@@ -140,39 +179,24 @@ def paired(err: pd.Series, base_err: pd.Series, ctrl_delta: pd.Series | None, ma
            "mean_delta": delta.mean() if len(delta) else math.nan, **interval("mean_delta", delta),
            "p_ttest": stats.paired_t(delta), "p_signed_rank": stats.signed_rank(delta),
            "p_tost": p_tost, "sd_delta": delta.std(ddof=1) if len(delta) > 1 else math.nan,
+           # the paper's metric, a description: no interval (a t interval on |Δ| covers less than
+           # 95% at few seeds, tests/test_analysis.py)
            "mean_abs_delta": np.abs(delta).mean() if len(delta) else math.nan,
-           **interval("mean_abs_delta", np.abs(delta)),
-           # the distance of the means, unbiased by noise: |mean Δ| (its interval: that of mean Δ
-           # under |.|) and sqrt(max(0, mean Δ² − s²/n)), where mean |Δ| > 0 even at Δ = 0
-           "abs_mean_delta": abs(mean), "abs_mean_delta_ci_low": abs_low, "abs_mean_delta_ci_high": abs_high,
-           "noise_corrected_distance": math.sqrt(max(0.0, mean**2 - sd**2 / len(delta)))
-           if len(delta) > 1 else math.nan}
+           # the distance of the means: its interval is that of mean Δ under |.| (at least 95%)
+           "abs_mean_delta": abs(mean), "abs_mean_delta_ci_low": abs_low, "abs_mean_delta_ci_high": abs_high}
     if ctrl_delta is not None:  # the noise floor, on the seeds all three share
         shared = seeds.intersection(ctrl_delta.index)
         excess = (err[shared] - base_err[shared]).abs().to_numpy() - ctrl_delta[shared].abs().to_numpy()
+        ctrl_sd = ctrl_delta.std(ddof=1) if len(ctrl_delta) > 1 else math.nan
+        sd_low, sd_high = stats.sd_interval(ctrl_sd, len(ctrl_delta))
         row.update({"mean_abs_delta_minus_control": excess.mean() if len(excess) else math.nan,
-                    **interval("mean_abs_delta_minus_control", excess),
+                    **interval("mean_abs_delta_minus_control", excess), "n_vs_control": len(excess),
                     "p_vs_control": stats.signed_rank(excess, alternative="greater"),
-                    "seeds_needed": stats.seeds_needed(
-                        sesoi, ctrl_delta.std(ddof=1) if len(ctrl_delta) > 1 else math.nan, alpha)})
+                    # from the control's sd, and from the ends of its 95% interval
+                    "seeds_needed": stats.seeds_needed(sesoi, ctrl_sd, alpha),
+                    "seeds_needed_low": stats.seeds_needed(sesoi, sd_low, alpha),
+                    "seeds_needed_high": stats.seeds_needed(sesoi, sd_high, alpha)})
     return row
-
-
-def bootstrap(group: pd.DataFrame, setup: str, base: str, predictions: dict) -> tuple[float, float]:
-    """Seed x image bootstrap interval of mean Δ from the paired runs' stored predictions
-    (``stats.seed_image_bootstrap``); NaNs unless every paired seed has both on the same images."""
-    runs = lambda name: group[group.setup == name].set_index("seed").run_id
-    mine, theirs = runs(setup), runs(base)
-    correct_s, correct_b = [], []
-    for seed in mine.index.intersection(theirs.index):
-        a, b = predictions.get(mine[seed]), predictions.get(theirs[seed])
-        if a is None or b is None or not np.array_equal(a["indices"], b["indices"]):
-            return math.nan, math.nan
-        correct_s.append(a["predicted"] == a["labels"])
-        correct_b.append(b["predicted"] == b["labels"])
-    if not correct_s:
-        return math.nan, math.nan
-    return stats.seed_image_bootstrap(np.array(correct_s), np.array(correct_b))
 
 
 def adjust(rows: list[dict], alpha: float) -> None:
@@ -181,11 +205,14 @@ def adjust(rows: list[dict], alpha: float) -> None:
     for key in ("p_ttest", "p_tost", "p_vs_control"):
         for row, p in zip(compared, stats.holm([r.get(key, math.nan) for r in compared])):
             row[f"{key}_holm"] = p
+    family = sum(not math.isnan(r.get("p_vs_control", math.nan)) for r in compared)
     for row in compared:
         verdict = lambda p: None if p is None or math.isnan(p) else bool(p < alpha)
         row["differs_from_baseline"] = verdict(row.get("p_ttest_holm"))
         row["equivalent_within_margin"] = verdict(row.get("p_tost_holm"))
         row["farther_than_control"] = verdict(row.get("p_vs_control_holm"))
+        if "n_vs_control" in row:  # whether any outcome could pass Holm's first step
+            row["vs_control_reachable"] = stats.min_one_sided_signed_rank_p(row["n_vs_control"]) * family < alpha
 
 
 def ranking(group: pd.DataFrame, base_err: pd.Series, metric: str, alpha: float, protocol: str,

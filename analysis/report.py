@@ -66,7 +66,7 @@ def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Pa
                          f"{r['baseline_only_seeds']}")
     blocks += [("list", (aside + table.set_apart) or ["none"])]
     for protocol, group in summary.groupby("protocol_hash", sort=True):
-        blocks += protocol_section(group, table, margin, sesoi, control)
+        blocks += protocol_section(group, table, margin, sesoi, control, list(summary.protocol.unique()))
     blocks.append(("h2", "Figures"))
     blocks += [("img", path, caption) for path, caption in figure_paths]
     return blocks
@@ -85,12 +85,29 @@ def protocol_words(protocol: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def protocol_keys(protocol: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in protocol.split(", ") if "=" in item)
+
+
+def protocol_heading(protocol: str, others: list[str], group: pd.DataFrame) -> str:
+    """The protocol in words, the keys in which it differs from the report's other protocols
+    where the words do not show them, and the network's size."""
+    words, keys = protocol_words(protocol), protocol_keys(protocol)
+    alike = [o for o in others if o != protocol and protocol_words(o) == words]
+    differing = sorted({k for o in alike for k in set(keys) | set(protocol_keys(o))
+                        if keys.get(k) != protocol_keys(o).get(k)})
+    size = lambda key: " or ".join(sorted({v for value in group.get(key, pd.Series(dtype=str)).dropna()
+                                           for v in str(value).split()}))
+    return (f"Protocol: {words}" + "".join(f", {k}={keys.get(k, '(unset)')}" for k in differing)
+            + (f"; network width {size('width')}, depth {size('depth')}" if size("width") else ""))
+
+
 def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: float,
-                     control: str) -> list[tuple]:
+                     control: str, others: list[str]) -> list[tuple]:
     """The tables of the runs of one protocol, with what limits them."""
     first = group.iloc[0]
-    protocol = dict(item.split("=", 1) for item in first.protocol.split(", ") if "=" in item)
-    blocks = [("h2", f"Protocol: {protocol_words(first.protocol)}"),
+    protocol = protocol_keys(first.protocol)
+    blocks = [("h2", protocol_heading(first.protocol, others, group)),
               ("p", f"Protocol {first.protocol_hash}, trained under: " + (
                   ", ".join(f"`{k}={v}`" for k, v in protocol.items()) or first.protocol)
                + f"; {int(group.n.max())} seeds at most.")]
@@ -103,6 +120,17 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
         caveats.append(f"{epochs} epochs, not the paper's 190: the runs are far from converged, so "
                        f"differences may reflect how fast a setup learns, not where it ends; the "
                        f"paper's values are not shown beside them.")
+    codes = sorted({c for states in group.code.dropna() for c in str(states).split()})
+    if len(codes) > 1 or any(c.endswith("+dirty") for c in codes):
+        caveats.append(f"The runs compared here come from {len(codes)} code state"
+                       f"{'s' if len(codes) > 1 else ''} ({', '.join(codes)}; '+dirty': uncommitted "
+                       f"changes): a difference between setups can come from the code as well.")
+    lost = group[group.not_finished > 0]
+    if not lost.empty:
+        caveats.append("Runs that did not finish (diverged, failed or killed), left out of every "
+                       "number below, which describes the survivors: " + ", ".join(
+                           f"`{r.setup}` {int(r.not_finished)} of {int(r.not_finished + r.n)}"
+                           for r in lost.itertuples()) + ".")
     blocks += [("list", caveats)] if caveats else []
     compared = group[group.role != "baseline"]
     if compared.empty or compared.role.eq("unpaired").all():
@@ -110,10 +138,11 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
                             "compare it with yet (run the experiment's other setups)."
                        if compared.empty else "No baseline ran under this protocol: its setups "
                             "are described, not compared."))
-    header = ["backbone", "setup", "runs", "paired", "error mean ± sd [95% CI]", "mean Δ [95% CI]",
-              "p paired t (Holm)", "p signed-rank", f"equivalence ±{margin} (TOST, Holm)", "mean |Δ|",
-              "|mean Δ| [95% CI]", "paper mean |Δ|"]
-    rows = [[r["backbone"], f"`{r['setup']}` ({r['role']})", r["n"], fmt(r.get("n_paired"), 0),
+    header = ["backbone", "setup", "runs", "not finished", "paired", "params ×", "mult-adds ×",
+              "error mean ± sd [95% CI]", "mean Δ [95% CI]", "p paired t (Holm)", "p signed-rank",
+              f"equivalence ±{margin} (TOST, Holm)", "mean |Δ|", "|mean Δ| [95% CI]", "paper mean |Δ|"]
+    rows = [[r["backbone"], f"`{r['setup']}` ({r['role']})", r["n"], r["not_finished"],
+             fmt(r.get("n_paired"), 0), fmt(r.get("params_ratio")), fmt(r.get("mult_adds_ratio")),
              f"{fmt(r['mean_error'])} ± {fmt(r['sd_error'])} {bracket(r, 'mean_error')}",
              with_ci(r, "mean_delta"), fmt(r.get("p_ttest_holm"), 3), fmt(r.get("p_signed_rank"), 3),
              f"{shown(r.get('equivalent_within_margin'))} (p {fmt(r.get('p_tost_holm'), 3)})",
@@ -121,8 +150,11 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
              fmt(r["paper_mean_abs_delta"])] for r in records(group)]
     blocks += [("h3", "Each setup against the baseline"), ("table", header, rows),
                ("p", "Δ = error(setup) − error(baseline) on the same seed, in percentage points; "
-                     "*runs* counts a setup's runs, *paired* the seeds it shares with the baseline, "
-                     "on which every Δ, interval and test is computed. The signed mean Δ is the "
+                     "*runs* counts a setup's finished runs, *not finished* those that diverged, "
+                     "failed or were killed (in no number here), *paired* the seeds it shares with "
+                     "the baseline, on which every Δ, interval and test is computed; *params ×* and "
+                     "*mult-adds ×*: the setup's size over the baseline's (a setup of other compute "
+                     "differs in that too). The signed mean Δ is the "
                      "primary result: its interval, a paired t-test, and a TOST equivalence test "
                      f"that shows a setup equivalent when the mean Δ lies within ±{margin} points (a "
                      "margin fixed before the data; 'not shown' is no evidence of a difference); "
@@ -361,7 +393,8 @@ def write_report(experiment: str, runs: Runs, predictions: dict, history: pd.Dat
     ``runs`` into ``out``: from an MLflow store (``analyze``) or a results bundle alike."""
     sesoi = margin if sesoi is None else sesoi
     used = runs.finished
-    table = summarize(used, baseline, control, margin, sesoi, metric, predictions=predictions)
+    table = summarize(used, baseline, control, margin, sesoi, metric, predictions=predictions,
+                      not_finished=runs.not_finished)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     if table.summary.role.isin(["setup", "control"]).any():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.bundle import PROVENANCE
-from analysis.report import protocol_words
+from analysis.report import protocol_heading, protocol_words
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- results: python -m analysis --index results -->"
@@ -43,12 +43,16 @@ def headline(bundle: Path) -> str:
              f"`python -m analysis --runs results/{bundle.name}`; the report: "
              f"[results/{bundle.name}/report.md](results/{bundle.name}/report.md)."]
     for protocol, rows in summary.groupby("protocol", sort=False):
-        lines += ["", f"Protocol: {protocol_words(protocol)}.", "",
-                  "| setup | seeds | test error % (mean ± sd) | mean Δ [95% CI] | mean \\|Δ\\| | paper mean \\|Δ\\| |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        others = list(summary.protocol.unique())
+        lines += ["", f"{protocol_heading(protocol, others, rows)}.", "",
+                  "| setup | seeds | not finished | params × | mult-adds × | test error % (mean ± sd) "
+                  "| mean Δ [95% CI] | mean \\|Δ\\| | paper mean \\|Δ\\| |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows.to_dict("records"):
             role = "" if r["role"] == "setup" else f" ({r['role']})"
-            lines.append(f"| `{r['setup']}`{role} | {r['n']} | {fmt(r['mean_error'])} ± {fmt(r['sd_error'])} | "
+            lines.append(f"| `{r['setup']}`{role} | {r['n']} | {fmt(r.get('not_finished'), 0)} | "
+                         f"{fmt(r.get('params_ratio'))} | {fmt(r.get('mult_adds_ratio'))} | "
+                         f"{fmt(r['mean_error'])} ± {fmt(r['sd_error'])} | "
                          f"{ci(r, 'mean_delta') if 'mean_delta' in r else '–'} | "
                          f"{fmt(r.get('mean_abs_delta'))} | {fmt(r['paper_mean_abs_delta'])} |")
     return "\n".join(lines)

@@ -59,8 +59,10 @@ def paper_protocol(runs: pd.DataFrame) -> bool:
 
 def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "equivalent",
               margin: float = 0.25, sesoi: float | None = None, metric: str = "test/error",
-              alpha: float = 0.05, predictions: dict | None = None) -> Table:
-    """Every number of the report (cleaned runs in), protocol by protocol."""
+              alpha: float = 0.05, predictions: dict | None = None,
+              not_finished: pd.DataFrame | None = None) -> Table:
+    """Every number of the report (cleaned runs in; ``not_finished``: the FAILED, KILLED and
+    unfinished runs beside them), protocol by protocol."""
     sesoi = margin if sesoi is None else sesoi
     table, baselines = Table(pd.DataFrame()), 0
     rows, rankings, similarity, trends = [], [], [], []
@@ -90,7 +92,9 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
                    "n": len(err), "seeds": " ".join(map(str, err.index)),
                    "mean_error": err.mean(), "sd_error": err.std(ddof=1) if len(err) > 1 else math.nan,
                    **interval("mean_error", err), "params": first.params, "mult_adds": first.mult_adds,
-                   **network_units(first.config),
+                   **network_units(first.config), **network_size(group[group.setup == setup]),
+                   "not_finished": not_finished_count(not_finished, protocol, setup),
+                   "code": code_states(group[group.setup == setup]),
                    # the paper's names are setup tags: a label that names knobs is not its setup
                    "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan)
                    if paper and setup == first.setup_tag else math.nan}
@@ -103,6 +107,11 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
                 row.update({"family": family, "noise_abs_delta": sd * math.sqrt(2 / math.pi),
                             **powers(sesoi, sd, n, alpha, family)})
             group_rows.append(row)
+        if base:  # each setup's size relative to the baseline's: arms of other compute say so
+            base_row = next(r for r in group_rows if r["setup"] == base)
+            for r in group_rows:
+                r["params_ratio"] = r["params"] / base_row["params"]
+                r["mult_adds_ratio"] = r["mult_adds"] / base_row["mult_adds"]
         adjust(group_rows, alpha)
         rows += group_rows
         trends += trend(group, metric, protocol, backbone)
@@ -144,6 +153,26 @@ def network_units(config: dict) -> dict[str, float]:
     """``units`` and ``shortcut_units`` of a run's network, for sentences about it (NaN: unknown)."""
     units, shortcuts = units_of(json.dumps(config, sort_keys=True))
     return {"units": units if units >= 0 else math.nan, "shortcut_units": shortcuts if units >= 0 else math.nan}
+
+
+def network_size(runs: pd.DataFrame) -> dict[str, str]:
+    """The width and depth a setup's runs trained at ('' where not one value)."""
+    value = lambda key: " ".join(sorted({str(c.get(key, "")) for c in runs.config}))
+    return {"width": value("model.width"), "depth": value("model.depth")}
+
+
+def not_finished_count(frame: pd.DataFrame | None, protocol: str, setup: str) -> int:
+    """How many runs of ``setup`` under ``protocol`` FAILED (diverged), were KILLED or never
+    finished: what the survivors' numbers leave out."""
+    if frame is None or frame.empty:
+        return 0
+    return int(((frame.protocol_hash == protocol) & (frame.setup == setup)).sum())
+
+
+def code_states(runs: pd.DataFrame) -> str:
+    """The commits ('+dirty': uncommitted changes) a setup's runs were trained from, short."""
+    shas = runs.git_sha.fillna("unknown") if "git_sha" in runs else pd.Series(["unknown"] * len(runs))
+    return " ".join(sorted({sha[:7] + ("+dirty" if sha.endswith("+dirty") else "") for sha in shas}))
 
 
 def powers(effect: float, sd: float, n: int, alpha: float, family: int) -> dict[str, float]:

@@ -151,6 +151,30 @@ def test_tied_duplicates_are_resolved_by_one_total_order_whatever_the_stores_ord
     assert line.endswith(f"({min(ids)}); test/error {errors[min(ids)]:.2f} here, {errors[max(ids)]:.2f} in the kept run")
 
 
+def test_the_tables_say_what_survived_which_code_ran_how_big_and_how_protocols_differ(tmp_path):
+    """A diverged run, two commits (one dirty), setups of other size, and two protocols that
+    differ only in data.eval_seed: each said where a reader looks."""
+    uri, client, exp = new_experiment(tmp_path, "walk")
+    for eval_seed in ("0", "1"):
+        protocol = {**PAPER, "data.eval_seed": eval_seed}
+        for seed in range(5):
+            for setup, error in (("separable", BASE[seed]), ("inception", INCEPTION[seed])):
+                run = log_run(client, exp, setup, seed, error, protocol=protocol)
+                client.set_tag(run, "git_sha", "a" * 40 if setup == "separable" else "b" * 40 + "+dirty")
+        log_run(client, exp, "inception", 5, None, status="FAILED", protocol=protocol)
+    out = analyze("walk", uri, str(tmp_path / "r"), log_to_mlflow=False)
+    report, table = (out / "report.md").read_text(), pd.read_csv(out / "summary.csv")
+    assert "## Protocol: 190 epochs, all training images, 6,000 test images, CIFAR10, ? on ?, data.eval_seed=0\n" in report
+    assert ", data.eval_seed=1" in report  # the headings alone tell the two protocols apart
+    assert report.count("come from 2 code states (aaaaaaa, bbbbbbb+dirty; '+dirty'") == 2
+    assert report.count("left out of every number below, which describes the survivors: `inception` 1 of 6.") == 2
+    inception = table[table.setup == "inception"].iloc[0]
+    assert inception.not_finished == 1 and inception.n == 5 and inception.n_paired == 5
+    assert inception.params_ratio == pytest.approx((1000 * 10) / (1000 * 10))  # log_run: 1000 x (1 + len)
+    assert inception.mult_adds_ratio == pytest.approx(len("inception") / len("separable"))
+    assert "| stacked | `inception` (setup) | 5 | 1 | 5 | 1.00 | 1.00 |" in report
+
+
 def test_report_lists_what_was_set_aside_and_embeds_the_figures_with_captions(store):
     uri, tmp_path = store
     out = analyze("fig4", uri, str(tmp_path / "report"))

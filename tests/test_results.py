@@ -136,7 +136,7 @@ def test_the_index_and_the_readme_section_come_from_the_bundles(tmp_path):
     write_index(results, readme)
     text = readme.read_text()
     assert "old" not in text and text.endswith("tail\n") and "### `fig4-test`" in text
-    assert "| `inception` | 5 | 13.03 ± 1.60 |" in text  # BASE + 1.0 + 0.013 * seed, seeds 0-4
+    assert "| `inception` | 5 | 0 | 1.00 | 1.00 | 13.03 ± 1.60 |" in text  # BASE + 1.0 + 0.013 * seed, seeds 0-4
     assert "Protocol: 190 epochs, all training images, 6,000 test images, CIFAR10" in text
     assert "[`fig4-test`](fig4-test/report.md)" in (results / "README.md").read_text()
 

@@ -194,6 +194,28 @@ def check_config(cfg: DictConfig) -> None:
         _checked.add(text)
 
 
+def check_match(cfg: DictConfig) -> None:
+    """A ``*_matched`` preset (``cfg.names.model``) is sized to match the baseline at its own
+    width and the backbone's default depth and stages: any other size un-matches it, and its
+    name would then claim a match it does not have."""
+    from hybrid_exp import config_dir
+
+    name = str(OmegaConf.select(cfg, "names.model") or "")
+    preset = Path(config_dir()) / "model" / f"{name}.yaml"
+    if not name.endswith("_matched") or not preset.is_file():
+        return
+    backbone = OmegaConf.load(Path(config_dir()) / "backbone" / "stacked.yaml")
+    sized = OmegaConf.load(preset)
+    for key in ("width", "depth", "stages"):
+        expected = sized.get(key, backbone.get(key))
+        if cfg.model.get(key) != expected:
+            raise ConfigError(
+                f"model={name} matches the baseline's size at model.{key}={expected} only; "
+                f"model.{key}={cfg.model.get(key)} un-matches it{preset_hint(cfg, f'model.{key}')}: "
+                f"use model={name.removesuffix('_matched')} for other sizes, or leave model.{key} "
+                f"at {expected}")
+
+
 def check_code(cfg: DictConfig) -> None:
     """Every component's keys, the split sizes against the dataset and the network's shape."""
     from hydra.utils import get_class

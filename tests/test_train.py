@@ -323,3 +323,17 @@ def test_a_batch_larger_than_a_synthetic_training_set_is_one_sentence_before_any
                                         r"choose data.batch_size <= 512$"):
         train(cfg)
     assert not (tmp_path / "mlflow.db").exists()  # before the store: no run, FINISHED or not
+
+
+def test_a_matched_preset_at_another_size_stops_before_any_run(make_cfg, tmp_path):
+    """experiment=quick sets width 32 and depth 1: inception_matched is matched at width 36,
+    depth 2 only; its name would claim a match it does not have."""
+    from hybrid_exp.checks import ConfigError, check_match
+
+    cfg = make_cfg("model=inception_matched", "experiment=quick", "data=synthetic")
+    with pytest.raises(ConfigError, match=r"^model=inception_matched matches the baseline's size at "
+                                          r"model.width=36 only; model.width=32 un-matches it.*use "
+                                          r"model=inception for other sizes"):
+        train(cfg)
+    assert not (tmp_path / "mlflow.db").exists()
+    check_match(make_cfg("model=inception_matched"))  # at its own size: matched, no error

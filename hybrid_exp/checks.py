@@ -186,12 +186,14 @@ def config_text(cfg: DictConfig) -> str:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """``check_values`` then ``check_code``, unless this config already passed them."""
+    """``check_values`` then ``check_code``, unless this config already passed them, then
+    ``check_match`` (on its names, which the text checked leaves unresolved)."""
     text = config_text(cfg)
     if text not in _checked:
         check_values(cfg)
         check_code(cfg)
         _checked.add(text)
+    check_match(cfg)
 
 
 def check_match(cfg: DictConfig) -> None:
@@ -202,7 +204,7 @@ def check_match(cfg: DictConfig) -> None:
 
     name = str(OmegaConf.select(cfg, "names.model") or "")
     preset = Path(config_dir()) / "model" / f"{name}.yaml"
-    if not name.endswith("_matched") or not preset.is_file():
+    if not (name.endswith("_matched") and preset.is_file()):
         return
     backbone = OmegaConf.load(Path(config_dir()) / "backbone" / "stacked.yaml")
     sized = OmegaConf.load(preset)
@@ -261,7 +263,6 @@ def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     """(swept overrides, composed config) of each job of the grid ``config`` launches: its command
     line's sweeps (a,b,c and range(...)) expanded; a sweeper's own search space (interval(...),
     hydra.sweeper.params) is left to the sweeper."""
-    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = config.hydra.sweeper.get("params") or {}  # a preset's sweep; the command line wins
@@ -278,5 +279,25 @@ def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
                 raise ConfigError(f"{override.input_line} gives no value, so the grid would have no "
                                   f"job: give it at least one (seed='range(3)' is 0, 1, 2)")
     swept = [i for i, values in enumerate(choices) if len(values) > 1]
-    return [([job[i] for i in swept], compose(config.hydra.job.config_name, overrides=list(job)))
+    return [([job[i] for i in swept], job_config(config.hydra.job.config_name, list(job)))
             for job in itertools.product(*choices)]
+
+
+def job_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """A grid job's composed config, with Hydra's node, as the job will see it."""
+    from hydra import compose
+
+    return own_names(compose(config_name, overrides=overrides, return_hydra_config=True))
+
+
+def own_names(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``names`` set from its own Hydra choices of ``model`` and ``model/block``:
+    a run is checked before Hydra sets up its job, where ``${hydra:...}`` gives nothing (a single
+    run) or the launcher's choices (a grid)."""
+    from omegaconf import open_dict
+
+    choices = cfg.hydra.runtime.choices
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.names = {"model": choices.get("model"), "block": choices.get("model/block")}
+    return cfg

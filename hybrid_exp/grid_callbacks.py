@@ -11,15 +11,15 @@ class CheckConfigs(Callback):
     run's before Hydra creates its output folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import ConfigError, check_config
+        from hybrid_exp.checks import ConfigError, check_config, own_names
 
         try:
-            check_config(config)
+            check_config(own_names(config))
         except ConfigError as e:
             raise SystemExit(str(e)) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import ConfigError, check_code, check_values, grid_configs
+        from hybrid_exp.checks import ConfigError, check_code, check_match, check_values, grid_configs
 
         try:
             jobs = grid_configs(config)
@@ -40,7 +40,7 @@ class CheckConfigs(Callback):
                 make_slots(launcher.gpus, launcher.runs_per_gpu, launcher.n_jobs)
             except ValueError as e:
                 raise SystemExit(str(e)) from None
-        for stage in (check_values, check_code):  # the quick checks first, for all jobs
+        for stage in (check_values, check_match, check_code):  # the quick checks first, for all jobs
             for overrides, cfg in jobs:
                 try:
                     stage(cfg)

@@ -21,7 +21,7 @@ from torch import nn
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from hybrid_exp import tracking
-from hybrid_exp.checks import check_config, check_match
+from hybrid_exp.checks import check_config
 from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.redact import redact
 from hybrid_exp.registry import build
@@ -121,7 +121,6 @@ def train(cfg: DictConfig) -> list[Result]:
     """
     cfg = named(cfg)  # Hydra's choices, or (called from Python) the classes' names
     check_config(cfg)  # a mistake stops here, in one sentence: before the data and the store
-    check_match(cfg)  # here, where names are the job's own (a grid's check sees the launcher's)
     seeds = trial_seeds(cfg)
     if len(seeds) > 1 and str(cfg.trainer.precision) in ("16-mixed", "16"):
         raise ValueError("trainer.precision=16-mixed cannot train a fused seed array (its loss "

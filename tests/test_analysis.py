@@ -11,9 +11,9 @@ from scipy import stats as scipy_stats
 
 from analysis import AnalysisError, clean, load_runs
 from analysis import stats
-from analysis.report import analyze, duplicate_lines
+from analysis.report import analyze, duplicate_lines, network_words
 from analysis.runs import label_setups
-from analysis.table import PAPER_PROTOCOL
+from analysis.table import PAPER_PROTOCOL, agreement, trend
 from tests.conftest import PARALLEL, TINY
 
 BASE = [10.0, 11.0, 12.0, 13.0, 14.0]  # separable, seeds 0-4
@@ -32,8 +32,9 @@ def read_summary(out):
 
 
 def log_run(client, experiment_id, setup, seed, error, status="FINISHED", start=0, knobs=None,
-            backbone="stacked", block=None, protocol=None, predictions=None):
-    """A run as training logs it: schema tags, the config as params, metrics, predictions."""
+            backbone="stacked", block=None, protocol=None, predictions=None, full=None):
+    """A run as training logs it: schema tags, the config as params, metrics (``full``: its
+    error on the whole test set), predictions."""
     protocol = protocol or PAPER
     text = ", ".join(f"{k}={v}" for k, v in sorted(protocol.items()))
     run = client.create_run(experiment_id, run_name=f"{setup}-seed{seed}", start_time=1_000 + start,
@@ -51,6 +52,8 @@ def log_run(client, experiment_id, setup, seed, error, status="FINISHED", start=
         for epoch in range(3):  # a learning curve ending at the final error
             client.log_metric(run_id, "val/error", error + 10 * (2 - epoch), step=epoch)
         client.log_metric(run_id, "test/error", error, step=3)
+    if full is not None:
+        client.log_metric(run_id, "test_full/error", full, step=3)
     if predictions is not None:
         folder = client.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
         path = f"{folder}/test_predictions.npz"
@@ -175,6 +178,48 @@ def test_the_tables_say_what_survived_which_code_ran_how_big_and_how_protocols_d
     assert "| stacked | `inception` (setup) | 5 | 1 | 5 | 1.00 | 1.00 |" in report
 
 
+def test_the_network_size_is_said_against_the_default_in_words():
+    group = lambda width, depth, backbone="stacked": pd.DataFrame(
+        {"width": [width], "depth": [depth], "backbone": [backbone]})
+    assert network_words(group("32", "1")) == (
+        "; network width 32, depth 1: half the default width and depth (64 and 2, what "
+        "`experiment=fig4` trains; the paper does not give its network's size)")
+    assert ": the default size (64 and 2" in network_words(group("64", "2"))
+    assert ": 0.5x the default width and 1x its depth (" in network_words(group("32", "2"))
+    assert network_words(group("32 64", "1")) == "; network width 32 or 64, depth 1"  # no one relation
+    assert network_words(group("", "", "fractalnet")) == ""
+
+
+def test_the_whole_test_set_is_analysed_beside_the_subset_on_the_runs_that_scored_it(tmp_path):
+    uri, client, exp = new_experiment(tmp_path, "whole")
+    full = {"separable": [9.0, 9.5, 10.0, 10.5, 11.0], "inception": [9.5, 9.8, 10.6, 10.9, 11.5],
+            "equivalent": [9.1, 9.4, 10.0, 10.6, 11.0]}
+    for seed in range(5):
+        for setup, errors in full.items():
+            log_run(client, exp, setup, seed, BASE[seed] + (setup != "separable") * 0.3 * (-1) ** seed,
+                    full=errors[seed])
+        log_run(client, exp, "hybrid", seed, HYBRID[seed])  # an older run: no whole-set metric
+    out = analyze("whole", uri, str(tmp_path / "report"), log_to_mlflow=False)
+    table = read_summary(out)
+    d = np.array(full["inception"]) - np.array(full["separable"])
+    assert table.loc["inception", "full_mean_delta"] == pytest.approx(d.mean())
+    assert table.loc["inception", "full_sd_delta"] == pytest.approx(d.std(ddof=1))
+    low, high = scipy_stats.t.interval(0.95, 4, d.mean(), scipy_stats.sem(d))
+    assert (table.loc["inception", "full_mean_delta_ci_low"], table.loc["inception", "full_mean_delta_ci_high"]) \
+        == pytest.approx((low, high))
+    # one compared setup scored the whole set: Holm over one test is the test itself
+    assert table.loc["inception", "full_p_ttest_holm"] == pytest.approx(scipy_stats.ttest_1samp(d, 0).pvalue)
+    assert table.loc["inception", "mean_delta"] == pytest.approx(0.3 * (1 - 1 + 1 - 1 + 1) / 5)  # the subset's
+    assert np.isnan(table.loc["hybrid", "full_mean_delta"]) and table.loc["hybrid", "mean_delta"] > 0
+    report = (out / "report.md").read_text()
+    section = report.split("### The same on the whole test set")[1].split("###")[0]
+    assert "`inception` (setup)" in section and "`hybrid`" not in section
+    control = np.array(full["equivalent"]) - np.array(full["separable"])
+    ratios = sorted([d.std(ddof=1) / 0.3 / np.sqrt(1.2), control.std(ddof=1) / 0.3 / np.sqrt(1.2)])
+    assert f"smaller on the whole set for 2 of 2 setups (whole set over subset: {ratios[0]:.2f} to {ratios[1]:.2f})" in section
+    assert "only the subset's table above is ever set beside the paper's values" in section
+
+
 def test_report_lists_what_was_set_aside_and_embeds_the_figures_with_captions(store):
     uri, tmp_path = store
     out = analyze("fig4", uri, str(tmp_path / "report"))
@@ -266,6 +311,47 @@ def test_every_interval_the_report_prints_covers_95_percent_in_both_variance_reg
         assert covered["abs_mean"] >= covered["delta"], (regime, n, shift)  # at least mean Δ's
         if n == 5 and shift == 0.0:
             assert covered["mean_abs"] / reps < 0.95, (regime, covered["mean_abs"] / reps)
+
+
+def seed_predictions(rng, p_image, labels, n, regime):
+    """Predicted classes of ``n`` seeds' runs, wrong (a uniformly drawn other class) with the
+    probabilities of ``seed_errors``."""
+    offset = rng.normal(0, 1.0, (n, 1)) if regime == "runs" else 0.0
+    wrong = rng.random((n, len(p_image))) < p_image + offset / 100
+    return np.where(wrong, (labels + rng.integers(1, 10, (n, len(labels)))) % 10, labels)
+
+
+@pytest.mark.parametrize("regime", ["images", "runs"])
+def test_the_trend_agreement_and_kappa_intervals_cover_95_percent_in_both_variance_regimes(regime):
+    """The report's other intervals, computed by the report's own functions on simulated runs of
+    5 and 10 seeds: the trend's slope per doubling (true slope 0.4 points) and the prediction
+    agreement and error consistency with the baseline (truth: their mean over 3,000 seeds)."""
+    rng = np.random.default_rng(11)
+    p_image = rng.uniform(0.1, 0.6, 300)
+    labels, levels, reps = rng.integers(0, 10, 300), (1, 2, 4, 8), 400
+
+    def similarity(n):
+        base, setup = seed_predictions(rng, p_image, labels, n, regime), seed_predictions(rng, p_image, labels, n, regime)
+        runs = pd.DataFrame({"setup": ["b"] * n + ["s"] * n, "seed": [*range(n)] * 2,
+                             "run_id": [f"b{i}" for i in range(n)] + [f"s{i}" for i in range(n)]})
+        predictions = {f"{name}{i}": {"indices": np.arange(300), "labels": labels, "predicted": runs_of[i]}
+                       for name, runs_of in (("b", base), ("s", setup)) for i in range(n)}
+        return agreement(runs, "b", predictions, "p", "stacked")[0]
+
+    big = [similarity(3000)]  # one experiment of 3,000 seeds: the per-seed means, to ±0.1%
+    truth = {"agreement": big[0]["agreement"], "kappa": big[0]["kappa"], "mean_slope": 0.4}
+    for n in (5, 10):
+        covered = {k: 0 for k in truth}
+        for _ in range(reps):
+            found = similarity(n)
+            errors = {k: seed_errors(rng, p_image, n, 0.4 * np.log2(k), regime) for k in levels}
+            runs = pd.DataFrame([{"setup": f"grouped[channels_per_group={k}]", "seed": s, "test/error": e[s]}
+                                 for k, e in errors.items() for s in range(n)])
+            found.update(trend(runs, "test/error", "p", "stacked")[0])
+            for k in truth:
+                covered[k] += found[f"{k}_ci_low"] - 1e-9 <= truth[k] <= found[f"{k}_ci_high"] + 1e-9
+        for k in truth:
+            assert 0.92 <= covered[k] / reps <= 0.98, (regime, n, k, covered[k] / reps)
 
 
 def test_the_seeds_needed_range_and_the_power_bounds_hold_by_simulation():

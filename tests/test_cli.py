@@ -71,6 +71,18 @@ def test_a_grid_without_its_dataset_stops_once_before_any_job_in_one_sentence(tm
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()  # nothing started
 
 
+@pytest.mark.parametrize("args", [["experiment=quick", "model=inception_matched"],
+                                  ["-m", "experiment=quick", "model=separable,inception_matched", "seed=0,1"]])
+def test_a_matched_preset_at_another_size_stops_single_or_grid_before_anything_exists(tmp_path, args):
+    """The grid checks each job under its own names (in the launcher, ${hydra:...} gives the
+    launcher's), so the second job stops the grid before the first starts."""
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp", *args, "data=synthetic"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and run.stderr.strip().startswith(
+        "model=inception_matched matches the baseline's size at model.width=36 only"), run.stderr[-2000:]
+    assert len(run.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())  # nothing created
+
+
 def test_help_names_the_program_its_groups_launchers_and_sweepers():
     run = subprocess.run([sys.executable, "-m", "hybrid_exp", "--help"], capture_output=True,
                          text=True, timeout=120)

@@ -98,8 +98,16 @@ def protocol_heading(protocol: str, others: list[str], group: pd.DataFrame) -> s
     alike = [o for o in others if o != protocol and protocol_words(o) == words]
     differing = sorted({k for o in alike for k in set(keys) | set(protocol_keys(o))
                         if keys.get(k) != protocol_keys(o).get(k)})
+    ways = execution_ways(group)
     return (f"Protocol: {words}" + "".join(f", {k}={keys.get(k, '(unset)')}" for k in differing)
-            + network_words(group))
+            + network_words(group) + (f"; training step {' or '.join(ways)}" if ways else ""))
+
+
+def execution_ways(group: pd.DataFrame) -> list[str]:
+    """The ways the runs of ``group`` ran their training step (eager, compiled, CUDA graph),
+    where recorded."""
+    return sorted({way for value in group.get("execution", pd.Series(dtype=str)).dropna()
+                   for way in str(value).split("; ") if way})
 
 
 def network_words(group: pd.DataFrame) -> str:
@@ -143,6 +151,12 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
         caveats.append(f"The runs compared here come from {len(codes)} code state"
                        f"{'s' if len(codes) > 1 else ''} ({', '.join(codes)}; '+dirty': uncommitted "
                        f"changes): a difference between setups can come from the code as well.")
+    ways = execution_ways(group)
+    if len(ways) > 1:
+        caveats.append(f"The runs compared here ran their training step {len(ways)} ways ("
+                       f"{', '.join(ways)}): the same function, not bit-identical arithmetic, whose "
+                       f"round-off training amplifies as it does any other; a difference between "
+                       f"setups that ran differently can come from that as from a seed.")
     lost = group[group.not_finished > 0]
     if not lost.empty:
         caveats.append("Runs that did not finish (diverged, failed or killed), left out of every "

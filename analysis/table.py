@@ -100,6 +100,7 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
                    **network_units(first.config), **network_size(group[group.setup == setup]),
                    "not_finished": not_finished_count(not_finished, protocol, setup),
                    "code": code_states(group[group.setup == setup]),
+                   "execution": executions(group[group.setup == setup]),
                    # the paper's names are setup tags: a label that names knobs is not its setup
                    "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan)
                    if paper and setup == first.setup_tag else math.nan}
@@ -195,6 +196,12 @@ def code_states(runs: pd.DataFrame) -> str:
     """The commits ('+dirty': uncommitted changes) a setup's runs were trained from, short."""
     shas = runs.git_sha.fillna("unknown") if "git_sha" in runs else pd.Series(["unknown"] * len(runs))
     return " ".join(sorted({sha[:7] + ("+dirty" if sha.endswith("+dirty") else "") for sha in shas}))
+
+
+def executions(runs: pd.DataFrame) -> str:
+    """How a setup's runs ran their training step ('eager', 'compiled', ...), '; '-joined; ''
+    where no run recorded it (runs logged before the tag)."""
+    return "; ".join(sorted(set(runs.execution.dropna()))) if "execution" in runs else ""
 
 
 def powers(effect: float, sd: float, n: int, alpha: float, family: int) -> dict[str, float]:

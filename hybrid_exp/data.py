@@ -164,9 +164,17 @@ class ResidentData(pl.LightningDataModule):
     def val_dataloader(self) -> Batches | list:
         return self.batches("val") if self.val_size else []
 
-    def test_dataloader(self) -> list[Batches]:
-        """The evaluation subset (the paper's metric), then the whole test set."""
-        return [self.batches("test"), self.batches("test_full")]
+    def test_dataloader(self) -> Batches:
+        """The whole test set, in order: the test phase scores the evaluation subset (the
+        paper's metric) on the same pass (``in_eval_subset``), each image once."""
+        return self.batches("test_full")
+
+    def in_eval_subset(self) -> torch.Tensor:
+        """(N,) bool over the whole test set, in its order: the evaluation subset's images."""
+        labels, (subset, *_) = self.splits["test"][1:]
+        mask = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+        mask[subset] = True
+        return mask
 
     def test_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions in the official test set, labels) of the evaluation subset's images."""

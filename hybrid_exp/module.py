@@ -105,6 +105,7 @@ class Classifier(pl.LightningModule):
         self.counts: dict[str, int] = {}  # stage -> images per member
         self.failures: dict[int, str] = {}  # member -> why it failed
         self.kept_logits: list[torch.Tensor] = []  # the evaluation subset's, batch by batch
+        self.eval_subset = torch.zeros(0, dtype=torch.bool)  # which test images it holds, set by test
         self.val_metrics: list[dict[str, float]] = [{} for _ in range(members)]
         self.metrics: list[dict[str, float]] = [{} for _ in range(members)]  # each member's latest
         # The training step's state lives in device tensors updated in place: a captured graph
@@ -119,13 +120,16 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def evaluate(self, batch, sums: torch.Tensor, keep_logits: bool = False) -> torch.Tensor:
+    def evaluate(self, batch, sums: torch.Tensor) -> torch.Tensor:
         """Each member's mean loss on ``batch`` (M,); adds loss and errors to ``sums`` in place."""
         x, y = batch
+        return self.score(self(x), y, sums)
+
+    @staticmethod
+    def score(logits: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+        """Each member's mean loss of ``logits`` (B, M*K) against ``y`` (M,); adds loss and
+        errors to ``sums`` in place."""
         y = y.view(len(y), -1)  # (B, M)
-        logits = self(x)  # (B, M*K)
-        if keep_logits:
-            self.kept_logits.append(logits.detach())
         losses = per_member_cross_entropy(logits, y)  # (M,)
         errors = (logits.view(*y.shape, -1).argmax(2) != y).sum(0)  # (M,)
         sums.add_(torch.stack([losses.detach() * len(y), errors.float()], 1))  # (M, 2)
@@ -196,10 +200,21 @@ class Classifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate(batch, self.eval_sums("val", len(batch[1])))
 
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Dataloader 0: the evaluation subset, whose logits are kept; 1: the whole test set."""
-        stage = ("test", "test_full")[dataloader_idx]
-        self.evaluate(batch, self.eval_sums(stage, len(batch[1])), keep_logits=stage == "test")
+    def on_test_start(self) -> None:
+        self.eval_subset = self.trainer.datamodule.in_eval_subset()  # (N,) bool, the whole set's order
+        self.kept_logits = []
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """The whole test set, in order, each image once: the evaluation subset's images among
+        this batch are scored (and their logits kept) from the same forward pass."""
+        x, y = batch
+        seen = self.counts.get("test_full", 0)
+        logits = self(x)  # (B, M*K)
+        self.score(logits, y, self.eval_sums("test_full", len(y)))
+        subset = self.eval_subset[seen:seen + len(y)]  # (B,)
+        if count := int(subset.sum()):  # a batch with none of them: a mean over no image is NaN
+            self.kept_logits.append(logits[subset].detach())
+            self.score(logits[subset], y[subset], self.eval_sums("test", count))
 
     def test_logits(self) -> torch.Tensor:
         """(N, M, K) logits of the evaluation subset, in its order, on the CPU."""

@@ -25,10 +25,11 @@ METRICS = tuple(f"{split}/{kind}" for split in ("train", "val", "test", "test_fu
 # What a setup is compared under: runs of different setups pair only on the same protocol.
 PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "trainer.accelerator")
 # Tags every training run carries: what it is, its identity, and where and how it ran (the
-# machine, torch, the job's command, the array it was fused in: a results bundle's provenance).
+# machine, torch, the job's command, the array it was fused in, eager or compiled: a results
+# bundle's provenance).
 TAGS = ("setup", "model", "block", "backbone", "seed", "precision", "config_hash", "setup_hash",
         "protocol", "protocol_hash", "data_fingerprint", "git_sha", "error", "array", "machine",
-        "torch", "command")
+        "torch", "command", "execution")
 
 
 def short_hash(text: str) -> str:

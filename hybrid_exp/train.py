@@ -191,14 +191,15 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     cfg, M = members[0], len(members)
     size = complexity(nets[0])  # of one member, before compiling: counted on the plain network
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    net = prepare_network(fuse(nets) if M > 1 else nets[0], trainer_args.pop("channels_last"),
-                          trainer_args.pop("compile"))
+    compiled = trainer_args.pop("compile")
+    net = prepare_network(fuse(nets) if M > 1 else nets[0], trainer_args.pop("channels_last"), compiled)
     trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
     cuda_graph = trainer_args.pop("cuda_graph") and graph_applies(nets[0], trainer_args["accelerator"])
     data = build(cfg, "data", seeds=[member.seed for member in members])
     name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
     trial = optuna_trial(cfg)
     tags = run_tags(members, nets[0], trainer_args, setup, model, block, fingerprint, trial)
+    tags["execution"] = execution(compiled, cuda_graph)
     log.info("%s: CUDA_VISIBLE_DEVICES=%r", name, os.environ.get("CUDA_VISIBLE_DEVICES"))
     checkpoints = (Path(cfg.checkpoint_dir).expanduser().resolve()
                    / array_key([tracking.config_hash(member) for member in members]))
@@ -236,6 +237,12 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
             results.append(Result(member.seed, "finished", module.metrics[m], run_ids[m]))
             log.info("%s-seed%s: test/error %.2f%%", setup, member.seed, module.metrics[m]["test/error"])
     return results
+
+
+def execution(compiled: bool, cuda_graph: bool) -> str:
+    """How the training step ran: 'eager', 'compiled', 'CUDA graph' or 'compiled, CUDA graph'.
+    Out of the run's identity (the same function) but not bit-identical to eager: a tag."""
+    return ", ".join([*(["compiled"] if compiled else []), *(["CUDA graph"] if cuda_graph else [])]) or "eager"
 
 
 def run_tags(members: list[DictConfig], net: nn.Module, trainer_args: dict, setup: str, model: str,

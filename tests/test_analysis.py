@@ -164,11 +164,13 @@ def test_the_tables_say_what_survived_which_code_ran_how_big_and_how_protocols_d
             for setup, error in (("separable", BASE[seed]), ("inception", INCEPTION[seed])):
                 run = log_run(client, exp, setup, seed, error, protocol=protocol)
                 client.set_tag(run, "git_sha", "a" * 40 if setup == "separable" else "b" * 40 + "+dirty")
+                client.set_tag(run, "execution", "eager" if eval_seed == "0" or seed < 3 else "compiled")
         log_run(client, exp, "inception", 5, None, status="FAILED", protocol=protocol)
     out = analyze("walk", uri, str(tmp_path / "r"), log_to_mlflow=False)
     report, table = (out / "report.md").read_text(), pd.read_csv(out / "summary.csv")
-    assert "## Protocol: 190 epochs, all training images, 6,000 test images, CIFAR10, ? on ?, data.eval_seed=0\n" in report
-    assert ", data.eval_seed=1" in report  # the headings alone tell the two protocols apart
+    assert "## Protocol: 190 epochs, all training images, 6,000 test images, CIFAR10, ? on ?, data.eval_seed=0; training step eager\n" in report
+    assert ", data.eval_seed=1; training step compiled or eager\n" in report  # the headings alone tell the two protocols apart
+    assert report.count("ran their training step 2 ways (compiled, eager): the same function, not bit-identical") == 1
     assert report.count("come from 2 code states (aaaaaaa, bbbbbbb+dirty; '+dirty'") == 2
     assert report.count("left out of every number below, which describes the survivors: `inception` 1 of 6.") == 2
     inception = table[table.setup == "inception"].iloc[0]

@@ -18,9 +18,15 @@ def real(cifar10_root, *overrides):
             "data.eval_size=1000", *TINY, *overrides]
 
 
-def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_root):
+def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_root, monkeypatch):
+    from hybrid_exp.module import Classifier
+
+    tested, forward = [], Classifier.forward  # the images the test phase sends through the network
+    monkeypatch.setattr(Classifier, "forward", lambda self, x: (
+        tested.append(len(x)) if self._trainer and self._trainer.testing else None, forward(self, x))[1])
     cfg = make_cfg(*real(cifar10_root, "trainer.max_epochs=3"))
     metrics = train(cfg)[0].metrics
+    assert sum(tested) == 10_000  # each test image once: the evaluation subset is among them
     assert metrics["test/error"] < 75, "chance is 90%: the network must clearly learn"
 
     runs = load_runs("hybrid-exp", cfg.logger.tracking_uri)
@@ -36,6 +42,7 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     assert client.get_experiment_by_name("hybrid-exp").tags["mlflow.experimentKind"] == "custom_model_development"
     stored = client.get_run(run.run_id)
     assert stored.data.params["optim.lr"] == "0.1" and stored.data.params["seed"] == "0"
+    assert stored.data.tags["execution"] == "eager"  # not compiled, no CUDA graph: on record
     history = client.get_metric_history(run.run_id, "val/error")
     assert [m.step for m in history] == [1, 2, 3]  # one point per epoch, step = epoch from 1
     for key in ("train/loss", "train/error", "val/loss", "lr", "epoch_seconds",
@@ -53,6 +60,16 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     assert len(indices) == 1000 and (np.diff(indices) > 0).all() and logits.shape == (1000, 10)
     assert logits.dtype == np.float16 and (predicted == logits.astype(np.float32).argmax(1)).mean() > 0.99
     assert 100 * (predicted != labels[indices]).mean() == pytest.approx(metrics["test/error"])
+
+    # the subset's metrics from the one pass equal a pass over the subset alone (evaluate: its
+    # own batches of 256): the errors exactly, the loss to float32 round-off (other batches,
+    # other kernels)
+    from hybrid_exp.evaluate import evaluate
+
+    for split, stage in (("subset", "test"), ("full", "test_full")):
+        alone = evaluate(run.run_id, client, split)
+        assert alone[f"evaluate/{split}/error"] == metrics[f"{stage}/error"]
+        assert alone[f"evaluate/{split}/loss"] == pytest.approx(metrics[f"{stage}/loss"], rel=1e-5)
 
 
 def test_seed_zero_is_reproducible_and_seed_one_differs(make_cfg):

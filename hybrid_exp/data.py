@@ -7,7 +7,6 @@ beside the data (keyed on the files it was built from), and moved to the trainin
 Batches are drawn by index; random crop (zero padding) and horizontal flip run on the device;
 there are no DataLoader workers and no per-image Python work in the training loop.
 """
-import hashlib
 import logging
 from pathlib import Path
 
@@ -21,8 +20,9 @@ from hybrid_exp.batches import Batches, crop_flip  # noqa: F401
 from hybrid_exp.conventional import AugmentedImages, conventional_loader  # noqa: F401
 from hybrid_exp.dataset_files import (  # noqa: F401
     ARCHIVE, ARCHIVE_MD5, BATCH_MD5, BATCHES_DIR, CLASSES, FORMATS, LAYOUTS, MEAN, STD, URL, Arrays,
-    DataError, cached, channel_statistics, check_format, extract, fetch, folder_files, load_cifar10,
-    read_cifar100, read_class_folders, read_image_folder, read_pickle, read_svhn, split_arrays)
+    DataError, cached, channel_statistics, check_format, cifar10_arrays, extract, fetch, fingerprint,
+    folder_files, load_cifar10, read_cifar100, read_class_folders, read_image_folder, read_pickle,
+    read_svhn, split_arrays)
 from hybrid_exp.seeding import derive_seed  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -74,21 +74,39 @@ class ResidentData(pl.LightningDataModule):
         self.batch_size, self.val_size, self.eval_size = batch_size, val_size, eval_size
         self.eval_seed, self.train_subset, self.seeds = eval_seed, train_subset, list(seeds)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.loaded: Arrays | None = None  # ``arrays()``
+        self.fingerprint: str | None = None  # the cache's, where ``load`` read through one
 
     classes: tuple[str, ...] | None = None  # label i's name (an image folder's: known once loaded)
 
     def load(self) -> Arrays:
+        """(x_train, y_train, x_test, y_test): a dataset's reader."""
         raise NotImplementedError
 
+    def arrays(self) -> Arrays:
+        """``load()``, once per data module: a start checks, fingerprints and sets up one read."""
+        if self.loaded is None:
+            self.loaded = self.load()
+        return self.loaded
+
+    def unpack(self, arrays: dict[str, np.ndarray]) -> Arrays:
+        """The four arrays of a ``cached`` read; what the cache keeps beside them (their
+        fingerprint; an image folder's classes and channel statistics) kept here."""
+        self.fingerprint = str(arrays["fingerprint"])
+        if "classes" in arrays:
+            self.classes = tuple(str(c) for c in arrays["classes"])
+        if "mean" in arrays:
+            self.mean = self.mean or tuple(arrays["mean"].tolist())
+            self.std = self.std or tuple(arrays["std"].tolist())
+        return split_arrays(arrays)
+
     def data_fingerprint(self) -> str:
-        """The digest of the decoded dataset (every image and label of both splits): the pixels
-        a run sees. One config on the official files and on a JPEG copy of them is two
-        experiments; the run's ``data_fingerprint`` tag keeps them apart."""
-        digest = hashlib.blake2b(digest_size=8)
-        for array in self.load():
-            digest.update(f"{array.dtype}{array.shape}".encode())
-            digest.update(np.ascontiguousarray(array).data)
-        return digest.hexdigest()
+        """The digest of the decoded dataset (``fingerprint``): the pixels a run sees, kept in
+        the dataset's cache (no image hashed again while its files are unchanged). One config on
+        the official files and on a JPEG copy of them is two experiments; the run's
+        ``data_fingerprint`` tag keeps them apart."""
+        arrays = self.arrays()
+        return self.fingerprint or fingerprint(arrays)
 
     @classmethod
     def sizes(cls, **data_config) -> tuple[int, int, int] | None:
@@ -99,7 +117,7 @@ class ResidentData(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        x_train, y_train, x_test, y_test = self.load()
+        x_train, y_train, x_test, y_test = self.arrays()
         train, val = zip(*(self.split_indices(y_train, seed) for seed in self.seeds))
         if not 0 < self.eval_size <= len(x_test):
             raise DataError(f"data.eval_size must be in 1..{len(x_test)} (the test set); "
@@ -147,7 +165,7 @@ class ResidentData(pl.LightningDataModule):
     def check_splits(self) -> None:
         """Draw every member's splits from the labels, as ``setup`` will: a split that cannot
         be made (a subset too large, no full batch) is one sentence before any run exists."""
-        labels = self.load()[1]
+        labels = self.arrays()[1]
         for seed in self.seeds:
             self.split_indices(labels, seed)
 
@@ -194,7 +212,7 @@ class CIFAR10(ResidentData):
         self.root, self.format, self.download = root, format, download
 
     def load(self) -> Arrays:
-        return load_cifar10(self.root, self.format, self.download)
+        return self.unpack(cifar10_arrays(self.root, self.format, self.download))
 
     @classmethod
     def sizes(cls, **data_config) -> tuple[int, int, int]:
@@ -224,8 +242,8 @@ class CIFAR100(ResidentData):
         if folder is None:
             raise DataError(f"no CIFAR-100 found under {root}: expected {root / CIFAR100_DIR}/ (train, "
                             f"test) or {CIFAR100_ARCHIVE}, or set data.download=true to fetch it")
-        return split_arrays(cached(folder / f"cifar100-{self.labels}-uint8.npz", folder, list(CIFAR100_MD5),
-                                   lambda: read_cifar100(folder, self.labels, CIFAR100_MD5), "CIFAR-100"))
+        return self.unpack(cached(folder / f"cifar100-{self.labels}-uint8.npz", folder, list(CIFAR100_MD5),
+                                  lambda: read_cifar100(folder, self.labels, CIFAR100_MD5), "CIFAR-100"))
 
     @classmethod
     def sizes(cls, labels: str = "fine", **data_config) -> tuple[int, int, int]:
@@ -263,7 +281,7 @@ class SVHN(ResidentData):
                     "x_test": parts["test"][0], "y_test": parts["test"][1]}
 
         name = "svhn-extra" if self.extra else "svhn"
-        return split_arrays(cached(root / f"{name}-uint8.npz", root, [p.name for p in files.values()], read, "SVHN"))
+        return self.unpack(cached(root / f"{name}-uint8.npz", root, [p.name for p in files.values()], read, "SVHN"))
 
     @classmethod
     def sizes(cls, extra: bool = False, **data_config) -> tuple[int, int, int]:
@@ -297,12 +315,8 @@ class ImageFolder(ResidentData):
             return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
                     "mean": np.array(mean), "std": np.array(std), "classes": np.array(classes)}
 
-        arrays = cached(root / f"image_folder-{self.image_size}-uint8.npz", root, folder_files(root), read,
-                        "the image folder")
-        self.classes = tuple(str(c) for c in arrays["classes"])
-        self.mean = self.mean or tuple(arrays["mean"].tolist())
-        self.std = self.std or tuple(arrays["std"].tolist())
-        return split_arrays(arrays)
+        return self.unpack(cached(root / f"image_folder-{self.image_size}-uint8.npz", root, folder_files(root),
+                                  read, "the image folder"))
 
 
 class Synthetic(ResidentData):

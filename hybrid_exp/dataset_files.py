@@ -182,6 +182,11 @@ def check_format(fmt: str) -> None:
 
 def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = False) -> Arrays:
     """All 60k images as uint8 (N, 32, 32, 3) plus int64 labels, via a cache beside the data."""
+    return split_arrays(cifar10_arrays(root, fmt, download_missing))
+
+
+def cifar10_arrays(root: str | Path, fmt: str = "auto", download_missing: bool = False) -> dict[str, np.ndarray]:
+    """``load_cifar10``'s arrays by name, with their fingerprint (``cached``)."""
     check_format(fmt)
     root = Path(root).expanduser().resolve()
     found = locate(root, fmt)
@@ -197,8 +202,8 @@ def load_cifar10(root: str | Path, fmt: str = "auto", download_missing: bool = F
     fmt, folder = found
     names = list(BATCH_MD5) if fmt == "pickle" else folder_files(folder)
     read = (lambda: read_pickle(folder)) if fmt == "pickle" else (lambda: read_image_folder(folder))
-    return split_arrays(cached(folder / f"cifar10-{fmt}-uint8.npz", folder, names,
-                               lambda: dict(zip(SPLIT_ARRAYS, read())), f"CIFAR-10 ({fmt})"))
+    return cached(folder / f"cifar10-{fmt}-uint8.npz", folder, names,
+                  lambda: dict(zip(SPLIT_ARRAYS, read())), f"CIFAR-10 ({fmt})")
 
 
 SPLIT_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -206,6 +211,16 @@ SPLIT_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 def split_arrays(arrays: dict[str, np.ndarray]) -> Arrays:
     return tuple(arrays[k] for k in SPLIT_ARRAYS)
+
+
+def fingerprint(arrays: Arrays) -> str:
+    """The digest of a decoded dataset (every image and label of both splits, with their
+    dtypes and shapes): the pixels a run sees."""
+    digest = hashlib.blake2b(digest_size=8)
+    for array in arrays:
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def folder_files(folder: Path) -> list[str]:
@@ -217,20 +232,27 @@ def folder_files(folder: Path) -> list[str]:
 
 def cached(cache: Path, folder: Path, names: list[str], read: Callable[[], dict[str, np.ndarray]],
            what: str) -> dict[str, np.ndarray]:
-    """``read()`` (named arrays), through a cache file that holds them with the manifest of the
-    files ``names`` (relative to ``folder``) it was built from: used only while those are
-    unchanged, rebuilt when unreadable (cut short, a bad CRC)."""
+    """``read()`` (named arrays, ``SPLIT_ARRAYS`` among them) and their ``fingerprint``,
+    through a cache file that holds both with the manifest of the files ``names`` (relative to
+    ``folder``) it was built from: used only while every one of those is unchanged (each file's
+    size and modification time, so no file is read and no image hashed), rebuilt when
+    unreadable (cut short, a bad CRC); a cache from before fingerprints were kept gains one."""
     source = manifest(folder, names)
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 if str(z["source"]) == source:
-                    return {k: z[k] for k in z.files if k != "source"}
+                    arrays = {k: z[k] for k in z.files if k != "source"}
+                    if "fingerprint" not in arrays:
+                        arrays["fingerprint"] = np.array(fingerprint(split_arrays(arrays)))
+                        save_atomically(cache, arrays, source)
+                    return arrays
             log.info("the files under %s changed since %s was built; reading them again", folder, cache.name)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             log.warning("ignoring unreadable cache %s (%s); rebuilding it", cache, e)
     log.info("decoding %s from %s", what, folder)
     arrays = read()
+    arrays["fingerprint"] = np.array(fingerprint(split_arrays(arrays)))
     save_atomically(cache, arrays, source)
     return arrays
 

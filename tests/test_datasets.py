@@ -143,6 +143,41 @@ def test_any_image_folder_is_a_dataset_with_its_classes_and_statistics(make_cfg,
         wrong.load()
 
 
+def test_a_warm_start_reads_no_image_and_hashes_none_until_one_image_changes(make_cfg, tmp_path, monkeypatch):
+    """A small image folder as PNGs: the first start decodes it and keeps its fingerprint in the
+    cache; the next reads no image file and hashes nothing (both patched to raise); a changed
+    image, whatever its size, is decoded again and changes the fingerprint."""
+    from PIL import Image
+
+    from hybrid_exp import dataset_files
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 6)):
+        for i in range(n):
+            folder = tmp_path / "images" / split / ("cat", "dog")[i % 2]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = make_cfg("data=image_folder", f"data.root={tmp_path / 'images'}", "data.val_size=2",
+                   "data.batch_size=4", "data.eval_size=4")
+    start = lambda: instantiate(cfg.data, seeds=[0])
+    cold = start().data_fingerprint()
+    assert cold == dataset_files.fingerprint(start().load())  # the digest of the decoded pixels
+
+    def never(*args, **kwargs):
+        raise AssertionError("a warm start read an image or hashed the dataset")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dataset_files, "fingerprint", never)
+        patched.setattr(dataset_files, "read_class_folders", never)
+        patched.setattr(data, "fingerprint", never)
+        warm = start()
+        assert warm.data_fingerprint() == cold
+        warm.check_splits(), warm.setup()  # one read of the cache serves the whole start
+    changed = tmp_path / "images/test/cat/0.png"
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(changed)
+    assert start().data_fingerprint() != cold
+
+
 @pytest.mark.parametrize("option, overrides", [
     ("cifar10", []), ("cifar10_conventional", []), ("cifar100", []), ("cifar100", ["data.labels=coarse"]),
     ("svhn", []), ("synthetic", []), ("synthetic", ["data.num_classes=3"])])

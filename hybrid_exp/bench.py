@@ -1,4 +1,4 @@
-"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--fuse N] [--compile] [--e2e] [--pack 1,2,4,8] [--json FILE]
+"""python -m hybrid_exp.bench [--models ...] [--device cpu|cuda] [--seconds N] [--fuse N] [--compile] [--modes ...] [--e2e] [--pack 1,2,4,8] [--json FILE]
 
 Training throughput (images/s) of each way to train a setup, in one process on one machine,
 alternating between the platform's modes so that they share the machine's noise:
@@ -31,6 +31,9 @@ end) at the measured evaluation rate and each process's warm-up (cudnn autotunin
 capture: once per run, or per array).
 ``--e2e`` also trains a short real grid through ``python -m hybrid_exp`` (2 epochs, fused) and
 reports seconds per epoch per member, to check the projection against the product path.
+``--modes`` times only the modes named (default: every one the other options and the device
+allow). The JSON is rewritten after each setup: a bench stopped early leaves what it measured;
+a setup that fails is its row, with the reason, and the next goes on.
 ``--pack`` also times several fast-path runs sharing the device at once, each its own process
 (``hydra.launcher.runs_per_gpu``), and gives the aggregate images/s.
 ``--shapes``, instead of the modes, times each distinct conv of the setups' training step
@@ -76,8 +79,29 @@ def parser() -> argparse.ArgumentParser:
                           "step (arrays of --fuse members) forward + backward as one grouped conv, "
                           "one conv per member and (1x1) one batched matmul, --seconds per shape "
                           "and implementation (hybrid_exp/conv_alternatives.py)")
-    cli.add_argument("--json", help="also write the results here")
+    cli.add_argument("--modes", nargs="+", metavar="MODE",
+                     choices=["lightning", "conventional", "fast", "fused", "graph", "compiled", "compiled_graph"],
+                     help="the modes to time (default: every one the other options and the device "
+                          "allow); a graph mode the network or the device cannot capture is "
+                          "skipped with its reason")
+    cli.add_argument("--json", help="also write the results here, rewritten after each setup "
+                                    "(each shape with --shapes): a bench stopped early leaves "
+                                    "what it measured")
     return cli
+
+
+def write_json(path: str | None, report: dict) -> None:
+    """The report so far, whole or not at all."""
+    if path:
+        partial = f"{path}.part"
+        with open(partial, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(partial, path)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,9 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(argv)
     if args.fuse < 1:
         cli.error(f"--fuse must be >= 1 (members per fused array); got {args.fuse}")
-    if args.shapes and (args.compile or args.e2e or args.pack):
-        cli.error("--shapes times the convs instead of the training modes: run --compile, --e2e "
-                  "and --pack in a command of their own")
+    if args.shapes and (args.compile or args.e2e or args.pack or args.modes):
+        cli.error("--shapes times the convs instead of the training modes: run --modes, --compile, "
+                  "--e2e and --pack in a command of their own")
+    arrays_only = sorted(set(args.modes or []) & {"fused", "graph", "compiled_graph"})
+    if arrays_only and args.fuse < 2:
+        cli.error(f"--modes {' '.join(arrays_only)} time(s) a fused array: add --fuse N (N >= 2 seeds)")
     import resource
     import statistics
 
@@ -116,30 +143,47 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.shapes:
         return shapes(args, arrays, device)
-    on_gpu = device.type == "cuda"
-    modes = ["lightning", "conventional", "fast", *(["fused"] if args.fuse > 1 else []),
-             *(["graph"] if args.fuse > 1 and on_gpu else []), *(["compiled"] if args.compile else []),
-             *(["compiled_graph"] if args.compile and args.fuse > 1 and on_gpu else [])]
+    modes = args.modes or benchmark.default_modes(args.fuse, device.type == "cuda", args.compile)
     print("images/s per mode (" + "; ".join(f"{m}: {benchmark.MODES[m]}" for m in modes) + ")")
     print(f"{'setup':<24}" + "".join(f"{m:>15}" for m in modes)
           + f"{'ratio':>7}{'peak MB':>9}{'GFLOP/img':>10}{'MB/img':>8}")
     mb = lambda value: f"{value:.0f}" if value else "-"
-    results = []
+    results, report = [], {"machine": benchmark.machine(device), "seconds": args.seconds, "modes": modes}
+
+    def so_far() -> dict:
+        """The report of the setups measured so far, with their projection."""
+        measured = [r for r in results if "error" not in r]
+        ratios = [r["ratio"] for r in measured if "ratio" in r]
+        return {**report, "results": results, "protocol": benchmark.project(measured),
+                "ratio": statistics.geometric_mean(ratios) if ratios else None,
+                "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
     for setup in args.models:
-        r = benchmark.bench(setup, arrays, device, args.seconds, args.workers, args.batch_size,
-                            args.compile, fuse=args.fuse,
-                            bandwidth=args.bandwidth and args.bandwidth * 1e9)
+        try:
+            r = benchmark.bench(setup, arrays, device, args.seconds, args.workers, args.batch_size,
+                                modes, fuse=args.fuse, bandwidth=args.bandwidth and args.bandwidth * 1e9)
+        except Exception as e:  # out of memory, a failed capture: this setup's row, and the next goes on
+            results.append({"setup": setup, "error": one_line(e)})
+            print(f"{setup:<24}failed: {one_line(e)}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            write_json(args.json, so_far())
+            continue
         results.append(r)
+        write_json(args.json, so_far())  # before its row: a printed row is on disk
         peak = max((r.get(f"{m}_peak_memory_mb") or 0) for m in modes)
-        share = lambda m: (f" ({100 * r[f'{m}_bandwidth_share']:.0f}%)"
-                           if f"{m}_bandwidth_share" in r else "")
-        print(f"{setup:<24}" + "".join(f"{r[f'{m}_images_per_s']:>.0f}{share(m)}".rjust(15) for m in modes)
-              + f"{r['ratio']:>6.2f}x{mb(peak):>9}{r['flops_per_image'] / 1e9:>10.2f}"
-              f"{r['bytes_per_image'] / 1e6:>8.1f}")
+        cell = lambda m: ("skipped" if m in r["skipped"] else
+                          f"{r[f'{m}_images_per_s']:.0f}" + (f" ({100 * r[f'{m}_bandwidth_share']:.0f}%)"
+                                                            if f"{m}_bandwidth_share" in r else ""))
+        ratio = f"{r['ratio']:>6.2f}x" if "ratio" in r else f"{'-':>7}"
+        print(f"{setup:<24}" + "".join(cell(m).rjust(15) for m in modes)
+              + f"{ratio}{mb(peak):>9}{r['flops_per_image'] / 1e9:>10.2f}{r['bytes_per_image'] / 1e6:>8.1f}")
+        for mode, reason in r["skipped"].items():
+            print(f"{'':<24}{mode} skipped: {reason}")
     if any("fast_bandwidth_share" in r for r in results):
         print("(n%): the share of the device's peak memory bandwidth the mode's step reaches")
-    projection = benchmark.project(results)
-    for figure, p in projection.items():
+    report = so_far()
+    for figure, p in report["protocol"].items():
         if not p["setups_measured"]:
             continue
         share = "" if p["complete"] else (
@@ -147,12 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{figure}: {benchmark.SEEDS} seeds, training + evaluation + warm-ups{share}, "
               f"device-hours: " + ", ".join(f"{m} {p[f'{m}_device_hours']:.2f}"
                                             for m in modes if f"{m}_device_hours" in p))
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = {"machine": benchmark.machine(device), "seconds": args.seconds, "results": results,
-              "ratio": statistics.geometric_mean(r["ratio"] for r in results),
-              "process_peak_rss_mb": peak_rss, "protocol": projection}
-    print(f"ratio fast/conventional (geometric mean): {report['ratio']:.2f}x on {report['machine']}; "
-          f"process peak RSS {peak_rss:.0f} MB")
+    ratio = f"{report['ratio']:.2f}x" if report["ratio"] else "not measured (--modes without fast and conventional)"
+    print(f"ratio fast/conventional (geometric mean): {ratio} on {report['machine']}; "
+          f"process peak RSS {report['process_peak_rss_mb']:.0f} MB")
     if args.e2e:
         setups = [s for s in args.models if "+" not in s]  # a grid over model presets
         report["e2e"] = benchmark.e2e(setups, args.data_root, max(args.fuse, 2))
@@ -161,43 +202,45 @@ def main(argv: list[str] | None = None) -> dict:
             per_member = rows[0]["seconds_per_epoch_per_member"]
             measured = next(r for r in results if r["setup"] == setup)
             mode = "fused" if args.fuse > 1 else "fast"
-            projected = benchmark.TRAIN / measured[f"{mode}_images_per_s"]
+            projected = (f"{benchmark.TRAIN / measured[f'{mode}_images_per_s']:.2f} s projected from "
+                         f"the {mode} rate (training only)" if f"{mode}_images_per_s" in measured
+                         else f"the {mode} rate not measured")
             print(f"e2e {setup}: {per_member:.2f} s per epoch per member through python -m "
-                  f"hybrid_exp ({len(rows)} seeds fused; training and validation), "
-                  f"{projected:.2f} s projected from the {mode} rate (training only)")
+                  f"hybrid_exp ({len(rows)} seeds fused; training and validation), {projected}")
     if args.pack:
         report["packing"] = benchmark.packing(args.models[0], args.data_root, device, args.seconds,
                                               args.pack, args.batch_size)
         print(f"{args.models[0]}, runs at once on one {device.type}: " + ", ".join(
             f"{r['runs']}: {r['images_per_s']:.0f} img/s ({r['scaling']:.2f}x)" for r in report["packing"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
     return report
 
 
 def shapes(args, arrays, device) -> dict:
-    """``--shapes``: the table of conv timings, the slowest shapes first."""
+    """``--shapes``: a row per conv as it is timed; the JSON, the slowest shapes first."""
     from hybrid_exp import benchmark
 
-    rows = [row for setup in args.models for row in benchmark.shape_timings(
-        setup, arrays, device, args.batch_size, args.fuse, args.seconds)]
-    rows.sort(key=lambda row: -row["ms"]["grouped"] * row["layers"])
     names = list(benchmark.conv_alternatives.IMPLEMENTATIONS)
     print(f"forward + backward, ms per call, {args.fuse} member(s) per array, on {benchmark.machine(device)}")
     print(f"{'setup':<24}{'input':>22}{'weight':>20}{'stride':>7}{'groups':>7}{'layers':>7}"
           + "".join(f"{name:>12}" for name in names) + "  fastest")
-    for row in rows:
-        ms = row["ms"]
-        print(f"{row['setup']:<24}{'x'.join(map(str, row['input'])):>22}{'x'.join(map(str, row['weight'])):>20}"
-              f"{row['stride']:>7}{row['groups']:>7}{row['layers']:>7}"
-              + "".join(f"{ms[name]:>12.3f}" if name in ms else f"{'-':>12}" for name in names)
-              + f"  {min(ms, key=ms.get)}")
     report = {"machine": benchmark.machine(device), "members": args.fuse, "seconds": args.seconds,
-              "shapes": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+              "shapes": [], "failed": []}
+    for setup in args.models:
+        try:
+            for row in benchmark.shape_timings(setup, arrays, device, args.batch_size, args.fuse, args.seconds):
+                ms = row["ms"]
+                print(f"{row['setup']:<24}{'x'.join(map(str, row['input'])):>22}"
+                      f"{'x'.join(map(str, row['weight'])):>20}{row['stride']:>7}{row['groups']:>7}"
+                      f"{row['layers']:>7}" + "".join(f"{ms[name]:>12.3f}" if name in ms else f"{'-':>12}"
+                                                      for name in names) + f"  {min(ms, key=ms.get)}")
+                report["shapes"].append(row)
+                report["shapes"].sort(key=lambda row: -row["ms"]["grouped"] * row["layers"])
+                write_json(args.json, report)
+        except Exception as e:  # this setup's remaining shapes are lost; the next goes on
+            report["failed"].append({"setup": setup, "error": one_line(e)})
+            print(f"{setup:<24}failed: {one_line(e)}")
+            write_json(args.json, report)
     return report
 
 

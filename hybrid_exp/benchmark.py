@@ -20,7 +20,7 @@ from hybrid_exp import conv_alternatives, costs
 from hybrid_exp import config_dir
 from hybrid_exp.data import Batches, conventional_loader, load_cifar10
 from hybrid_exp.fusion import fuse
-from hybrid_exp.module import Classifier, prepare_network, resolve_precision
+from hybrid_exp.module import Classifier, graph_blocker, prepare_network, resolve_precision
 from hybrid_exp.registry import build
 
 PROTOCOL = ("fig4", "fig5", "fig6")  # the presets whose grids the projection covers
@@ -249,35 +249,47 @@ def peak_bandwidth(device: torch.device) -> float | None:
     return next((bw for key, bw in BANDWIDTH.items() if key in name), None)
 
 
+GRAPH_MODES = ("graph", "compiled_graph")
+
+
+def default_modes(fuse: int, on_gpu: bool, compile: bool) -> list[str]:
+    """What the bench times without ``--modes``: every mode the options and the device allow."""
+    return [m for m in MODES if (m not in ("fused", "graph", "compiled_graph") or fuse > 1)
+            and (m not in GRAPH_MODES or on_gpu) and (m not in ("compiled", "compiled_graph") or compile)]
+
+
 def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int,
-          batch_size: int = 128, compile: bool = False, rounds: int = 2, fuse: int = 1,
-          bandwidth: float | None = None) -> dict:
-    """Images/s of each mode the device supports (over all members for arrays), peak memory,
-    warm-up seconds (compiling included), evaluation images/s, the FLOPs and bytes of a training
-    step per image, and the share of the device's memory bandwidth each mode reaches."""
+          batch_size: int = 128, modes: list[str] = ("lightning", "conventional", "fast"),
+          rounds: int = 2, fuse: int = 1, bandwidth: float | None = None) -> dict:
+    """Images/s of each of ``modes`` (over all members for arrays), peak memory, warm-up seconds
+    (compiling included), evaluation images/s, the FLOPs and bytes of a training step per
+    image, and the share of the device's memory bandwidth each mode reaches. A graph mode the
+    network or the device cannot capture is skipped, its reason in ``skipped``."""
     x_train, y_train = arrays[0], arrays[1]
     platform = lambda **kwargs: Platform(setup, x_train, y_train, device, batch_size, **kwargs)
-    pipelines = {"conventional": Conventional(setup, x_train, y_train, device, batch_size, workers),
-                 "fast": platform()}
-    if fuse > 1:
-        pipelines["fused"] = platform(members=fuse)
-        if device.type == "cuda":
-            pipelines["graph"] = platform(members=fuse, cuda_graph=True)
-    if compile:
-        pipelines["compiled"] = platform(members=fuse, compile=True)
-        if device.type == "cuda" and fuse > 1:
-            pipelines["compiled_graph"] = platform(members=fuse, compile=True, cuda_graph=True)
-    costs = pipelines["fast"].step_costs()  # before any timing: counting runs a step slowly
+    blocker = graph_blocker(network(setup, torch.device("cpu")), device.type == "cuda")
+    skipped = {m: blocker for m in modes if m in GRAPH_MODES and blocker}
+    wanted = [m for m in modes if m not in skipped]
+    fast = platform()  # costs and the evaluation rate, timed or not
+    build = {"conventional": lambda: Conventional(setup, x_train, y_train, device, batch_size, workers),
+             "fast": lambda: fast, "fused": lambda: platform(members=fuse),
+             "graph": lambda: platform(members=fuse, cuda_graph=True),
+             "compiled": lambda: platform(members=fuse, compile=True),
+             "compiled_graph": lambda: platform(members=fuse, compile=True, cuda_graph=True)}
+    pipelines = {m: build[m]() for m in wanted if m != "lightning"}
+    costs = fast.step_costs()  # before any timing: counting runs a step slowly
     warmup = {mode: pipeline.warm_up() for mode, pipeline in pipelines.items()}
     for _ in range(rounds):  # alternate, so slow drifts of the machine hit every pipeline
         for pipeline in pipelines.values():
             pipeline.run(seconds / rounds)
-    result = {"setup": setup, "device": device.type, "precision": pipelines["fast"].precision,
-              "compile": compile, "workers": workers, "batch_size": batch_size, "fuse": fuse,
+    result = {"setup": setup, "device": device.type, "precision": fast.precision,
+              "compile": any(m.startswith("compiled") for m in wanted), "workers": workers,
+              "batch_size": batch_size, "fuse": fuse, "skipped": skipped,
               "flops_per_image": costs["flops"] / batch_size,
-              "bytes_per_image": costs["bytes"] / batch_size,
-              "lightning_images_per_s": lightning_rate(setup, x_train, y_train, device, batch_size,
-                                                       workers, seconds / rounds)}
+              "bytes_per_image": costs["bytes"] / batch_size}
+    if "lightning" in wanted:
+        result["lightning_images_per_s"] = lightning_rate(setup, x_train, y_train, device, batch_size,
+                                                          workers, seconds / rounds)
     bandwidth = bandwidth or peak_bandwidth(device)
     for mode, pipeline in pipelines.items():
         steady = pipeline.seconds / pipeline.images * 5 * batch_size * getattr(pipeline, "members", 1)
@@ -286,10 +298,12 @@ def bench(setup: str, arrays, device: torch.device, seconds: float, workers: int
                        f"{mode}_warmup_seconds": max(0.0, warmup[mode] - steady)})  # beyond 5 steady steps
         if bandwidth and mode != "conventional":  # the platform's own step's bytes
             result[f"{mode}_bandwidth_share"] = result["bytes_per_image"] * pipeline.rate / bandwidth
-    for mode in ("fast", "fused"):
-        if mode in pipelines:
-            result[f"{mode}_eval_images_per_s"] = pipelines[mode].eval_rate()
-    result["ratio"] = result["fast_images_per_s"] / result["conventional_images_per_s"]
+    result["fast_eval_images_per_s"] = fast.eval_rate()
+    if fuse > 1:  # an array's evaluation: an eager one's forward (a compiled one would recompile)
+        array = pipelines.get("fused") or pipelines.get("graph") or platform(members=fuse)
+        result["fused_eval_images_per_s"] = array.eval_rate()
+    if "fast_images_per_s" in result and "conventional_images_per_s" in result:
+        result["ratio"] = result["fast_images_per_s"] / result["conventional_images_per_s"]
     return result
 
 
@@ -310,14 +324,15 @@ class ConvCall(Pipeline):
 
 
 def shape_timings(setup: str, arrays, device: torch.device, batch_size: int, members: int,
-                  seconds: float, rounds: int = 2) -> list[dict]:
+                  seconds: float, rounds: int = 2):
     """Each distinct conv of the setup's training step (a fused array of ``members``), its
     forward + backward timed in milliseconds as each implementation of
-    hybrid_exp.conv_alternatives that computes it, alternating between them."""
+    hybrid_exp.conv_alternatives that computes it, alternating between them, on tensors of the
+    step's dtype and layout (bf16 channels_last on a GPU): a row as each is timed."""
     platform = Platform(setup, arrays[0], arrays[1], device, batch_size, members=members)
-    rows = []
+    dtype = torch.bfloat16 if platform.precision == "bf16-mixed" else torch.float32  # as the step's convs run
     for shape in conv_alternatives.conv_shapes(platform.module, platform.step, members):
-        nhwc = lambda size: torch.randn(size, device=device).to(memory_format=torch.channels_last)
+        nhwc = lambda size: torch.randn(size, device=device, dtype=dtype).to(memory_format=torch.channels_last)
         x, w = nhwc(shape["input"]).requires_grad_(), nhwc(shape["weight"]).requires_grad_()
         calls = {name: ConvCall(implementation, shape, x, w, platform.autocast)
                  for name, implementation in conv_alternatives.IMPLEMENTATIONS.items()
@@ -327,8 +342,8 @@ def shape_timings(setup: str, arrays, device: torch.device, batch_size: int, mem
         for _ in range(rounds):
             for call in calls.values():
                 call.run(seconds / rounds)
-        rows.append({"setup": setup, **shape, "ms": {name: 1e3 / call.rate for name, call in calls.items()}})
-    return rows
+        yield {"setup": setup, **shape, "dtype": str(dtype).removeprefix("torch."),
+               "ms": {name: 1e3 / call.rate for name, call in calls.items()}}
 
 
 def packed_run(setup: str, data_root: str, device: str, seconds: float, threads: int,

@@ -34,6 +34,12 @@ def trains_on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def graph_blocker(net: nn.Module, on_gpu: bool) -> str | None:
+    """Why a CUDA graph cannot capture ``net``'s training step (None: it can): training and
+    the benchmark decide alike."""
+    return "it needs a CUDA device" if not on_gpu else getattr(net, "cuda_graph_blocker", None)
+
+
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """Lightning precision for ``auto``: bf16 autocast when training on a GPU that has bf16,
     fp32 otherwise (CPUs)."""

@@ -25,7 +25,8 @@ from hybrid_exp.checks import check_config
 from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.redact import redact
 from hybrid_exp.registry import build
-from hybrid_exp.module import Classifier, complexity, prepare_network, resolve_precision, trains_on_gpu
+from hybrid_exp.module import (Classifier, complexity, graph_blocker, prepare_network, resolve_precision,
+                               trains_on_gpu)
 # the callbacks and the members' helpers moved out; importable from here as before
 from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRuns, OptunaPruning  # noqa: F401
 from hybrid_exp.members import array_key, build_network, member_config, named, setup_name, trial_seeds  # noqa: F401
@@ -99,8 +100,7 @@ def launch_command() -> str:
 
 def graph_applies(net: nn.Module, accelerator: str) -> bool:
     """Whether ``trainer.cuda_graph=true`` can capture this training step; says why not, once."""
-    why_not = ("it needs a CUDA device" if not trains_on_gpu(accelerator) else
-               getattr(net, "cuda_graph_blocker", None))
+    why_not = graph_blocker(net, trains_on_gpu(accelerator))
     if why_not:
         log.info("trainer.cuda_graph=true: %s; training without a CUDA graph", why_not)
     return why_not is None

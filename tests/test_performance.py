@@ -2,14 +2,16 @@
 the benchmark command, and accuracy parity with the conventional pipeline."""
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from hybrid_exp.benchmark import project, protocol, protocol_setups
+from hybrid_exp.benchmark import PAPER_FIG4, project, protocol, protocol_setups
 from hybrid_exp.costs import step_costs
 from hybrid_exp.data import AugmentedImages
 from hybrid_exp.data import MEAN, STD, Batches, crop_flip
@@ -201,6 +203,106 @@ def test_bench_e2e_times_a_real_fused_grid_per_member(cifar10_root):
         assert row["seconds_per_epoch_per_member"] == pytest.approx(row["epoch_seconds"] / 2)
 
 
+@pytest.mark.slow
+def test_a_bench_killed_after_its_first_setup_leaves_that_setups_figures(tmp_path, cifar10_root):
+    """--modes times only the modes named; the JSON is on disk before a setup's row is printed."""
+    out = tmp_path / "bench.json"
+    bench = subprocess.Popen([sys.executable, "-m", "hybrid_exp.bench", "--models", "separable", "inception",
+                              "--modes", "fast", "fused", "--fuse", "2", "--seconds", "0.05",
+                              "--batch-size", "16", "--data-root", str(cifar10_root), "--json", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in bench.stdout:
+        if line.startswith("separable "):
+            break
+    bench.kill()
+    bench.communicate(timeout=60)
+    report = json.loads(out.read_text())
+    first = report["results"][0]
+    assert report["modes"] == ["fast", "fused"] and first["setup"] == "separable"
+    assert first["fast_images_per_s"] > 0 and first["fused_images_per_s"] > 0
+    assert not any(key.startswith(("lightning", "conventional")) for key in first)  # not asked for
+    assert report["protocol"]["fig4-paper"]["setups_measured"] == 1  # the projection so far
+
+
+def test_a_failing_setup_is_its_row_and_the_next_is_timed(tmp_path, capsys, monkeypatch, cifar10_root):
+    from hybrid_exp import benchmark
+    from hybrid_exp.bench import main
+
+    def bench(setup, *args, **kwargs):
+        if setup == "inception":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+        return {"setup": setup, "fuse": 1, "skipped": {}, "fast_images_per_s": 100.0,
+                "flops_per_image": 1e9, "bytes_per_image": 1e6, "fast_eval_images_per_s": 300.0}
+
+    monkeypatch.setattr(benchmark, "bench", bench)
+    report = main(["--models", "inception", "separable", "--modes", "fast", "--device", "cpu",
+                   "--data-root", str(cifar10_root), "--json", str(tmp_path / "b.json")])
+    failed, timed = report["results"]
+    assert failed == {"setup": "inception", "error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert timed["fast_images_per_s"] == 100.0 and report["protocol"]["fig4-paper"]["setups_measured"] == 1
+    assert "inception               failed: RuntimeError: CUDA out of memory." in capsys.readouterr().out
+    assert json.loads((tmp_path / "b.json").read_text())["results"] == report["results"]
+
+
+def test_the_bench_and_training_make_the_same_graph_decision():
+    """FractalNet with dropout (Fig. 5's default) seeds its dropout on the host every step: no
+    graph mode on any device; the stacked networks can be captured on a GPU only."""
+    from hybrid_exp.benchmark import default_modes, network
+    from hybrid_exp.module import graph_blocker
+
+    fractal, stacked = network("fractalnet", torch.device("cpu")), network("inception", torch.device("cpu"))
+    assert graph_blocker(fractal, on_gpu=True).startswith("FractalNet seeds its dropout on the host")
+    assert graph_blocker(stacked, on_gpu=True) is None
+    assert graph_blocker(stacked, on_gpu=False) == "it needs a CUDA device"
+    assert default_modes(1, False, False) == ["lightning", "conventional", "fast"]
+    assert default_modes(10, True, True) == ["lightning", "conventional", "fast", "fused", "graph",
+                                             "compiled", "compiled_graph"]
+
+
+@pytest.mark.gpu
+def test_fractalnet_with_dropout_is_skipped_in_graph_modes_on_a_gpu_with_its_reason(cifar10_root):
+    from hybrid_exp.bench import main
+
+    report = main(["--models", "fractalnet", "--device", "cuda", "--fuse", "2", "--modes", "fused", "graph",
+                   "--seconds", "0.1", "--data-root", str(cifar10_root)])
+    (result,) = report["results"]
+    assert result["fused_images_per_s"] > 0 and "graph_images_per_s" not in result
+    assert result["skipped"]["graph"].startswith("FractalNet seeds its dropout on the host")
+
+
+def test_the_gpu_check_script_fits_seven_minutes_of_a_lent_gpu():
+    import re
+
+    script = (Path(__file__).parent.parent / "tools/gpu-check.sh").read_text()
+    limits = [int(n) for n in re.findall(r"^step (\d+) ", script, flags=re.M)]
+    assert len(limits) == 5 and sum(limits) <= 7 * 60  # steps (a)-(e), each under its limit
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_its_own_commands_on_a_cpu(tmp_path, cifar10_root):
+    """The script's commands with a device switch and tiny budgets: every step leaves its JSON
+    (or log) with figures, and no step stops on an argument or a missing file."""
+    env = {**os.environ, "DEVICE": "cpu", "FUSE": "2", "FUSE_LARGE": "3", "BATCH": "8",
+           "SECONDS_PER_MODE": "0.01", "DATA": str(cifar10_root), "OUT": str(tmp_path), "TIMEOUT_SCALE": "10"}
+    run = subprocess.run(["bash", "tools/gpu-check.sh"], cwd=Path(__file__).parent.parent, env=env,
+                         capture_output=True, text=True, timeout=3000)
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    for trouble in ("usage:", "error:", "Traceback", "No such file", "command not found"):
+        assert trouble not in output, output[-3000:]
+    paper = json.loads((tmp_path / "paper-x10.json").read_text())
+    assert [r["setup"] for r in paper["results"]] == list(PAPER_FIG4)
+    assert all(r["fused_images_per_s"] > 0 and r["skipped"] == {"graph": "it needs a CUDA device"}
+               for r in paper["results"])
+    compiled = json.loads((tmp_path / "compiled-x10.json").read_text())
+    assert [r["skipped"] for r in compiled["results"]] == [{"compiled_graph": "it needs a CUDA device"}] * 3
+    heavy = json.loads((tmp_path / "heavy-x20.json").read_text())
+    assert [(r["setup"], r["fuse"]) for r in heavy["results"]] == [("inception", 3), ("resnext", 3)]
+    shapes = json.loads((tmp_path / "shapes.json").read_text())
+    assert {row["setup"] for row in shapes["shapes"]} == {"inception", "resnext"} and not shapes["failed"]
+    assert " skipped" in (tmp_path / "tests.log").read_text()  # CUDA-only: skipped on a CPU
+
+
 def test_bench_help_answers_without_importing_torch():
     run = subprocess.run([sys.executable, "-X", "importtime", "-m", "hybrid_exp.bench", "--help"],
                          capture_output=True, text=True, timeout=120)
@@ -222,7 +324,7 @@ def test_bench_shapes_with_a_training_mode_is_one_sentence(capsys, tmp_path):
     with pytest.raises(SystemExit) as stopped:
         main(["--shapes", "--compile", "--json", str(tmp_path / "out.json")])
     assert stopped.value.code == 2
-    assert "run --compile, --e2e and --pack in a command of their own" in capsys.readouterr().err
+    assert "run --modes, --compile, --e2e and --pack in a command of their own" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
 
 
@@ -318,6 +420,7 @@ def test_bench_shapes_times_each_conv_of_an_array_in_every_implementation(tmp_pa
     rows = report["shapes"]
     assert report["members"] == 2 and all(row["members"] == 2 for row in rows)
     assert all(row["ms"]["grouped"] > 0 and row["ms"]["per_member"] > 0 for row in rows)
+    assert all(row["dtype"] == "float32" for row in rows)  # the step's dtype: fp32 on a CPU, bf16 on a GPU
     one_by_one = [row for row in rows if row["kernel"] == 1 and row["stride"] == 1]
     assert one_by_one and all(row["ms"]["matmul"] > 0 for row in one_by_one)
     assert all("matmul" not in row["ms"] for row in rows if row["kernel"] > 1)

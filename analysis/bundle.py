@@ -2,7 +2,8 @@
 
 ``python -m analysis --experiment NAME --publish results/<name>`` writes into one small folder:
 
-- report.md with its figures (PNG), summary.csv, ranking.csv, similarity.csv, trend.csv: the report;
+- report.md with its figures (PNG), summary.csv, ranking.csv, similarity.csv, trend.csv, cka.csv:
+  the report (cka.csv from the runs' `cka/*` metrics, `python -m hybrid_exp.similarity`);
 - runs.csv: every training run of the experiment as the store holds it (identity tags, where
   and how it ran, params, every final metric, the config as JSON), counted or set aside;
 - predictions.npz: each counted run's predicted class on the evaluation images (uint8), their
@@ -35,7 +36,7 @@ from analysis.runs import AnalysisError, epochs_from_one, fetch_runs, load_histo
 
 RUNS, PREDICTIONS, HISTORY, PROVENANCE = "runs.csv", "predictions.npz", "history.csv", "provenance.json"
 DATA_FILES = (RUNS, PREDICTIONS, HISTORY)
-REPORT_FILES = ("report.md", "summary.csv", "ranking.csv", "similarity.csv", "trend.csv")
+REPORT_FILES = ("report.md", "summary.csv", "ranking.csv", "similarity.csv", "trend.csv", "cka.csv")
 VERSIONS = ("torch", "pytorch-lightning", "hydra-core", "mlflow", "optuna", "numpy", "scipy",
             "statsmodels", "pandas")
 

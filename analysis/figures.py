@@ -167,3 +167,32 @@ def similarity(frame: pd.DataFrame, out: Path) -> tuple[Path, str]:
                 "on which it predicts the baseline's class, and Cohen's κ of their errors. The "
                 "control (the baseline's own function) is a reference level, not a ceiling: a setup "
                 "with a lower error can agree more; κ corrects for accuracy.")
+
+
+def cka_by_depth(frame: pd.DataFrame, out: Path) -> tuple[Path, str]:
+    """Linear CKA with the baseline at each point of the network, per setup, over the reference
+    band of two baseline runs; a panel per protocol and backbone."""
+    panels = list(frame.groupby(["protocol_hash", "backbone"], sort=True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, ((protocol, backbone), panel) in zip(axes[0], panels):
+        points = list(dict.fromkeys(panel.point))
+        x = np.arange(len(points))
+        reference = panel.drop_duplicates("point").set_index("point").loc[points]
+        ax.plot(x, reference.reference, color="0.4", ls="--", label="two baseline runs (reference)")
+        if reference.reference_ci_low.notna().all():
+            ax.fill_between(x, reference.reference_ci_low, reference.reference_ci_high, color="0.85")
+        for setup, rows in panel.groupby("setup", sort=True):
+            rows = rows.set_index("point").reindex(points)
+            ax.errorbar(x, rows.cka, **{"yerr": np.nan_to_num(np.array([rows.cka - rows.cka_ci_low,
+                                                                         rows.cka_ci_high - rows.cka]).clip(min=0)),
+                                          "capsize": 3} if rows.cka_ci_low.notna().all() else {},
+                        marker="o", label=setup)
+        ax.set_xticks(x, points)
+        ax.set_ylabel("linear CKA with the baseline")
+        ax.set_title(f"{backbone} ({protocol[:6]})" if len(panels) > 1 else backbone)
+        ax.legend(fontsize=7)
+    return save(fig, out, "cka_by_depth", "Representation similarity with the baseline, by depth",
+                "Linear CKA of each setup's representations of the evaluation images with the "
+                "baseline's (same seed), at the end of each stage and at the pooled features, mean "
+                "over seeds with 95% t intervals; dashed, with its band: two baseline runs of "
+                "neighbouring seeds, the level two trainings of one architecture reach.")

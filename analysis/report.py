@@ -278,6 +278,52 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
                          "with a lower error can agree more with the baseline; only κ corrects for "
                          "accuracy. A setup that computes 'the same thing' as the baseline should "
                          "come close to the control's κ, whatever its error rate.")]
+    blocks += representation_section(table.cka[table.cka.protocol_hash == first.protocol_hash]
+                                     if not table.cka.empty else table.cka, group)
+    return blocks
+
+
+def representation_section(cka: pd.DataFrame, group: pd.DataFrame) -> list[tuple]:
+    """Linear CKA with the baseline per point, beside two baseline runs, and what the intervals
+    of their differences show, computed."""
+    if cka.empty:
+        return []
+    roles = dict(zip(group.setup, group.role))
+    blocks = [("h3", "Representation similarity with the baseline (linear CKA)")]
+    for point, rows in cka.groupby("point", sort=False):
+        header = ["backbone", "setup", "seeds", "CKA with the baseline [95% CI]",
+                  "two baseline runs [95% CI]", "difference, paired by seed [95% CI]"]
+        body = [[r["backbone"], f"`{r['setup']}` ({roles.get(r['setup'], 'setup')})", r["n_seeds"],
+                 with_ci(r, "cka"), with_ci(r, "reference"), with_ci(r, "difference")]
+                for r in records(rows)]
+        blocks += [("p", f"At `{point}`:"), ("table", header, body)]
+    below, not_shown, untested = {}, {}, set()
+    for r in records(cka):
+        if r.get("difference_ci_high") is None:
+            untested.add(r["setup"])
+        elif r["difference_ci_high"] < 0:
+            below.setdefault(r["setup"], []).append(r["point"])
+        else:
+            not_shown.setdefault(r["setup"], []).append(r["point"])
+    said = [f"`{s}` is less similar to the baseline than two baseline runs are to each other at "
+            f"{', '.join(points)}" + (f" (at {', '.join(not_shown[s])} no difference is shown)" if s in not_shown else "")
+            for s, points in sorted(below.items())]
+    said += [f"`{s}`: no difference from the reference level is shown at any point" for s in sorted(not_shown)
+             if s not in below]
+    said += [f"`{s}`: fewer than 5 paired seeds, no interval and no statement" for s in sorted(untested)
+             if s not in below and s not in not_shown]
+    blocks += [("list", said), ("p",
+        "From `python -m hybrid_exp.similarity`: per seed, linear CKA (Kornblith et al. 2019, the "
+        "minibatch estimate of Nguyen et al. 2021, float64) between a setup's representations of "
+        "the evaluation images and the baseline's of the same seed, at the end of each stage and "
+        "at the pooled features; the reference level is the same between two baseline runs of "
+        "neighbouring seeds: what two trainings of one architecture reach. 'Less similar' means "
+        "the 95% interval of the paired difference lies below 0; the control's row is a second "
+        "reference. CKA ignores rotations and isotropic scaling of the features; it can be moved "
+        "by a few outlier images and stay high under transformations that keep linear "
+        "separability (Davari et al. 2023): read a value only against the reference levels, "
+        "measured the same way on the same images; a similar representation is not the same "
+        "computation.")]
     return blocks
 
 
@@ -463,10 +509,12 @@ def write_report(experiment: str, runs: Runs, predictions: dict, history: pd.Dat
     paths.append(figures.error_vs_size(used, metric, out))
     if not table.similarity.empty:
         paths.append(figures.similarity(table.similarity, out))
+    if not table.cka.empty:
+        paths.append(figures.cka_by_depth(table.cka, out))
     blocks = build(experiment, runs, table, paths, baseline, control, margin, sesoi, metric)
     table.summary.to_csv(out / "summary.csv", index=False)
     for name, frame_out in (("ranking", table.ranking), ("similarity", table.similarity),
-                            ("trend", table.trend)):
+                            ("trend", table.trend), ("cka", table.cka)):
         if not frame_out.empty:
             frame_out.to_csv(out / f"{name}.csv", index=False)
     (out / "report.md").write_text(to_markdown(blocks))

@@ -41,6 +41,7 @@ class Table:
     ranking: pd.DataFrame = field(default_factory=pd.DataFrame)  # the paper's order, pair by pair
     trend: pd.DataFrame = field(default_factory=pd.DataFrame)  # error over log2(channels per group)
     similarity: pd.DataFrame = field(default_factory=pd.DataFrame)  # prediction agreement, kappa
+    cka: pd.DataFrame = field(default_factory=pd.DataFrame)  # representation similarity, per point
     set_apart: list[str] = field(default_factory=list)  # sentences: what could not be paired, why
 
 
@@ -70,7 +71,7 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
     unfinished runs beside them), protocol by protocol."""
     sesoi = margin if sesoi is None else sesoi
     table, baselines = Table(pd.DataFrame()), 0
-    rows, rankings, similarity, trends = [], [], [], []
+    rows, rankings, similarity, trends, ckas = [], [], [], [], []
     for (protocol, backbone), group in runs.groupby(["protocol_hash", "backbone"], sort=True):
         setups = sorted(group.setup.unique())
         blocks = dict(zip(group.setup, group.block))
@@ -125,12 +126,14 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
             rankings += ranking(group, base_err, metric, alpha, protocol, backbone)
             if predictions:
                 similarity += agreement(group, base, predictions, protocol, backbone)
+            ckas += representation(group, base, protocol, backbone)
     if not baselines:
         present = ", ".join(sorted(runs.setup.unique())) or "none"
         raise AnalysisError(f"no runs of the baseline '{baseline}' (finished, with {metric}); "
                             f"setups present: {present}; choose one with --baseline")
     table.summary, table.ranking = pd.DataFrame(rows), pd.DataFrame(rankings)
     table.similarity, table.trend = pd.DataFrame(similarity), pd.DataFrame(trends)
+    table.cka = pd.DataFrame(ckas)
     table.summary = with_whole_test_set(table.summary, runs, baseline, control, margin, sesoi, metric, alpha)
     return table
 
@@ -338,4 +341,38 @@ def agreement(group: pd.DataFrame, base: str, predictions: dict, protocol: str,
                          "n_paired": len(agree), "agreement": np.mean(agree),
                          **interval("agreement", agree), "kappa": np.mean(kappa),
                          **interval("kappa", kappa)})
+    return rows
+
+
+def cka_points(columns) -> list[str]:
+    """The representation points logged by ``python -m hybrid_exp.similarity``, in the network's
+    order: stage1, stage2, ..., pooled."""
+    points = {c.split("/", 1)[1] for c in columns if c.startswith(("cka/", "cka_reference/"))}
+    return sorted(points, key=lambda p: (p == "pooled", len(p), p))
+
+
+def representation(group: pd.DataFrame, base: str, protocol: str, backbone: str) -> list[dict]:
+    """Linear CKA of each setup with the baseline, per point and seed (``cka/<point>`` on the
+    setup's run), beside the reference level, two baseline runs of neighbouring seeds
+    (``cka_reference/<point>`` on the baseline run of the same seed), and their difference seed
+    by seed; nothing where no reference level was measured."""
+    rows = []
+    for point in cka_points(group.columns):
+        reference = group[group.setup == base].set_index("seed").get(f"cka_reference/{point}")
+        if reference is None or reference.dropna().empty:
+            continue
+        reference = reference.dropna().sort_index()
+        for setup in sorted(set(group.setup) - {base}):
+            values = group[group.setup == setup].set_index("seed").get(f"cka/{point}")
+            values = values.dropna().sort_index() if values is not None else pd.Series(dtype=float)
+            if values.empty:
+                continue
+            seeds = values.index.intersection(reference.index)
+            difference = (values[seeds] - reference[seeds]).to_numpy()
+            rows.append({"protocol_hash": protocol, "backbone": backbone, "point": point, "setup": setup,
+                         "n_seeds": len(values), "cka": values.mean(), **interval("cka", values),
+                         "n_reference": len(reference), "reference": reference.mean(),
+                         **interval("reference", reference), "n_paired": len(seeds),
+                         "difference": difference.mean() if len(seeds) else math.nan,
+                         **interval("difference", difference)})
     return rows

@@ -35,10 +35,16 @@ class Stacked(nn.Module):
                 c_in = c_out
         self.units = nn.Sequential(*units)
         self.head = nn.Linear(c_in, num_classes)
+        self.stages = stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, classes)
         x = self.units(self.stem(x))  # (B, C, h, w)
         return self.head(x.mean(dim=(2, 3)))  # global average pooling
+
+    def stage_ends(self) -> list[nn.Module]:
+        """The modules whose outputs end each stage (representation similarity compares them)."""
+        depth = len(self.units) // self.stages
+        return [self.units[(s + 1) * depth - 1] for s in range(self.stages)]
 
 
 class MemberDropout(nn.Module):
@@ -203,6 +209,10 @@ class FractalNet(nn.Module):
             self.step.add_(1)  # in place: a captured step counts its replays
         return self.head(x.mean(dim=(2, 3)))
 
+    def stage_ends(self) -> list[nn.Module]:
+        """The fractal blocks, whose outputs end each stage (before its max-pool)."""
+        return list(self.blocks)
+
     @property
     def cuda_graph_blocker(self) -> str | None:
         """Why a CUDA graph cannot capture this network's training step (None: it can)."""
@@ -252,3 +262,9 @@ class DarkNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, classes)
         return self.classifier(self.features(x)).mean(dim=(2, 3))
+
+    def stage_ends(self) -> list[nn.Module]:
+        """The modules before each halving max-pool, and the last one: the ends of its stages."""
+        layers = list(self.features)
+        return [m for m, after in zip(layers, layers[1:] + [None])
+                if after is None or (isinstance(after, nn.MaxPool2d) and after.stride == 2)]

@@ -74,7 +74,7 @@ class ResidentData(pl.LightningDataModule):
         self.batch_size, self.val_size, self.eval_size = batch_size, val_size, eval_size
         self.eval_seed, self.train_subset, self.seeds = eval_seed, train_subset, list(seeds)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.loaded: Arrays | None = None  # ``arrays()``
+        self.loaded: Arrays | None = None  # ``decoded()``
         self.fingerprint: str | None = None  # the cache's, where ``load`` read through one
 
     classes: tuple[str, ...] | None = None  # label i's name (an image folder's: known once loaded)
@@ -83,7 +83,7 @@ class ResidentData(pl.LightningDataModule):
         """(x_train, y_train, x_test, y_test): a dataset's reader."""
         raise NotImplementedError
 
-    def arrays(self) -> Arrays:
+    def decoded(self) -> Arrays:
         """``load()``, once per data module: a start checks, fingerprints and sets up one read."""
         if self.loaded is None:
             self.loaded = self.load()
@@ -105,7 +105,7 @@ class ResidentData(pl.LightningDataModule):
         the dataset's cache (no image hashed again while its files are unchanged). One config on
         the official files and on a JPEG copy of them is two experiments; the run's
         ``data_fingerprint`` tag keeps them apart."""
-        arrays = self.arrays()
+        arrays = self.decoded()
         return self.fingerprint or fingerprint(arrays)
 
     @classmethod
@@ -117,7 +117,7 @@ class ResidentData(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        x_train, y_train, x_test, y_test = self.arrays()
+        x_train, y_train, x_test, y_test = self.decoded()
         train, val = zip(*(self.split_indices(y_train, seed) for seed in self.seeds))
         if not 0 < self.eval_size <= len(x_test):
             raise DataError(f"data.eval_size must be in 1..{len(x_test)} (the test set); "
@@ -165,7 +165,7 @@ class ResidentData(pl.LightningDataModule):
     def check_splits(self) -> None:
         """Draw every member's splits from the labels, as ``setup`` will: a split that cannot
         be made (a subset too large, no full batch) is one sentence before any run exists."""
-        labels = self.arrays()[1]
+        labels = self.decoded()[1]
         for seed in self.seeds:
             self.split_indices(labels, seed)
 

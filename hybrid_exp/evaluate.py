@@ -50,34 +50,52 @@ def find_run(client, experiment: str, run: str):
     return runs[0]
 
 
+class NoWeights(ValueError):
+    """A run that stored no weights of the kind asked for: the sentence says why."""
+
+
+def stored_run(run_id: str, client, device, data_root: str | None = None, weights: str = "model.pt"):
+    """(network with the run's trained weights on ``device``, its data module, its config),
+    rebuilt from the run's ``config.yaml`` through the registry (only the project's own classes,
+    both checked before either is built or the weights are read)."""
+    import tempfile
+
+    import torch
+
+    from hybrid_exp.registry import build, stored
+
+    if weights not in {a.path for a in client.list_artifacts(run_id)}:
+        raise NoWeights(f"run {run_id} has no {weights}: " + (
+            "only runs trained with callbacks=best_weights store it" if weights == "best.pt" else
+            "only runs that FINISHED with this version store their weights; train it again (rerun=true)"))
+    with tempfile.TemporaryDirectory() as folder:
+        source = f"run {run_id}'s config.yaml"  # an artifact: anyone who can write to the store can edit it
+        cfg = stored(client.download_artifacts(run_id, "config.yaml", folder), source)
+        if data_root:
+            cfg.data.root = data_root
+        net = build(cfg, "model", source)
+        data = build(cfg, "data", source, seeds=[cfg.seed])
+        state = torch.load(client.download_artifacts(run_id, weights, folder), map_location=device,
+                           weights_only=True)
+    net.load_state_dict(state)
+    return net.to(device).eval(), data, cfg
+
+
 def evaluate(run_id: str, client, split: str = "subset", image_folder: str | None = None,
              data_root: str | None = None, weights: str = "model.pt") -> dict[str, float]:
     """Loss and error (%) of the run's trained weights on ``split`` (or ``image_folder``)."""
-    import tempfile
     from pathlib import Path
 
     import torch
 
     from hybrid_exp.data import Batches, read_class_folders
     from hybrid_exp.module import Classifier
-    from hybrid_exp.registry import build, stored
 
-    if weights not in {a.path for a in client.list_artifacts(run_id)}:
-        raise SystemExit(f"run {run_id} has no {weights}: " + (
-            "only runs trained with callbacks=best_weights store it" if weights == "best.pt" else
-            "only runs that FINISHED with this version store their weights; train it again (rerun=true)"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory() as folder:
-        source = f"run {run_id}'s config.yaml"  # an artifact: anyone who can write to the store can edit it
-        cfg = stored(client.download_artifacts(run_id, "config.yaml", folder), source)
-        if data_root:
-            cfg.data.root = data_root
-        # only the project's own classes, both checked before either is built or weights are read
-        net = build(cfg, "model", source)
-        data = build(cfg, "data", source, seeds=[cfg.seed])
-        state = torch.load(client.download_artifacts(run_id, weights, folder), map_location=device,
-                           weights_only=True)
-    net.load_state_dict(state)
+    try:
+        net, data, _ = stored_run(run_id, client, device, data_root, weights)
+    except NoWeights as e:
+        raise SystemExit(str(e)) from None
     if image_folder or data.mean is None:  # an image folder's statistics come with its data
         data.setup()
     if image_folder:  # the training data's classes, in its label order
@@ -92,8 +110,8 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
     module = Classifier(net.to(device)).eval()
     sums = torch.zeros(1, 2, device=device)
     with torch.no_grad():
-        for batch in Batches(images, labels, rows, batch_size=256, mean=data.mean, std=data.std):
-            module.evaluate(batch, sums)
+        for x, y in Batches(images, labels, rows, batch_size=256, mean=data.mean, std=data.std):
+            module.evaluate((x.to(device), y.to(device)), sums)  # the data module sets up on the CPU
     loss, errors = sums[0].tolist()
     prefix = f"evaluate/{split_name}/" + ("best/" if weights == "best.pt" else "")
     metrics = {f"{prefix}loss": loss / rows.shape[1], f"{prefix}error": 100 * errors / rows.shape[1]}

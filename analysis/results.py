@@ -36,6 +36,7 @@ def headline(bundle: Path) -> str:
     """One bundle's section: what, where, how much, and its table per protocol."""
     meta = json.loads((bundle / PROVENANCE).read_text())
     summary = pd.read_csv(bundle / "summary.csv")
+    cka = pd.read_csv(bundle / "cka.csv") if (bundle / "cka.csv").exists() else pd.DataFrame()
     machines = "; ".join(meta["training"]["machines"]) or "not recorded"
     lines = [f"### `{bundle.name}`", "",
              f"Experiment `{meta['experiment']}`, {meta['runs']['counted']} runs on {machines}; "
@@ -56,7 +57,26 @@ def headline(bundle: Path) -> str:
                          f"{ci(r, 'mean_delta') if 'mean_delta' in r else '–'} | "
                          f"{ci(r, 'full_mean_delta') if 'full_mean_delta' in r else '–'} | "
                          f"{fmt(r.get('mean_abs_delta'))} | {fmt(r['paper_mean_abs_delta'])} |")
+        lines += cka_lines(cka[cka.protocol_hash == rows.protocol_hash.iloc[0]] if not cka.empty else cka)
     return "\n".join(lines)
+
+
+def cka_lines(cka: pd.DataFrame) -> list[str]:
+    """The bundle's linear CKA with the baseline (``cka.csv``), a column per point, beside two
+    baseline runs; nothing where it has none."""
+    if cka.empty:
+        return []
+    points = list(dict.fromkeys(cka.point))
+    reference = cka.drop_duplicates("point").set_index("point")
+    lines = ["", "Linear CKA with the baseline's representations (mean [95% CI] over seeds; "
+                 "`python -m hybrid_exp.similarity`):", "",
+             "| setup | " + " | ".join(f"`{p}`" for p in points) + " |", "| --- |" + " ---: |" * len(points),
+             "| two baseline runs (reference) | " + " | ".join(ci(reference.loc[p], "reference") for p in points) + " |"]
+    for setup, rows in cka.groupby("setup", sort=True):
+        rows = rows.set_index("point")
+        lines.append(f"| `{setup}` | " + " | ".join(ci(rows.loc[p], "cka") if p in rows.index else "–"
+                                                     for p in points) + " |")
+    return lines
 
 
 def readme_section(results: Path) -> str:

@@ -100,6 +100,12 @@ class ResidentData(pl.LightningDataModule):
             self.std = self.std or tuple(arrays["std"].tolist())
         return split_arrays(arrays)
 
+    def split_sizes(self) -> dict[str, int]:
+        """The images a run of these settings trains on (per member), validates and is tested on."""
+        x_train, _, x_test, _ = self.decoded()
+        return {"training": self.train_subset or len(x_train) - self.val_size, "validation": self.val_size,
+                "evaluation": self.eval_size, "test": len(x_test)}
+
     def data_fingerprint(self) -> str:
         """The digest of the decoded dataset (``fingerprint``): the pixels a run sees, kept in
         the dataset's cache (no image hashed again while its files are unchanged). One config on

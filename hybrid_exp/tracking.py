@@ -278,7 +278,7 @@ class TrackedRun:
     fused array that diverged, while the others go on)."""
 
     def __init__(self, client: Client, run_id: str, resumed: bool):
-        self.client, self.run_id, self.failed = client, run_id, False
+        self.client, self.run_id, self.failed, self.resumed = client, run_id, False, resumed
         # A resumed run replays the epoch that was under way when it was killed; points already
         # logged for it are kept, not doubled: one point per metric and epoch.
         self.last_step = {key: max(m.step for m in client.get_metric_history(run_id, key))
@@ -319,6 +319,20 @@ class TrackedRun:
         self.client.set_tag(self.run_id, "error", reason[:5000])
         self.client.set_terminated(self.run_id, "FAILED")
         self.failed = True
+
+
+def dataset_input(name: str, root: str, fingerprint: str, sizes: dict[str, int]):
+    """A run's data as MLflow's own dataset record (the UI's Dataset column): named by the
+    dataset and its split sizes (one record per dataset and protocol, shared by their runs),
+    its digest the data fingerprint."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    words = ", ".join(f"{n:,} {split}" for split, n in sizes.items())
+    return DatasetInput(Dataset(name=f"{name} ({words})", digest=fingerprint, source_type="local",
+                                source=json.dumps({"uri": redact(root)}), profile=json.dumps(sizes)),
+                        tags=[InputTag("mlflow.data.context", "training")])
 
 
 def out_of_requeues(e: BaseException) -> bool:

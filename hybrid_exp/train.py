@@ -217,6 +217,11 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
             runs.append(stack.enter_context(tracking.mlflow_run(
                 client, experiment_id, member, {**tags, "seed": str(member.seed)}, size, earlier)))
         run_ids = [run.run_id if run else resume[m] for m, run in enumerate(runs)]
+        record = tracking.dataset_input(type(data).__name__, str(getattr(data, "root", "generated")),
+                                        fingerprint, data.split_sizes())
+        for run in runs:
+            if run and not run.resumed:
+                client.log_inputs(run.run_id, datasets=[record])
         (checkpoints / "run_id").write_text("\n".join(run_ids))
         module = Classifier(net, **cfg.optim, members=M, reporter=MemberRuns(runs), cuda_graph=cuda_graph)
         if start is not None:

@@ -43,6 +43,10 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     stored = client.get_run(run.run_id)
     assert stored.data.params["optim.lr"] == "0.1" and stored.data.params["seed"] == "0"
     assert stored.data.tags["execution"] == "eager"  # not compiled, no CUDA graph: on record
+    (used,) = stored.inputs.dataset_inputs  # MLflow's own dataset record: the UI's Dataset column
+    assert used.dataset.name == "CIFAR10 (2,000 training, 500 validation, 1,000 evaluation, 10,000 test)"
+    assert used.dataset.digest == stored.data.tags["data_fingerprint"]
+    assert str(cifar10_root) in used.dataset.source and used.tags[0].value == "training"
     history = client.get_metric_history(run.run_id, "val/error")
     assert [m.step for m in history] == [1, 2, 3]  # one point per epoch, step = epoch from 1
     for key in ("train/loss", "train/error", "val/loss", "lr", "epoch_seconds",

@@ -179,8 +179,7 @@ def cka_by_depth(frame: pd.DataFrame, out: Path) -> tuple[Path, str]:
         x = np.arange(len(points))
         reference = panel.drop_duplicates("point").set_index("point").loc[points]
         ax.plot(x, reference.reference, color="0.4", ls="--", label="two baseline runs (reference)")
-        if reference.reference_ci_low.notna().all():
-            ax.fill_between(x, reference.reference_ci_low, reference.reference_ci_high, color="0.85")
+        ax.fill_between(x, reference.reference_min, reference.reference_max, color="0.85")
         for setup, rows in panel.groupby("setup", sort=True):
             rows = rows.set_index("point").reindex(points)
             ax.errorbar(x, rows.cka, **{"yerr": np.nan_to_num(np.array([rows.cka - rows.cka_ci_low,
@@ -194,5 +193,5 @@ def cka_by_depth(frame: pd.DataFrame, out: Path) -> tuple[Path, str]:
     return save(fig, out, "cka_by_depth", "Representation similarity with the baseline, by depth",
                 "Linear CKA of each setup's representations of the evaluation images with the "
                 "baseline's (same seed), at the end of each stage and at the pooled features, mean "
-                "over seeds with 95% t intervals; dashed, with its band: two baseline runs of "
-                "neighbouring seeds, the level two trainings of one architecture reach.")
+                "over seeds with 95% t intervals; dashed: two baseline runs of neighbouring seeds, "
+                "the level two trainings of one architecture reach (mean; band: lowest to highest).")

@@ -284,46 +284,43 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
 
 
 def representation_section(cka: pd.DataFrame, group: pd.DataFrame) -> list[tuple]:
-    """Linear CKA with the baseline per point, beside two baseline runs, and what the intervals
-    of their differences show, computed."""
+    """Linear CKA with the baseline per point, beside the range of two baseline runs, and where
+    each setup's mean lies against that range, computed."""
     if cka.empty:
         return []
     roles = dict(zip(group.setup, group.role))
     blocks = [("h3", "Representation similarity with the baseline (linear CKA)")]
     for point, rows in cka.groupby("point", sort=False):
         header = ["backbone", "setup", "seeds", "CKA with the baseline [95% CI]",
-                  "two baseline runs [95% CI]", "difference, paired by seed [95% CI]"]
+                  "two baseline runs: mean [lowest, highest]"]
         body = [[r["backbone"], f"`{r['setup']}` ({roles.get(r['setup'], 'setup')})", r["n_seeds"],
-                 with_ci(r, "cka"), with_ci(r, "reference"), with_ci(r, "difference")]
+                 with_ci(r, "cka"), f"{fmt(r['reference'])} [{fmt(r['reference_min'])}, "
+                                    f"{fmt(r['reference_max'])}] ({r['n_reference']} pairs)"]
                 for r in records(rows)]
         blocks += [("p", f"At `{point}`:"), ("table", header, body)]
-    below, not_shown, untested = {}, {}, set()
+    where = {}
     for r in records(cka):
-        if r.get("difference_ci_high") is None:
-            untested.add(r["setup"])
-        elif r["difference_ci_high"] < 0:
-            below.setdefault(r["setup"], []).append(r["point"])
-        else:
-            not_shown.setdefault(r["setup"], []).append(r["point"])
-    said = [f"`{s}` is less similar to the baseline than two baseline runs are to each other at "
-            f"{', '.join(points)}" + (f" (at {', '.join(not_shown[s])} no difference is shown)" if s in not_shown else "")
-            for s, points in sorted(below.items())]
-    said += [f"`{s}`: no difference from the reference level is shown at any point" for s in sorted(not_shown)
-             if s not in below]
-    said += [f"`{s}`: fewer than 5 paired seeds, no interval and no statement" for s in sorted(untested)
-             if s not in below and s not in not_shown]
+        place = ("below" if r["cka"] < r["reference_min"] else "above" if r["cka"] > r["reference_max"]
+                 else "within")
+        where.setdefault(r["setup"], {}).setdefault(place, []).append(f"`{r['point']}`")
+    words = {"below": "below the lowest two baseline runs reach", "within": "within their range",
+             "above": "above the highest they reach"}
+    said = [f"`{setup}`'s mean CKA with the baseline lies " + "; ".join(
+                f"{words[place]} at {', '.join(points)}" for place, points in places.items())
+            for setup, places in sorted(where.items())]
     blocks += [("list", said), ("p",
         "From `python -m hybrid_exp.similarity`: per seed, linear CKA (Kornblith et al. 2019, the "
         "minibatch estimate of Nguyen et al. 2021, float64) between a setup's representations of "
         "the evaluation images and the baseline's of the same seed, at the end of each stage and "
-        "at the pooled features; the reference level is the same between two baseline runs of "
-        "neighbouring seeds: what two trainings of one architecture reach. 'Less similar' means "
-        "the 95% interval of the paired difference lies below 0; the control's row is a second "
-        "reference. CKA ignores rotations and isotropic scaling of the features; it can be moved "
-        "by a few outlier images and stay high under transformations that keep linear "
-        "separability (Davari et al. 2023): read a value only against the reference levels, "
-        "measured the same way on the same images; a similar representation is not the same "
-        "computation.")]
+        "at the pooled features, with a 95% t interval over seeds. The reference level is the "
+        "same between two baseline runs of neighbouring seeds (what two trainings of one "
+        "architecture reach), given by its mean and range, not an interval: each baseline run is "
+        "in two of its pairs. The sentences above place each setup's mean against that range, a "
+        "description, not a test; the control's row is a second reference. CKA ignores rotations "
+        "and isotropic scaling of the features; it can be moved by a few outlier images and stay "
+        "high under transformations that keep linear separability (Davari et al. 2023): read a "
+        "value only against the reference levels, measured the same way on the same images; a "
+        "similar representation is not the same computation.")]
     return blocks
 
 

@@ -71,7 +71,9 @@ def cka_lines(cka: pd.DataFrame) -> list[str]:
     lines = ["", "Linear CKA with the baseline's representations (mean [95% CI] over seeds; "
                  "`python -m hybrid_exp.similarity`):", "",
              "| setup | " + " | ".join(f"`{p}`" for p in points) + " |", "| --- |" + " ---: |" * len(points),
-             "| two baseline runs (reference) | " + " | ".join(ci(reference.loc[p], "reference") for p in points) + " |"]
+             "| two baseline runs (reference: mean [lowest, highest]) | " + " | ".join(
+                 f"{fmt(reference.loc[p, 'reference'])} [{fmt(reference.loc[p, 'reference_min'])}, "
+                 f"{fmt(reference.loc[p, 'reference_max'])}]" for p in points) + " |"]
     for setup, rows in cka.groupby("setup", sort=True):
         rows = rows.set_index("point")
         lines.append(f"| `{setup}` | " + " | ".join(ci(rows.loc[p], "cka") if p in rows.index else "–"

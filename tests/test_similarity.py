@@ -123,20 +123,26 @@ def test_the_report_sets_each_setups_cka_beside_two_baseline_runs_and_says_what_
     client = MlflowClient(uri)
     experiment = client.create_experiment("cka", artifact_location=(tmp_path / "a").as_uri())
     rng = np.random.default_rng(0)
+    references, setups = {"stage1": [], "pooled": []}, {"stage1": [], "pooled": []}
     for seed in range(6):
         reference = {"stage1": 0.90 + 0.01 * rng.normal(), "pooled": 0.80 + 0.01 * rng.normal()}
+        inception = {"stage1": 0.70 + 0.01 * rng.normal(), "pooled": 0.80 + 0.001 * rng.normal()}
+        for point in reference:
+            references[point].append(reference[point])
+            setups[point].append(inception[point])
         log_run(client, experiment, "separable", seed, reference=reference)
-        log_run(client, experiment, "inception", seed, cka={"stage1": reference["stage1"] - 0.2 + 0.01 * rng.normal(),
-                                                            "pooled": reference["pooled"] + 0.01 * rng.normal()})
-        log_run(client, experiment, "equivalent", seed, cka={"stage1": 0.90, "pooled": 0.80})
+        log_run(client, experiment, "inception", seed, cka=inception)
+        log_run(client, experiment, "equivalent", seed, cka={"stage1": 0.99, "pooled": 0.80})
     out = analyze("cka", uri, str(tmp_path / "r"), log_to_mlflow=False)
     table = pd.read_csv(out / "cka.csv").set_index(["setup", "point"])
     assert list(table.index.get_level_values("point").unique()) == ["stage1", "pooled"]
-    assert table.loc[("inception", "stage1"), "difference"] == pytest.approx(-0.2, abs=0.02)
-    assert table.loc[("inception", "stage1"), "n_seeds"] == 6
+    assert table.loc[("inception", "stage1"), "n_seeds"] == 6 and table.loc[("inception", "stage1"), "n_reference"] == 6
+    assert table.loc[("inception", "stage1"), "reference_min"] == pytest.approx(min(references["stage1"]))
+    assert table.loc[("inception", "stage1"), "cka"] == pytest.approx(np.mean(setups["stage1"]))
     report = (out / "report.md").read_text()
-    assert ("`inception` is less similar to the baseline than two baseline runs are to each other at "
-            "stage1 (at pooled no difference is shown)") in report
+    assert ("`inception`'s mean CKA with the baseline lies below the lowest two baseline runs reach at "
+            "`stage1`; within their range at `pooled`") in report
+    assert "`equivalent`'s mean CKA with the baseline lies above the highest they reach at `stage1`" in report
     assert "Davari et al. 2023" in report and (out / "cka_by_depth.png").stat().st_size > 5000
 
 

@@ -303,8 +303,8 @@ def representation_section(cka: pd.DataFrame, group: pd.DataFrame) -> list[tuple
         place = ("below" if r["cka"] < r["reference_min"] else "above" if r["cka"] > r["reference_max"]
                  else "within")
         where.setdefault(r["setup"], {}).setdefault(place, []).append(f"`{r['point']}`")
-    words = {"below": "below the lowest two baseline runs reach", "within": "within their range",
-             "above": "above the highest they reach"}
+    words = {"below": "below the lowest value two baseline runs reach",
+             "within": "within the range of two baseline runs", "above": "above the highest value two baseline runs reach"}
     said = [f"`{setup}`'s mean CKA with the baseline lies " + "; ".join(
                 f"{words[place]} at {', '.join(points)}" for place, points in places.items())
             for setup, places in sorted(where.items())]

@@ -140,9 +140,10 @@ def test_the_report_sets_each_setups_cka_beside_two_baseline_runs_and_says_what_
     assert table.loc[("inception", "stage1"), "reference_min"] == pytest.approx(min(references["stage1"]))
     assert table.loc[("inception", "stage1"), "cka"] == pytest.approx(np.mean(setups["stage1"]))
     report = (out / "report.md").read_text()
-    assert ("`inception`'s mean CKA with the baseline lies below the lowest two baseline runs reach at "
-            "`stage1`; within their range at `pooled`") in report
-    assert "`equivalent`'s mean CKA with the baseline lies above the highest they reach at `stage1`" in report
+    assert ("`inception`'s mean CKA with the baseline lies below the lowest value two baseline runs reach "
+            "at `stage1`; within the range of two baseline runs at `pooled`") in report
+    assert ("`equivalent`'s mean CKA with the baseline lies above the highest value two baseline runs "
+            "reach at `stage1`") in report
     assert "Davari et al. 2023" in report and (out / "cka_by_depth.png").stat().st_size > 5000
 
 

@@ -323,6 +323,7 @@ def seed_predictions(rng, p_image, labels, n, regime):
     return np.where(wrong, (labels + rng.integers(1, 10, (n, len(labels)))) % 10, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regime", ["images", "runs"])
 def test_the_trend_agreement_and_kappa_intervals_cover_95_percent_in_both_variance_regimes(regime):
     """The report's other intervals, computed by the report's own functions on simulated runs of

@@ -87,6 +87,15 @@ def test_custom_search_space_adds_conditional_parameters():
     assert {t.params["model.width"] for t in asked} == {32, 64}
 
 
+def test_the_study_run_names_its_storage_without_a_password_and_from_anywhere(tmp_path, monkeypatch):
+    from hydra_plugins.hybrid_exp_sweeper.optuna_sweeper import dashboard_url
+
+    monkeypatch.chdir(tmp_path)
+    assert dashboard_url("sqlite:///optuna.db") == f"sqlite:///{tmp_path}/optuna.db"
+    assert dashboard_url("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"
+    assert "secret" not in dashboard_url("postgresql://me:secret@db:5432/optuna")
+
+
 def test_the_grid_sampler_needs_values_it_can_enumerate():
     from hydra_plugins.hybrid_exp_sweeper.optuna_sweeper import grid_values
 
@@ -136,7 +145,10 @@ def test_sweep_on_real_cifar10_is_tracked_and_resumes_running_only_missing_trial
     parents = {t["mlflow.parentRunId"] for t in tags}
     assert len(parents) == 1
     parents_id = parents.pop()
-    assert client.get_run(parents_id).data.tags["optuna.study_name"] == study.study_name
+    parent_tags = client.get_run(parents_id).data.tags
+    assert parent_tags["optuna.study_name"] == study.study_name
+    assert parent_tags["optuna.storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"  # opens from anywhere
+    assert f"`optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}`" in parent_tags["mlflow.note.content"]
 
     resumed = sweep(*real, "hydra.sweeper.n_trials=8", cwd=tmp_path)  # the same command, more trials
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -73,6 +73,15 @@ class TooManyFailures(CompactHydraException):
     """A sweep stopped by its failed trials: Hydra prints this sentence, not a traceback."""
 
 
+def dashboard_url(storage: str) -> str:
+    """The study's storage as optuna-dashboard takes it from anywhere: without its password, a
+    relative SQLite path made absolute."""
+    url = redact(storage)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
+    return url
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
                  direction: Any = "minimize",
@@ -167,7 +176,7 @@ class OptunaSweeper(Sweeper):
         if done and sampler_cfg.get("seed") is not None and not grid:
             # a resumed sweep must not replay the trials its seed drew the first time
             study.sampler = instantiate(sampler_cfg, seed=sampler_cfg.seed + done)
-        parent = self.parent_run(name)
+        parent = self.parent_run(name, storage)
         try:
             completed = self.run_trials(study, space, fixed, storage, name, parent, done, n_trials)
         except BaseException as e:  # the study's run ends with it, not RUNNING forever
@@ -236,8 +245,10 @@ class OptunaSweeper(Sweeper):
         digest = hashlib.sha256(repr((sorted(map(str, space.items())), sorted(fixed))).encode())
         return f"{experiment}-{digest.hexdigest()[:8]}"
 
-    def parent_run(self, name: str) -> str | None:
-        """The MLflow run that holds the study's trials (hybrid-exp configs only)."""
+    def parent_run(self, name: str, storage: str) -> str | None:
+        """The MLflow run that holds the study's trials (hybrid-exp configs only), tagged with
+        the study's name and storage (without its password) and, as its description, the
+        optuna-dashboard command that opens the study."""
         if OmegaConf.select(self.config, "logger.tracking_uri") is None:
             return None
         from hybrid_exp import tracking
@@ -250,7 +261,9 @@ class OptunaSweeper(Sweeper):
             client.update_run(found[0].info.run_id, "RUNNING")
             return found[0].info.run_id
         run = client.create_run(experiment_id, run_name=f"study-{name}", tags={
-            "hybrid_exp.kind": "study", "optuna.study_name": name})
+            "hybrid_exp.kind": "study", "optuna.study_name": name, "optuna.storage": dashboard_url(storage),
+            "mlflow.note.content": f"Optuna study `{name}`; open it with `optuna-dashboard "
+                                   f"{dashboard_url(storage)}`; its trials are the runs nested here."})
         return run.info.run_id
 
     def report(self, study: optuna.Study, storage: str, fixed: list[str]) -> None:

@@ -74,12 +74,20 @@ def main(argv: list[str] | None = None) -> int:
             from analysis.report import analyze
 
             out = analyze(args.experiment, args.tracking_uri, args.out, args.baseline, args.control,
-                          args.margin, args.metric, sesoi=args.sesoi)
-            if args.publish:
+                          args.margin, args.metric, log_to_mlflow=not args.publish, sesoi=args.sesoi)
+            if args.publish:  # the analysis run in the store carries the bundle too
                 from analysis.bundle import publish
+                from analysis.report import clean_or_explain, log_analysis
+                from analysis.runs import load_runs
 
                 bundle = publish(args.experiment, args.tracking_uri, args.publish, command,
                                  args.baseline, args.control, args.margin, args.metric, args.sesoi)
+                used = clean_or_explain(args.experiment, load_runs(args.experiment, args.tracking_uri),
+                                        args.metric).finished.run_id
+                log_analysis(args.experiment, args.tracking_uri, out, list(used), {
+                    "baseline": args.baseline, "control": args.control, "margin": args.margin,
+                    "sesoi": args.margin if args.sesoi is None else args.sesoi, "metric": args.metric},
+                    Path(bundle))
                 print(f"published {bundle}")
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -427,14 +427,33 @@ def analyze(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", out: str
     write_report(experiment, runs, load_predictions(tracking_uri, used.run_id),
                  load_history(tracking_uri, used.run_id), out, baseline, control, margin, metric, sesoi)
     if log_to_mlflow:
-        client, experiment_id = client_and_experiment(experiment, tracking_uri)
-        run = client.create_run(experiment_id, run_name="analysis", tags={KIND_TAG: "analysis"})
-        for key, value in {"baseline": baseline, "control": control, "margin": margin,
-                           "sesoi": margin if sesoi is None else sesoi, "metric": metric}.items():
-            client.log_param(run.info.run_id, key, value)
-        client.log_artifacts(run.info.run_id, str(out))
-        client.set_terminated(run.info.run_id, "FINISHED")
+        log_analysis(experiment, tracking_uri, out, list(used.run_id), {
+            "baseline": baseline, "control": control, "margin": margin,
+            "sesoi": margin if sesoi is None else sesoi, "metric": metric})
     return out
+
+
+def log_analysis(experiment: str, tracking_uri: str, out: Path, used: list[str], options: dict,
+                 bundle: Path | None = None) -> str:
+    """The analysis as a run of its experiment, beside the runs it summarises: the report, its
+    figures and tables (and the bundle's files under ``bundle/`` where one was published), the
+    runs it used in ``used_runs.txt``, what it is in its description. Tagged ``KIND_TAG``:
+    never read as a training run by a later analysis, never a grid's finished config (it has no
+    config hash), never paired."""
+    client, experiment_id = client_and_experiment(experiment, tracking_uri)
+    note = (f"The report of experiment `{experiment}` over {len(used)} finished training runs "
+            f"(their ids: used_runs.txt): report.html with its figures, summary.csv"
+            + (f"; the results bundle `{bundle.name}` under bundle/" if bundle else "") + ".")
+    run = client.create_run(experiment_id, run_name="analysis",
+                            tags={KIND_TAG: "analysis", "mlflow.note.content": note})
+    for key, value in options.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_artifacts(run.info.run_id, str(out))
+    client.log_text(run.info.run_id, "\n".join(used) + "\n", "used_runs.txt")
+    if bundle:
+        client.log_artifacts(run.info.run_id, str(bundle), "bundle")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def hybrid_words(group: pd.DataFrame) -> str:

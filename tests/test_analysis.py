@@ -265,6 +265,13 @@ def test_rerun_gives_identical_numbers_and_is_logged_to_mlflow(store):
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {
         "report.md", "report.html", "summary.csv", "abs_delta.png", "abs_delta.svg"}
     assert len(load_runs("fig4", uri)) == 25  # the analysis runs are not training runs
+    used = client.download_artifacts(runs[0].info.run_id, "used_runs.txt", str(tmp_path))
+    kept = clean(load_runs("fig4", uri)).finished
+    assert sorted(open(used).read().split()) == sorted(kept.run_id)  # what it summarises, by id
+    assert f"over {len(kept)} finished training runs" in runs[0].data.tags["mlflow.note.content"]
+    assert "config_hash" not in runs[0].data.tags  # so no grid ever skips on it
+    third = (analyze("fig4", uri, str(tmp_path / "c")) / "summary.csv").read_text()
+    assert third == first  # two analysis runs in the store change nothing a third reads
 
 
 def test_t_intervals_cover_95_percent_of_normal_data_at_10_seeds_and_none_below_5():

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from analysis import AnalysisError
 from analysis.bundle import publish, regenerate
@@ -79,6 +80,12 @@ def test_the_command_line_publishes_and_regenerates(tmp_path):
     published = run("--experiment", "fig4", "--tracking-uri", uri, "--publish", "results/fig4-cli")
     assert published.returncode == 0, published.stderr[-2000:]
     assert "published results/fig4-cli" in published.stdout
+    client = MlflowClient(uri)  # one analysis run in the store, the bundle's files with it
+    (logged,) = client.search_runs([client.get_experiment_by_name("fig4").experiment_id],
+                                   "tags.`hybrid_exp.kind` = 'analysis'")
+    files = {a.path for a in client.list_artifacts(logged.info.run_id, "bundle")}
+    assert {"bundle/runs.csv", "bundle/provenance.json", "bundle/report.md"} <= files
+    assert "the results bundle `fig4-cli` under bundle/" in logged.data.tags["mlflow.note.content"]
     again = run("--runs", "results/fig4-cli")
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "analysis/reports/fig4-cli/summary.csv").read_text() == \

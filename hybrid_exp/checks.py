@@ -122,7 +122,7 @@ def accepted_keys(target) -> set[str] | None:
 
 
 # Keys a component's config may hold that its target does not take: train() uses them itself.
-OWN_KEYS = {"trainer": {"channels_last", "compile", "cuda_graph"}}
+OWN_KEYS = {"trainer": {"channels_last", "compile", "cuda_graph", "system_metrics"}}
 
 
 def check_keys(cfg: DictConfig) -> None:

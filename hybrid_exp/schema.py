@@ -12,7 +12,7 @@ import hashlib
 # trained (precision stays hashed, resolved: bf16 and fp32 runs are different experiments).
 UNHASHED_KEYS = ("names", "logger", "tags", "grid", "data.root", "data.download", "rerun", "checkpoint_dir", "objective",
                  "optuna", "trainer.compile", "trainer.benchmark", "trainer.channels_last",
-                 "trainer.cuda_graph", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                 "trainer.cuda_graph", "trainer.system_metrics", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                  "trainer.log_every_n_steps", "trainer.profiler", "trainer.default_root_dir",
                  "trainer.enable_autolog_hparams", "trainer.model_registry", "trainer.enable_checkpointing",
                  "trainer.num_sanity_val_steps", "callbacks.best_weights")

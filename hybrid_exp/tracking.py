@@ -335,6 +335,27 @@ def dataset_input(name: str, root: str, fingerprint: str, sizes: dict[str, int])
                         tags=[InputTag("mlflow.data.context", "training")])
 
 
+@contextlib.contextmanager
+def system_metrics(client: Client, run_id: str, resumed: bool, seconds: float = 10):
+    """MLflow's own monitor logging the machine's CPU, memory, disk and network use (and each
+    GPU's, where nvidia-ml-py is installed) into the run every ``seconds`` while it trains:
+    the UI's System metrics tab."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as e:  # psutil missing (an image without the project's requirements)
+        log.info("trainer.system_metrics: off, %s (pip install psutil)", e)
+        yield None
+        return
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # a line per start and stop
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, resume_logging=resumed,
+                                   tracking_uri=client.tracking_uri)
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        monitor.finish()
+
+
 def out_of_requeues(e: BaseException) -> bool:
     """submitit's error in a SLURM job preempted or out of time more often than
     ``max_num_timeout`` allows: its runs are interrupted, not failed (a relaunch resumes them)."""

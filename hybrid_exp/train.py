@@ -195,6 +195,7 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     net = prepare_network(fuse(nets) if M > 1 else nets[0], trainer_args.pop("channels_last"), compiled)
     trainer_args["precision"] = resolve_precision(trainer_args["precision"], trainer_args["accelerator"])
     cuda_graph = trainer_args.pop("cuda_graph") and graph_applies(nets[0], trainer_args["accelerator"])
+    system_metrics = trainer_args.pop("system_metrics")
     data = build(cfg, "data", seeds=[member.seed for member in members])
     name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
     trial = optuna_trial(cfg)
@@ -222,6 +223,8 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
         for run in runs:
             if run and not run.resumed:
                 client.log_inputs(run.run_id, datasets=[record])
+            if run and system_metrics:  # each member's run: the machine that trained it
+                stack.enter_context(tracking.system_metrics(client, run.run_id, run.resumed))
         (checkpoints / "run_id").write_text("\n".join(run_ids))
         module = Classifier(net, **cfg.optim, members=M, reporter=MemberRuns(runs), cuda_graph=cuda_graph)
         if start is not None:

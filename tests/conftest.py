@@ -63,7 +63,7 @@ def make_cfg(tmp_path):
         with initialize_config_dir(config_dir(), version_base="1.3"):
             cfg = compose("config", return_hydra_config=True, overrides=[
                 f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                f"checkpoint_dir={tmp_path}/checkpoints", *overrides])
+                f"checkpoint_dir={tmp_path}/checkpoints", "trainer.system_metrics=false", *overrides])
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(tmp_path)  # where a job writes its status
         HydraConfig.instance().set_config(cfg)  # what train() reads its choices from

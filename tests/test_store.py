@@ -58,3 +58,21 @@ def test_a_store_busy_through_every_retry_says_so(monkeypatch):
     with pytest.raises(store.StoreFailed, match=r"^the store failed \(.*database is locked\): it stayed busy "
                                                 r"through 8 tries: fewer parallel writers"):
         store.retrying(locked, store="the store")
+
+
+def test_system_metrics_are_logged_into_the_run_while_it_trains_and_stop_with_it(tmp_path):
+    """MLflow's own monitor (the UI's System metrics tab): samples at its interval, then stops."""
+    import time
+
+    from hybrid_exp.store import Client
+    from hybrid_exp.tracking import system_metrics
+
+    client = Client(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("sys")).info.run_id
+    with system_metrics(client, run_id, resumed=False, seconds=0.2):
+        time.sleep(1.0)
+    logged = client.get_run(run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(logged)
+    points = len(client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+    time.sleep(0.6)  # three intervals later: nothing more, the monitor stopped with the block
+    assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) == points

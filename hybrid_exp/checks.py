@@ -219,11 +219,16 @@ def check_match(cfg: DictConfig) -> None:
 
 
 def check_code(cfg: DictConfig) -> None:
-    """Every component's keys, the split sizes against the dataset and the network's shape."""
+    """Every component's keys, the split sizes against the dataset and the network's shape;
+    once per config up to its seed (a grid's seeds share everything these checks read)."""
     from hydra.utils import get_class
 
     from hybrid_exp.registry import BUILT, buildable
 
+    # the seed left out: check_values, which always runs first, admits only whole numbers there
+    unseeded = config_text(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "seed"]))
+    if unseeded in _code_checked:
+        return
     for part in BUILT:  # only the project's own classes, before any module they name is imported
         buildable(cfg, part)
     check_keys(cfg)
@@ -253,9 +258,11 @@ def check_code(cfg: DictConfig) -> None:
         except InstantiationException as e:  # the blocks say which constraint and which values
             raise ConfigError(str(e.__cause__ or e)) from None
         _built.add(model)
+    _code_checked.add(unseeded)
 
 
 _built: set[str] = set()  # model configs whose network was built
+_code_checked: set[str] = set()  # configs without their seed that passed check_code
 _checked: set[str] = set()  # configs (their text) that passed every check
 
 

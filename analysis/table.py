@@ -237,9 +237,9 @@ def paired(err: pd.Series, base_err: pd.Series, ctrl_delta: pd.Series | None, ma
     row = {"n_paired": len(seeds),
            "setup_only_seeds": " ".join(map(str, err.index.difference(base_err.index))),
            "baseline_only_seeds": " ".join(map(str, base_err.index.difference(err.index))),
-           "mean_delta": delta.mean() if len(delta) else math.nan, **interval("mean_delta", delta),
+           "mean_delta": mean, **interval("mean_delta", delta),
            "p_ttest": stats.paired_t(delta), "p_signed_rank": stats.signed_rank(delta),
-           "p_tost": p_tost, "sd_delta": delta.std(ddof=1) if len(delta) > 1 else math.nan,
+           "p_tost": p_tost, "sd_delta": sd,
            # the paper's metric, a description: no interval (a t interval on |Δ| covers less than
            # 95% at few seeds, tests/test_analysis.py)
            "mean_abs_delta": np.abs(delta).mean() if len(delta) else math.nan,

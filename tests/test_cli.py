@@ -51,7 +51,7 @@ def test_ctrl_c_marks_the_run_killed_not_running(tmp_path):
 
 
 @pytest.mark.parametrize("program", ["hybrid_exp.bench", "hybrid_exp.copy_runs", "hybrid_exp.evaluate",
-                                     "analysis"])
+                                     "hybrid_exp.similarity", "analysis"])
 def test_help_answers_at_once_naming_the_program(program):
     """--help parses before anything heavy is imported (-X importtime lists every import)."""
     run = subprocess.run([sys.executable, "-X", "importtime", "-m", program, "--help"],

@@ -2,7 +2,6 @@
 invariances, the points it reads from each backbone, and on a real grid from the store to the
 report."""
 import itertools
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from hybrid_exp.similarity import POOLED, MinibatchCKA, hsic, linear_cka, representations
 
@@ -197,3 +195,14 @@ def test_a_real_grid_gets_its_cka_table_and_figure_and_a_run_without_weights_is_
     assert set(cka.setup) == {"equivalent", "inception"} and set(cka.point) == {"stage1", "stage2", "stage3", "pooled"}
     assert (cka[cka.setup == "equivalent"].n_seeds == 4).all()  # the run without weights: not counted
     assert (out / "cka_by_depth.png").stat().st_size > 5000
+
+
+def test_an_unknown_experiment_is_one_sentence_naming_those_there(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).create_experiment("fig4", artifact_location=(tmp_path / "a").as_uri())
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp.similarity", "--experiment", "fig3",
+                          "--tracking-uri", uri], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+        f"no experiment 'fig3' in {uri}; existing: Default, fig4"]

@@ -7,10 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-# MLflow draws a progress bar for every artifact it downloads: one report reads hundreds
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -49,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     if sum(map(bool, (args.experiment, args.runs, args.index))) != 1:
         parser.error("give one of --experiment NAME (a tracking store's experiment), --runs "
                      "BUNDLE (results bundles) or --index RESULTS (the results folder)")
-    from analysis.runs import AnalysisError  # heavy (pandas, matplotlib, mlflow): after --help
+    from hybrid_exp import process
+    from hybrid_exp.errors import reported
     from hybrid_exp.redact import redact
 
-    try:
+    process.setup()
+
+    # the analysis modules (pandas, matplotlib, mlflow) load inside: after --help; its errors as
+    # argparse says its usage errors
+    with reported(lead="error: ", status=2):
         if args.index:
             from analysis.results import write_index
 
@@ -89,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
                     "sesoi": args.margin if args.sesoi is None else args.sesoi, "metric": args.metric},
                     Path(bundle))
                 print(f"published {bundle}")
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'summary.csv'}")
     return 0
 

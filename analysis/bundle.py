@@ -11,7 +11,10 @@
 - history.csv: each counted run's validation error per epoch (the learning curves);
 - provenance.json: the commits and versions that trained and analysed it, the machines, the
   commands as launched, when, the wall hours and device-hours it cost, the analysis options,
-  and the sha256 of the three data files.
+  and the sha256 of the three data files;
+- diff-<hash>.patch: where runs trained from (or the analysis ran in) a checkout with
+  uncommitted changes, those changes (``git diff HEAD``), one file per distinct diff, named in
+  provenance.json with the runs they belong to.
 
 ``python -m analysis --runs results/<name> [more bundles]`` regenerates the report from bundles
 alone (no MLflow store): the same summary.csv to the last digit. A bundle whose data files no
@@ -22,9 +25,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
-import platform
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,9 @@ import pandas as pd
 
 from analysis.report import clean_or_explain, write_report
 from analysis.runs import AnalysisError, epochs_from_one, fetch_runs, load_history, load_predictions, prepare
+from hybrid_exp.device import machine
+from hybrid_exp.schema import GIT_DIFF, git_diff, git_sha, short_hash
+from hybrid_exp.store import shared_client
 
 RUNS, PREDICTIONS, HISTORY, PROVENANCE = "runs.csv", "predictions.npz", "history.csv", "provenance.json"
 DATA_FILES = (RUNS, PREDICTIONS, HISTORY)
@@ -59,8 +63,10 @@ def publish(experiment: str, tracking_uri: str, folder: str | Path, command: str
     with staged(folder) as staging:
         write_report_files(staging, experiment, runs, predictions, history, options)
         write_data(staging, raw, predictions, history)
-        (staging / PROVENANCE).write_text(json.dumps(provenance(experiment, raw, runs.finished, staging,
-                                                                command, options), indent=2) + "\n")
+        meta = provenance(experiment, raw, runs.finished, staging, command, options)
+        meta["diffs"] = write_diffs(staging, tracking_uri, raw[raw.run_id.isin(set(used))])
+        meta["sha256"].update({name: sha256(staging / name) for name in meta["diffs"]})
+        (staging / PROVENANCE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
 
@@ -75,10 +81,10 @@ def republish(source: str | Path, folder: str | Path, command: str) -> Path:
     runs = clean_or_explain(meta["experiment"], frame, meta["options"]["metric"])
     with staged(folder) as staging:
         write_report_files(staging, meta["experiment"], runs, predictions, history, meta["options"])
-        for name in DATA_FILES:
+        for name in (*DATA_FILES, *meta.get("diffs", {})):
             shutil.copyfile(source / name, staging / name)
         meta.update(published=now(), analysis_command=command,
-                    analysis={"git_commit": git_commit(), "versions": versions(), "machine": this_machine()})
+                    analysis={"git_commit": git_sha(), "versions": versions(), "machine": machine()})
         (staging / PROVENANCE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
@@ -140,7 +146,7 @@ def is_bundle(folder: Path) -> bool:
         report = (folder / "report.md").read_text() if (folder / "report.md").is_file() else ""
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    own = {PROVENANCE, *DATA_FILES, *REPORT_FILES}
+    own = {PROVENANCE, *DATA_FILES, *REPORT_FILES, *meta.get("diffs", {})}
     return matches and all(path.is_file() and not path.is_symlink() and (
         path.name in own or path.suffix == ".png" and f"]({path.name})" in report)
         for path in folder.iterdir())
@@ -200,7 +206,7 @@ def provenance(experiment: str, raw: pd.DataFrame, used: pd.DataFrame, folder: P
         "wall_hours": (ends.max() - starts.min()).total_seconds() / 3600,
         # a fused array's runs share its device: each member counts 1/M of the time
         "device_hours": float((counted.train_seconds.fillna(0) / members).sum() / 3600),
-        "analysis": {"git_commit": git_commit(), "versions": versions(), "machine": this_machine()},
+        "analysis": {"git_commit": git_sha(), "versions": versions(), "machine": machine()},
         "float_columns": [c for c in raw if raw[c].dtype.kind == "f"],  # how runs.csv reads back
         "sha256": {name: sha256(folder / name) for name in DATA_FILES},
     }
@@ -216,18 +222,25 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def git_commit() -> str:
-    """The analysing checkout's commit, '+dirty' if its tracked files changed; 'unknown' outside git."""
-    here = Path(__file__).resolve().parent
-    git = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True, text=True)
-    head = git("rev-parse", "HEAD")
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").stdout.strip() else "")
-
-
-def this_machine() -> str:
-    return f"{platform.system()} {platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+def write_diffs(folder: Path, tracking_uri: str, counted: pd.DataFrame) -> dict[str, list[str]]:
+    """What the commits alone cannot say: the uncommitted changes the counted runs trained with
+    (a run from a dirty checkout stores its ``git diff``) and the analysing checkout's own, one
+    file per distinct diff: {file name: the run ids (or 'analysis') it belongs to}."""
+    client, found = shared_client(tracking_uri), {}
+    dirty = counted.run_id[counted.get("git_sha", pd.Series(dtype=str)).fillna("").str.endswith("+dirty")]
+    with tempfile.TemporaryDirectory() as scratch:
+        for run_id in dirty:
+            if GIT_DIFF in {a.path for a in client.list_artifacts(run_id)}:
+                text = Path(client.download_artifacts(run_id, GIT_DIFF, scratch)).read_text()
+                found.setdefault(text, []).append(run_id)
+    if own := git_diff():
+        found.setdefault(own, []).append("analysis")
+    files = {}
+    for text, owners in found.items():
+        name = f"diff-{short_hash(text)[:12]}.patch"
+        (folder / name).write_text(text)
+        files[name] = owners
+    return files
 
 
 def sha256(path: Path) -> str:

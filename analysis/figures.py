@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from hybrid_exp.errors import AveragingRefused  # noqa: E402
+
 
 def save(fig, out: Path, name: str, title: str, caption: str) -> tuple[Path, str]:
     fig.suptitle(title)
@@ -65,10 +67,6 @@ def abs_delta(summary: pd.DataFrame, out: Path) -> tuple[Path, str]:
                 "runs at the paper's protocol).")
 
 
-class AveragingRefused(ValueError):
-    """A figure would average several runs that should be one point."""
-
-
 def one_per_point(runs: pd.DataFrame, keys: list[str]) -> None:
     """Refuse to draw a point that would average two runs of one (setup, seed, protocol)."""
     doubled = runs[runs.duplicated(keys, keep=False)]
@@ -106,7 +104,7 @@ def paired_dots(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, out: Pat
     per protocol."""
     points = paired_points(runs, summary, metric)
     width = 1.2 * runs.setup.nunique() + 2.5
-    for (fig, ax, _), by_seed in zip(facets(runs, width), points.values()):
+    for (fig, ax, _), by_seed in zip(facets(runs, width), points.values()):  # noqa: B007 (the last fig is saved below)
         order = list(by_seed.columns)
         for seed, errors in by_seed.iterrows():
             ax.plot(range(len(order)), errors.to_numpy(), "-o", alpha=0.6, ms=4, label=f"seed {int(seed)}")
@@ -124,7 +122,7 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, out: Path) -> tup
     panel per protocol."""
     one_per_point(runs, ["protocol_hash", "setup", "seed"])
     merged = history.merge(runs[["run_id", "setup", "protocol_hash"]], on="run_id")
-    for fig, ax, panel in facets(merged, 6.5, 4):
+    for fig, ax, panel in facets(merged, 6.5, 4):  # noqa: B007 (the last figure is saved below)
         for setup, curves in panel.groupby("setup"):
             by_epoch = curves.groupby("epoch").value
             mean, sd = by_epoch.mean(), by_epoch.std().fillna(0)

@@ -10,8 +10,18 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from analysis import figures, stats
-from analysis.runs import (IDENTITY, KIND_TAG, LATEST, AnalysisError, Runs, clean, client_and_experiment,
-                           load_history, load_predictions, load_runs)
+from analysis.runs import (
+    IDENTITY,
+    KIND_TAG,
+    LATEST,
+    AnalysisError,
+    Runs,
+    clean,
+    client_and_experiment,
+    load_history,
+    load_predictions,
+    load_runs,
+)
 from analysis.table import PAPER_RANKING, Table, summarize
 from hybrid_exp import config_dir
 
@@ -67,7 +77,7 @@ def build(experiment: str, runs: Runs, table: Table, figure_paths: list[tuple[Pa
             aside.append(f"Baseline seeds with no `{r['setup']}` run, left out of its pairing: "
                          f"{r['baseline_only_seeds']}")
     blocks += [("list", (aside + table.set_apart) or ["none"])]
-    for protocol, group in summary.groupby("protocol_hash", sort=True):
+    for _, group in summary.groupby("protocol_hash", sort=True):
         blocks += protocol_section(group, table, margin, sesoi, control, list(summary.protocol.unique()))
     blocks.append(("h2", "Figures"))
     blocks += [("img", path, caption) for path, caption in figure_paths]

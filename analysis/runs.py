@@ -1,28 +1,26 @@
 """Runs of an experiment from MLflow: one DataFrame row per run, then cleaned for statistics."""
-from dataclasses import dataclass, field
-
 import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-# The run schema training writes (hybrid_exp.schema, plain data: the analysis imports nothing
-# else of the training side but the MLflow client, hybrid_exp.store): a run's identity is its config_hash; its setup (the same config
-# over seeds) its setup_hash; what it is compared under its protocol (data, optimiser, epochs,
-# precision, device) and protocol_hash; the pixels it saw its data_fingerprint.
+
+# The run schema training writes (hybrid_exp.schema: the analysis imports nothing else of the
+# training side but the store, hybrid_exp.store, and the errors): a run's identity is its
+# config_hash; its setup (the same config over seeds) its setup_hash; what it is compared under
+# its protocol (data, optimiser, epochs, precision, device) and protocol_hash; the pixels it saw
+# its data_fingerprint.
+from hybrid_exp.errors import AnalysisError
 from hybrid_exp.schema import TAGS, hashed, protocol_text, short_hash
-from hybrid_exp.store import Client
+from hybrid_exp.store import Client, shared_client
 
 KIND_TAG = "hybrid_exp.kind"  # 'analysis' on the runs this package logs; training runs lack it
 PREDICTIONS = "test_predictions.npz"  # per-image evidence every run logs
 SIZE_PARAMS = ("params", "mult_adds")  # counted from the network, logged beside the config
 
 
-class AnalysisError(ValueError):
-    """Input the analysis cannot work with; the message says what is there instead."""
-
-
 def client_and_experiment(experiment: str, tracking_uri: str) -> tuple[Client, str]:
-    client = Client(tracking_uri)
+    client = shared_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -92,7 +90,7 @@ def rebuild_identity(run: pd.Series) -> pd.Series:
 
 def load_predictions(tracking_uri: str, run_ids) -> dict[str, dict[str, np.ndarray]]:
     """Each run's ``test_predictions.npz`` (indices, labels, predicted), where it has one."""
-    client, found = Client(tracking_uri), {}
+    client, found = shared_client(tracking_uri), {}
     with tempfile.TemporaryDirectory() as folder:
         for run_id in run_ids:
             if PREDICTIONS not in {a.path for a in client.list_artifacts(run_id)}:
@@ -104,7 +102,7 @@ def load_predictions(tracking_uri: str, run_ids) -> dict[str, dict[str, np.ndarr
 
 def load_history(tracking_uri: str, run_ids, metric: str = "val/error") -> pd.DataFrame:
     """Per-epoch values of ``metric`` (MLflow step = epoch): columns run_id, epoch, value."""
-    client = Client(tracking_uri)
+    client = shared_client(tracking_uri)
     rows = [{"run_id": run_id, "epoch": m.step, "value": m.value}
             for run_id in run_ids for m in client.get_metric_history(run_id, metric)]
     return epochs_from_one(pd.DataFrame(rows, columns=["run_id", "epoch", "value"]))

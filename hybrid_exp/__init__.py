@@ -4,7 +4,7 @@ from pathlib import Path
 
 def config_dir() -> str:
     """The Hydra configs, hybrid_exp/conf (also reachable as conf/ in a checkout). Here, not
-    in the CLI: importing the CLI registers Hydra plugins and a resolver."""
+    in the CLI: importing the CLI sets up the Hydra app's process (hybrid_exp.process)."""
     return str(Path(__file__).resolve().parent / "conf")
 
 
@@ -12,20 +12,13 @@ def class_folders(root: str) -> int:
     """The number of class folders in ``<root>/train``: ``data=image_folder``'s
     ``num_classes`` by default (``${class_folders:${data.root}}``), known before any image is
     read, as the network's output size must be."""
+    from hybrid_exp.errors import ConfigError
+
     train = Path(root).expanduser() / "train"
     count = sum(p.is_dir() for p in train.iterdir()) if train.is_dir() else 0
     if count < 2:
-        raise ValueError(f"data.root={root} holds {'no' if not count else 'one'} class folder in "
-                         f"{train}: lay the images out as <root>/train/<class>/*.png|jpg and "
-                         f"<root>/test/<class>/*.png|jpg, two classes at least")
+        raise ConfigError(f"data.root={root} holds {'no' if not count else 'one'} class folder in "
+                          f"{train}: lay the images out as <root>/train/<class>/*.png|jpg and "
+                          f"<root>/test/<class>/*.png|jpg, two classes at least")
     return count
 
-
-def _register_resolver() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("class_folders"):
-        OmegaConf.register_new_resolver("class_folders", class_folders)
-
-
-_register_resolver()

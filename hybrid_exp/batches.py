@@ -10,7 +10,6 @@ from hybrid_exp.dataset_files import MEAN, STD
 from hybrid_exp.seeding import derive_seed
 
 
-
 def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4):
     """Random crop after zero padding, and horizontal flip, for a whole batch in one gather.
 

@@ -120,14 +120,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from hybrid_exp import benchmark
-    from hybrid_exp import config_dir
-    from hybrid_exp.data import DataError, load_cifar10
+    from hybrid_exp import config_dir, process, throughput
+    from hybrid_exp.dataset_files import load_cifar10
+    from hybrid_exp.device import machine
+    from hybrid_exp.errors import reported
+
+    process.setup()
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         cli.error("--device cuda: no CUDA device visible to torch")
-    args.models = args.models or benchmark.protocol_setups()
+    args.models = args.models or throughput.protocol_setups()
     known = lambda group: sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
     for setup in args.models:
         model, _, block = setup.partition("+")
@@ -136,31 +139,30 @@ def main(argv: list[str] | None = None) -> dict:
                       f"optionally +<block> ({', '.join(known('model/block'))})")
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # as trainer.benchmark=true does in training
-    try:
+    with reported(" (--data-root)"):
         arrays = load_cifar10(args.data_root, download_missing=True)  # as training does
-    except DataError as e:
-        cli.error(f"{e} (--data-root)")
+    args.machine = f"{machine(device.type == 'cuda')}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
     if args.shapes:
         return shapes(args, arrays, device)
-    modes = args.modes or benchmark.default_modes(args.fuse, device.type == "cuda", args.compile)
-    print("images/s per mode (" + "; ".join(f"{m}: {benchmark.MODES[m]}" for m in modes) + ")")
+    modes = args.modes or throughput.default_modes(args.fuse, device.type == "cuda", args.compile)
+    print("images/s per mode (" + "; ".join(f"{m}: {throughput.MODES[m]}" for m in modes) + ")")
     print(f"{'setup':<24}" + "".join(f"{m:>15}" for m in modes)
           + f"{'ratio':>7}{'peak MB':>9}{'GFLOP/img':>10}{'MB/img':>8}")
     mb = lambda value: f"{value:.0f}" if value else "-"
-    results, report = [], {"machine": benchmark.machine(device), "seconds": args.seconds, "modes": modes}
+    results, report = [], {"machine": args.machine, "seconds": args.seconds, "modes": modes}
 
     def so_far() -> dict:
         """The report of the setups measured so far, with their projection."""
         measured = [r for r in results if "error" not in r]
         ratios = [r["ratio"] for r in measured if "ratio" in r]
-        return {**report, "results": results, "protocol": benchmark.project(measured),
+        return {**report, "results": results, "protocol": throughput.project(measured),
                 "ratio": statistics.geometric_mean(ratios) if ratios else None,
                 "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     for setup in args.models:
         try:
-            r = benchmark.bench(setup, arrays, device, args.seconds, args.workers, args.batch_size,
+            r = throughput.bench(setup, arrays, device, args.seconds, args.workers, args.batch_size,
                                 modes, fuse=args.fuse, bandwidth=args.bandwidth and args.bandwidth * 1e9)
         except Exception as e:  # out of memory, a failed capture: this setup's row, and the next goes on
             results.append({"setup": setup, "error": one_line(e)})
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(r)
         write_json(args.json, so_far())  # before its row: a printed row is on disk
         peak = max((r.get(f"{m}_peak_memory_mb") or 0) for m in modes)
-        cell = lambda m: ("skipped" if m in r["skipped"] else
+        cell = lambda m, r=r: ("skipped" if m in r["skipped"] else
                           f"{r[f'{m}_images_per_s']:.0f}" + (f" ({100 * r[f'{m}_bandwidth_share']:.0f}%)"
                                                             if f"{m}_bandwidth_share" in r else ""))
         ratio = f"{r['ratio']:>6.2f}x" if "ratio" in r else f"{'-':>7}"
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         share = "" if p["complete"] else (
             f" (only {p['setups_measured']} of its {p['setups_in_protocol']} setups measured)")
-        print(f"{figure}: {benchmark.SEEDS} seeds, training + evaluation + warm-ups{share}, "
+        print(f"{figure}: {throughput.SEEDS} seeds, training + evaluation + warm-ups{share}, "
               f"device-hours: " + ", ".join(f"{m} {p[f'{m}_device_hours']:.2f}"
                                             for m in modes if f"{m}_device_hours" in p))
     ratio = f"{report['ratio']:.2f}x" if report["ratio"] else "not measured (--modes without fast and conventional)"
@@ -196,19 +198,19 @@ def main(argv: list[str] | None = None) -> dict:
           f"process peak RSS {report['process_peak_rss_mb']:.0f} MB")
     if args.e2e:
         setups = [s for s in args.models if "+" not in s]  # a grid over model presets
-        report["e2e"] = benchmark.e2e(setups, args.data_root, max(args.fuse, 2))
+        report["e2e"] = throughput.e2e(setups, args.data_root, max(args.fuse, 2))
         for setup in setups:
             rows = [row for row in report["e2e"] if row["setup"] == setup]
             per_member = rows[0]["seconds_per_epoch_per_member"]
             measured = next(r for r in results if r["setup"] == setup)
             mode = "fused" if args.fuse > 1 else "fast"
-            projected = (f"{benchmark.TRAIN / measured[f'{mode}_images_per_s']:.2f} s projected from "
+            projected = (f"{throughput.TRAIN / measured[f'{mode}_images_per_s']:.2f} s projected from "
                          f"the {mode} rate (training only)" if f"{mode}_images_per_s" in measured
                          else f"the {mode} rate not measured")
             print(f"e2e {setup}: {per_member:.2f} s per epoch per member through python -m "
                   f"hybrid_exp ({len(rows)} seeds fused; training and validation), {projected}")
     if args.pack:
-        report["packing"] = benchmark.packing(args.models[0], args.data_root, device, args.seconds,
+        report["packing"] = throughput.packing(args.models[0], args.data_root, device, args.seconds,
                                               args.pack, args.batch_size)
         print(f"{args.models[0]}, runs at once on one {device.type}: " + ", ".join(
             f"{r['runs']}: {r['images_per_s']:.0f} img/s ({r['scaling']:.2f}x)" for r in report["packing"]))
@@ -218,17 +220,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 def shapes(args, arrays, device) -> dict:
     """``--shapes``: a row per conv as it is timed; the JSON, the slowest shapes first."""
-    from hybrid_exp import benchmark
+    from hybrid_exp import throughput
 
-    names = list(benchmark.conv_alternatives.IMPLEMENTATIONS)
-    print(f"forward + backward, ms per call, {args.fuse} member(s) per array, on {benchmark.machine(device)}")
+    names = list(throughput.conv_alternatives.IMPLEMENTATIONS)
+    print(f"forward + backward, ms per call, {args.fuse} member(s) per array, on {args.machine}")
     print(f"{'setup':<24}{'input':>22}{'weight':>20}{'stride':>7}{'groups':>7}{'layers':>7}"
           + "".join(f"{name:>12}" for name in names) + "  fastest")
-    report = {"machine": benchmark.machine(device), "members": args.fuse, "seconds": args.seconds,
+    report = {"machine": args.machine, "members": args.fuse, "seconds": args.seconds,
               "shapes": [], "failed": []}
     for setup in args.models:
         try:
-            for row in benchmark.shape_timings(setup, arrays, device, args.batch_size, args.fuse, args.seconds):
+            for row in throughput.shape_timings(setup, arrays, device, args.batch_size, args.fuse, args.seconds):
                 ms = row["ms"]
                 print(f"{row['setup']:<24}{'x'.join(map(str, row['input'])):>22}"
                       f"{'x'.join(map(str, row['weight'])):>20}{row['stride']:>7}{row['groups']:>7}"

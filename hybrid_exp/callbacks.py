@@ -103,10 +103,7 @@ class BestWeights(Checkpoint):
 
     FILE = "best.pt"
 
-    def __init__(self, monitor: str = "val/error", mode: str = "min"):
-        if mode not in ("min", "max") or not monitor.startswith("val/"):
-            raise ValueError(f"callbacks.best_weights: monitor a val/ metric with mode min or max; "
-                             f"got monitor={monitor!r}, mode={mode!r}")
+    def __init__(self, monitor: str = "val/error", mode: str = "min"):  # checks.check_callbacks
         self.monitor, self.sign = monitor, 1 if mode == "min" else -1
         self.best: dict[int, dict] = {}  # member -> {"epoch", "value", "state"}
 

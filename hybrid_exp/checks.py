@@ -7,7 +7,6 @@ network's shape (built on the CPU, once per model config: these networks take mi
 ``check_config`` is both, once per config and process: a run's callback and ``train()`` both
 ask (a grid's callback checks every job stage by stage; each job, in its own process, once).
 """
-import difflib
 import inspect
 import itertools
 import logging
@@ -18,11 +17,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from hybrid_exp.errors import ConfigError, did_you_mean
+
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config that cannot train: its message is the one sentence the user sees."""
 
 
 def whole(value, key: str, low: int, high: int | None = None, none_ok: bool = False) -> None:
@@ -50,7 +47,7 @@ def missing_keys(node: DictConfig, prefix: str = ""):
             continue
         if OmegaConf.is_missing(node, key):
             yield f"{prefix}{key}"
-        elif isinstance(child := node._get_node(key), DictConfig) and not child._is_interpolation():
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(child := node[key], DictConfig):
             yield from missing_keys(child, f"{prefix}{key}.")
 
 
@@ -63,6 +60,8 @@ def check_values(cfg: DictConfig) -> None:
                               f"got {seed!r}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seed must be one seed or a list of distinct seeds; got {seeds}")
+    if len(seeds) > 1:
+        check_fusable(cfg)
     missing = sorted(missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} must be given (it has no default here): add "
@@ -78,8 +77,7 @@ def check_values(cfg: DictConfig) -> None:
         objectives = OmegaConf.to_container(cfg.objective) if OmegaConf.is_list(cfg.objective) else [cfg.objective]
         for name in objectives:
             if name not in METRICS:
-                close = closest(str(name), list(METRICS))
-                hint = f"did you mean objective={close}? " if close else ""
+                hint = did_you_mean(str(name), list(METRICS), "objective=")
                 raise ConfigError(f"objective={name} names no metric a run logs: {hint}(metrics: "
                                   f"{', '.join(METRICS)})")
     if "tags" in cfg and not OmegaConf.is_list(cfg.tags):
@@ -104,6 +102,7 @@ def check_values(cfg: DictConfig) -> None:
     if optim.get("depthwise_weight_decay") is not None:
         number(optim.depthwise_weight_decay, "optim.depthwise_weight_decay", 0)
     number(optim.warmup_epochs, "optim.warmup_epochs", 0)
+    check_callbacks(cfg)
 
 
 def accepted_keys(target) -> set[str] | None:
@@ -148,8 +147,7 @@ def check_keys(cfg: DictConfig) -> None:
             if str(key).startswith("_") or key in allowed:
                 continue
             settings = sorted(allowed - ({"net", "members", "reporter", "cuda_graph"} if prefix == "optim" else set()))
-            close = closest(str(key), settings)
-            hint = f"did you mean {prefix}.{close}? " if close else ""
+            hint = did_you_mean(str(key), settings, f"{prefix}.")
             listed = f"(its settings: {', '.join(settings)})" if len(settings) <= 16 else \
                 f"(its settings: conf/{prefix.split('.')[0]}/)"
             raise ConfigError(f"{prefix}.{key} is not a setting of {target.__name__}: {hint}{listed}"
@@ -168,16 +166,6 @@ def preset_hint(cfg: DictConfig, key: str) -> str:
         return ""
     return (f"; it comes from experiment={preset}, which sizes the models that take {key}: with "
             f"model={choices.get('model')}, leave the preset out or give the model's own settings")
-
-
-def closest(key: str, names: list[str]) -> str | None:
-    """The name ``key`` most likely meant: one it abbreviates (learning_rate: lr), else the most
-    similar."""
-    initials = "".join(word[0] for word in key.split("_") if word)
-    if len(initials) > 1 and initials in names:
-        return initials
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.4)
-    return close[0] if close else None
 
 
 def config_text(cfg: DictConfig) -> str:
@@ -216,6 +204,26 @@ def check_match(cfg: DictConfig) -> None:
                 f"model.{key}={cfg.model.get(key)} un-matches it{preset_hint(cfg, f'model.{key}')}: "
                 f"use model={name.removesuffix('_matched')} for other sizes, or leave model.{key} "
                 f"at {expected}")
+
+
+def check_fusable(cfg: DictConfig) -> None:
+    """What a fused seed array cannot train with (a ``seed`` list, or a grid whose launcher
+    fuses its seeds)."""
+    if str(cfg.trainer.get("precision")) in ("16-mixed", "16"):
+        raise ConfigError("trainer.precision=16-mixed cannot train a fused seed array (its loss "
+                          "scaler's one overflow flag would skip every member's step for one "
+                          "member's overflow): use bf16-mixed or 32-true, or "
+                          "hydra.launcher.fuse_seeds=false")
+
+
+def check_callbacks(cfg: DictConfig) -> None:
+    """The settings of the callbacks the config lists."""
+    best = (cfg.get("callbacks") or {}).get("best_weights")
+    if best is not None:
+        monitor, mode = best.get("monitor", "val/error"), best.get("mode", "min")
+        if mode not in ("min", "max") or not str(monitor).startswith("val/"):
+            raise ConfigError(f"callbacks.best_weights: monitor a val/ metric with mode min or max; "
+                              f"got monitor={monitor!r}, mode={mode!r}")
 
 
 def check_code(cfg: DictConfig) -> None:

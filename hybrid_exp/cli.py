@@ -1,5 +1,4 @@
 """``python -m hybrid_exp [overrides]`` trains once; ``-m`` launches a grid (Hydra multirun)."""
-import json
 import os
 import sys
 import time
@@ -10,10 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hybrid_exp import config_dir
+from hybrid_exp import config_dir, errors, process
+from hybrid_exp.job import JobRecord, failed_whole, objective
 from hybrid_exp.redact import redact, redact_files
-from hydra_plugins.hybrid_exp_launcher import register
-from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE  # read by the grid summary
 
 
 def config_tree(cfg: DictConfig, output_dir: Path) -> None:
@@ -80,7 +78,6 @@ def task(cfg: DictConfig):
     if HydraConfig.get().output_subdir:  # Hydra saved the job's configs there as given
         redact_files(output_dir / HydraConfig.get().output_subdir)
     config_tree(cfg, output_dir)
-    status = output_dir / STATUS_FILE
     from hybrid_exp.members import setup_name
 
     setup = setup_name(cfg)
@@ -91,34 +88,17 @@ def task(cfg: DictConfig):
     except Exception as e:
         import optuna  # already loaded by train
 
-        from hybrid_exp.checks import ConfigError
-        from hybrid_exp.data import DataError
-        from hybrid_exp.store import StoreFailed
-        from hybrid_exp.tracking import TrackingUnavailable
-
         pruned = isinstance(e, optuna.TrialPruned)
-        status.write_text(json.dumps({"setup": setup, "requeues": requeues, "status": "pruned" if pruned
-                                      else "failed", "error": f"{type(e).__name__}: {e}"}))
-        if isinstance(e, (ConfigError, DataError, TrackingUnavailable, StoreFailed)) and \
-                HydraConfig.get().mode == RunMode.RUN:
-            raise SystemExit(str(e)) from None  # the user's mistake: one sentence, no traceback
+        failed_whole(setup, "pruned" if pruned else "failed", f"{type(e).__name__}: {e}", requeues).write(output_dir)
+        if isinstance(e, errors.UserError) and HydraConfig.get().mode == RunMode.RUN:
+            raise errors.leave(e) from None  # a grid's job raises it: its launcher records it
         raise
-    status.write_text(json.dumps({"setup": setup, "requeues": requeues, "seconds": time.monotonic() - start, "runs": [
-        {"seed": r.seed, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,
-         "error": r.error} for r in results]}))
+    JobRecord(setup, results, requeues, time.monotonic() - start).write(output_dir)
     if OmegaConf.is_list(cfg.seed):
         return [None if r.status == "failed" else objective(cfg, r.metrics) for r in results]
     if results[0].status == "failed":
         raise RuntimeError(results[0].error)
     return objective(cfg, results[0].metrics)
-
-
-def objective(cfg: DictConfig, metrics: dict[str, float]):
-    """What a job returns for a run's final ``metrics``: ``cfg.objective``, a metric or a list
-    of them; None for a metric the run did not log (``val/*`` without a validation split): no
-    other metric, the test set's least of all, stands in for it."""
-    value = lambda key: metrics.get(key)
-    return value(cfg.objective) if isinstance(cfg.objective, str) else [value(k) for k in cfg.objective]
 
 
 # Options of hydra-optuna-sweeper's configs that Optuna no longer has.
@@ -129,7 +109,6 @@ REMOVED = {"hydra/sweeper/sampler=motpe": "MOTPESampler was removed in Optuna 4,
 def unknown_option(args: list[str]) -> str | None:
     """One sentence for a group option that does not exist (``model=seperable``), with the
     closest one: before Hydra, whose answer is a 30-line list (printed twice in a grid)."""
-    import difflib
     import re
 
     conf = Path(config_dir())
@@ -144,20 +123,18 @@ def unknown_option(args: list[str]) -> str | None:
         options = sorted(p.stem for p in (conf / key).glob("*.yaml"))
         for option in re.split(r"[\[\],\s]+", value):
             if option and option != "null" and option not in options:
-                close = difflib.get_close_matches(option, options, n=1)
-                hint = f"did you mean {key}={close[0]}? " if close else ""
+                hint = errors.did_you_mean(option, options, f"{key}=")
                 return f"{key}={option}: no such option in conf/{key}/; {hint}(options: {', '.join(options)})"
     return None
 
 
 def main() -> None:
-    mistake = unknown_option(sys.argv[1:])
-    if mistake:
-        sys.exit(mistake)
+    with errors.reported():
+        mistake = unknown_option(sys.argv[1:])
+        if mistake:
+            raise errors.ConfigError(mistake)
     hydra_main()
 
 
-register()
-# A single run's folder: two runs started in the same second on one machine get their own.
-OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
+process.setup(hydra_app=True)  # here, not in main(): a grid's job process imports this module to run task()
 hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(task)

@@ -7,7 +7,6 @@ from torch.utils.data import DataLoader, Dataset
 from hybrid_exp.dataset_files import MEAN, STD
 
 
-
 class AugmentedImages(Dataset):
     """Per-image CPU augmentation, as torchvision's transforms do it: (3, 32, 32) float."""
 

@@ -10,10 +10,11 @@ Runs keep their ``config_hash`` tag, so a grid launched against the server skips
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from hybrid_exp.errors import TrackingUnavailable, UserError, reported
 
 # mlflow and the platform's tracking module are imported where used: --help answers at once
 if TYPE_CHECKING:
@@ -25,8 +26,7 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def open_store(uri: str) -> Client:
-    from hybrid_exp.store import Client
-    from hybrid_exp.tracking import TrackingUnavailable, check_server, resolve_tracking_uri
+    from hybrid_exp.store import Client, check_server, resolve_tracking_uri
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).expanduser().is_file():
         raise TrackingUnavailable(f"no SQLite store at {uri}: give the file a grid logged to")
@@ -67,19 +67,19 @@ def copy_run(source: Client, target: Client, run, experiment_id: str,
 
 def copy_runs(source_uri: str, target_uri: str, experiments: list[str] | None = None) -> int:
     """Copy every run of ``experiments`` (default: all) not yet in the target; returns how many."""
-    from hybrid_exp import tracking
+    from hybrid_exp import store
 
     source, target = open_store(source_uri), open_store(target_uri)
     names = experiments or [e.name for e in source.search_experiments()]
     copied = 0
     for name in names:
-        found = tracking.get_experiment(source, name)
+        found = store.get_experiment(source, name)
         if found is None:
-            raise SystemExit(f"no experiment '{name}' in {source_uri}")
+            raise UserError(f"no experiment '{name}' in {source_uri}")
         runs = source.all_runs(found.experiment_id)
         if not runs:
             continue
-        experiment_id = tracking.experiment_id(target, name)
+        experiment_id = store.experiment_id(target, name)
         new_ids = {r.data.tags[COPIED_FROM]: r.info.run_id
                    for r in target.all_runs(experiment_id, f"tags.`{COPIED_FROM}` != ''")}
         for run in sorted(runs, key=lambda r: PARENT in r.data.tags):  # parents first
@@ -99,12 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", action="append",
                         help="experiment name; repeat for several (default: all)")
     args = parser.parse_args(argv)
-    from hybrid_exp.tracking import TrackingUnavailable
+    from hybrid_exp import process
 
-    try:
+    process.setup()
+    with reported():
         copied = copy_runs(args.source, args.target, args.experiment)
-    except TrackingUnavailable as e:
-        sys.exit(str(e))
     print(f"copied {copied} runs")
 
 

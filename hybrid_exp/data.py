@@ -15,42 +15,31 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-# What the dataset classes build on (old import paths: ``from hybrid_exp.data import ...``).
-from hybrid_exp.batches import Batches, crop_flip  # noqa: F401
-from hybrid_exp.conventional import AugmentedImages, conventional_loader  # noqa: F401
-from hybrid_exp.dataset_files import (  # noqa: F401
-    ARCHIVE, ARCHIVE_MD5, BATCH_MD5, BATCHES_DIR, CLASSES, FORMATS, LAYOUTS, MEAN, STD, URL, Arrays,
-    DataError, cached, channel_statistics, check_format, cifar10_arrays, extract, fetch, fingerprint,
-    folder_files, load_cifar10, read_cifar100, read_class_folders, read_image_folder, read_pickle,
-    read_svhn, split_arrays)
-from hybrid_exp.seeding import derive_seed  # noqa: F401
+from hybrid_exp import dataset_files
+from hybrid_exp.batches import Batches
+from hybrid_exp.conventional import conventional_loader
+from hybrid_exp.dataset_files import (
+    CLASSES,
+    MEAN,
+    STD,
+    Arrays,
+    cached,
+    channel_statistics,
+    check_format,
+    cifar10_arrays,
+    extract,
+    fetch,
+    fingerprint,
+    folder_files,
+    read_cifar100,
+    read_class_folders,
+    read_svhn,
+    split_arrays,
+)
+from hybrid_exp.errors import DataError
+from hybrid_exp.seeding import derive_seed
 
 log = logging.getLogger(__name__)
-
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
-CIFAR100_ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-CIFAR100_DIR = "cifar-100-python"
-CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
-# The label names, in label order (the official meta file's: alphabetical).
-CIFAR100_CLASSES = {"fine": tuple("""
-    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
-    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch
-    crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
-    keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain
-    mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain
-    plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
-    skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
-    television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm
-""".split()), "coarse": tuple("""
-    aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices
-    household_furniture insects large_carnivores large_man-made_outdoor_things
-    large_natural_outdoor_scenes large_omnivores_and_herbivores medium_mammals
-    non-insect_invertebrates people reptiles small_mammals trees vehicles_1 vehicles_2
-""".split())}
-SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{}_32x32.mat"
-SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3",
-            "extra": "a93ce644f1a588dc4d68dda5feec44a7"}
 
 
 class ResidentData(pl.LightningDataModule):
@@ -235,21 +224,21 @@ class CIFAR100(ResidentData):
         if labels not in ("fine", "coarse"):
             raise DataError(f"data.labels must be fine or coarse; got {labels!r}")
         self.root, self.download, self.labels = root, download, labels
-        self.classes = CIFAR100_CLASSES[labels]
+        self.classes = dataset_files.CIFAR100_CLASSES[labels]
 
     def load(self) -> Arrays:
-        root = Path(self.root).expanduser().resolve()
-        folder = next((f for f in (root / CIFAR100_DIR, root) if (f / "train").is_file()), None)
+        files, root = dataset_files, Path(self.root).expanduser().resolve()  # the official files' names
+        folder = next((f for f in (root / files.CIFAR100_DIR, root) if (f / "train").is_file()), None)
         if folder is None and self.download:
-            fetch(CIFAR100_URL, root / CIFAR100_ARCHIVE, CIFAR100_ARCHIVE_MD5, "CIFAR-100",
-                  f"{CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}")
-            extract(root / CIFAR100_ARCHIVE, CIFAR100_DIR)
-            folder = root / CIFAR100_DIR
+            fetch(files.CIFAR100_URL, root / files.CIFAR100_ARCHIVE, files.CIFAR100_ARCHIVE_MD5, "CIFAR-100",
+                  f"{files.CIFAR100_DIR}/ or {files.CIFAR100_ARCHIVE}")
+            extract(root / files.CIFAR100_ARCHIVE, files.CIFAR100_DIR)
+            folder = root / files.CIFAR100_DIR
         if folder is None:
-            raise DataError(f"no CIFAR-100 found under {root}: expected {root / CIFAR100_DIR}/ (train, "
-                            f"test) or {CIFAR100_ARCHIVE}, or set data.download=true to fetch it")
-        return self.unpack(cached(folder / f"cifar100-{self.labels}-uint8.npz", folder, list(CIFAR100_MD5),
-                                  lambda: read_cifar100(folder, self.labels, CIFAR100_MD5), "CIFAR-100"))
+            raise DataError(f"no CIFAR-100 found under {root}: expected {root / files.CIFAR100_DIR}/ (train, "
+                            f"test) or {files.CIFAR100_ARCHIVE}, or set data.download=true to fetch it")
+        return self.unpack(cached(folder / f"cifar100-{self.labels}-uint8.npz", folder, list(files.CIFAR100_MD5),
+                                  lambda: read_cifar100(folder, self.labels, files.CIFAR100_MD5), "CIFAR-100"))
 
     @classmethod
     def sizes(cls, labels: str = "fine", **data_config) -> tuple[int, int, int]:
@@ -278,10 +267,10 @@ class SVHN(ResidentData):
                 raise DataError(f"no SVHN found under {root}: expected train_32x32.mat and "
                                 f"test_32x32.mat (extra_32x32.mat with data.extra=true), or set "
                                 f"data.download=true to fetch them")
-            fetch(SVHN_URL.format(split), path, SVHN_MD5[split], "SVHN", path.name)
+            fetch(dataset_files.SVHN_URL.format(split), path, dataset_files.SVHN_MD5[split], "SVHN", path.name)
 
         def read() -> dict[str, np.ndarray]:
-            parts = {split: read_svhn(path, SVHN_MD5[split]) for split, path in files.items()}
+            parts = {split: read_svhn(path, dataset_files.SVHN_MD5[split]) for split, path in files.items()}
             train = [parts["train"], *([parts["extra"]] if self.extra else [])]
             return {"x_train": np.concatenate([x for x, _ in train]), "y_train": np.concatenate([y for _, y in train]),
                     "x_test": parts["test"][0], "y_test": parts["test"][1]}

@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from hybrid_exp.errors import DataError
+
 log = logging.getLogger("hybrid_exp.data")  # one logger for the data, wherever it is read
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -32,16 +34,36 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")  # official label order
 MEAN = (0.4914, 0.4822, 0.4465)  # per-channel statistics of the official training images
 STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+CIFAR100_ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
+# The label names, in label order (the official meta file's: alphabetical).
+CIFAR100_CLASSES = {"fine": tuple("""
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch
+    crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
+    keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain
+    mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain
+    plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
+    skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
+    television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm
+""".split()), "coarse": tuple("""
+    aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices
+    household_furniture insects large_carnivores large_man-made_outdoor_things
+    large_natural_outdoor_scenes large_omnivores_and_herbivores medium_mammals
+    non-insect_invertebrates people reptiles small_mammals trees vehicles_1 vehicles_2
+""".split())}
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{}_32x32.mat"
+SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3",
+            "extra": "a93ce644f1a588dc4d68dda5feec44a7"}
 FORMATS = ("auto", "pickle", "image_folder")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 LAYOUTS = (f"the official python batches in <root>/{BATCHES_DIR}/ (data_batch_1..5, test_batch), "
            "or an image folder <root>/train/<class>/*.png|jpg and <root>/test/<class>/*.png|jpg")
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or ill-shaped data; the message says how to fix it."""
 
 
 def md5sum(path: Path) -> str:

@@ -11,10 +11,10 @@ run name (``separable-seed3``: the newest FINISHED run of that name in the exper
 """
 import argparse
 import os
-import sys
+
+from hybrid_exp.errors import NoWeights, UserError, reported
 
 SPLITS = {"subset": "test", "full": "test_full"}  # the data module's names
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact otherwise
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,13 +45,9 @@ def find_run(client, experiment: str, run: str):
                               "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
                               max_results=1) if found else []
     if not runs:
-        raise SystemExit(f"no run with id or name '{run}' in experiment '{experiment}' of the "
-                         f"store (--experiment, --tracking-uri)")
+        raise UserError(f"no run with id or name '{run}' in experiment '{experiment}' of the "
+                        f"store (--experiment, --tracking-uri)")
     return runs[0]
-
-
-class NoWeights(ValueError):
-    """A run that stored no weights of the kind asked for: the sentence says why."""
 
 
 def stored_run(run_id: str, client, device, data_root: str | None = None, weights: str = "model.pt"):
@@ -92,10 +88,7 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
     from hybrid_exp.module import Classifier
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        net, data, _ = stored_run(run_id, client, device, data_root, weights)
-    except NoWeights as e:
-        raise SystemExit(str(e)) from None
+    net, data, _ = stored_run(run_id, client, device, data_root, weights)
     if image_folder or data.mean is None:  # an image folder's statistics come with its data
         data.setup()
     if image_folder:  # the training data's classes, in its label order
@@ -122,22 +115,16 @@ def evaluate(run_id: str, client, split: str = "subset", image_folder: str | Non
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    from hybrid_exp.store import Client
+    from hybrid_exp import process
 
-    from hybrid_exp.tracking import resolve_tracking_uri
+    process.setup()
+    from hybrid_exp.store import Client, resolve_tracking_uri
 
-    client = Client(resolve_tracking_uri(args.tracking_uri)[0])
-    run = find_run(client, args.experiment, args.run)
-    try:
+    with reported():
+        client = Client(resolve_tracking_uri(args.tracking_uri)[0])
+        run = find_run(client, args.experiment, args.run)
         metrics = evaluate(run.info.run_id, client, args.split, args.image_folder, args.data_root,
                            args.weights)
-    except Exception as e:  # a data problem or a refused config: say it in one line
-        from hybrid_exp.checks import ConfigError
-        from hybrid_exp.data import DataError
-
-        if not isinstance(e, (ConfigError, DataError)):
-            raise
-        sys.exit(str(e))
     print(f"{run.info.run_name} ({run.info.run_id}): " + ", ".join(
         f"{k} {v:.4g}" for k, v in metrics.items()))
 

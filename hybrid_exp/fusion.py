@@ -101,17 +101,20 @@ def fuse(nets: list[nn.Module]) -> nn.Module:
     first = nets[0]
     if type(first) in FUSERS:
         return FUSERS[type(first)](nets)
-    if type(first).__module__.startswith("torch.nn") and (first._parameters or first._buffers):
+    tensors = (*first.parameters(recurse=False), *first.buffers(recurse=False))
+    if type(first).__module__.startswith("torch.nn") and tensors:
         raise TypeError(f"fusion has no rule for {type(first).__name__}, whose parameters would "
                         f"mix the members' channels: add one to hybrid_exp.fusion.FUSERS")
-    fused = copy.copy(first)  # the module's code and settings; its state is rebuilt below
-    fused._parameters = {name: None if p is None else nn.Parameter(
-        stacked([n._parameters[name].detach() for n in nets]), p.requires_grad)
-        for name, p in first._parameters.items()}
-    fused._buffers = {name: None if b is None else stacked([n._buffers[name] for n in nets])
-                      for name, b in first._buffers.items()}
-    fused._modules = {name: fuse([n._modules[name] for n in nets])
-                      for name in first._modules}
+    # its code and settings, copied; its state (shared by the copy) replaced below, member-stacked
+    fused = copy.deepcopy(first, memo={id(x): x for x in (*tensors, *first.children())})
+    persistent = first.state_dict(keep_vars=True)
+    for name, p in first.named_parameters(recurse=False):
+        fused.register_parameter(name, nn.Parameter(stacked([n.get_parameter(name).detach() for n in nets]),
+                                                    p.requires_grad))
+    for name, _ in first.named_buffers(recurse=False):
+        fused.register_buffer(name, stacked([n.get_buffer(name) for n in nets]), persistent=name in persistent)
+    for name, _ in first.named_children():
+        fused.add_module(name, fuse([n.get_submodule(name) for n in nets]))
     if type(first).get_extra_state is not nn.Module.get_extra_state:  # e.g. a random stream
         fused.set_extra_state(stacked([n.get_extra_state() for n in nets]))
     if hasattr(fused, "members"):

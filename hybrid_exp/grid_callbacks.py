@@ -1,9 +1,12 @@
 """Hydra callbacks: what a grid does once, before its first job starts, in this order
-(conf/config.yaml); a single run's config is checked too, before anything is created. Each stops the grid with one sentence when it fails: Hydra would only warn
-about a callback's exception and start every job anyway. The heavy modules load inside the hooks:
-a single run, which instantiates these too, stays quick to say what is wrong."""
+(conf/config.yaml); a single run's config is checked too, before anything is created. Each stops
+the grid with one sentence when it fails (``errors.reported``): Hydra would only warn about a
+callback's exception and start every job anyway. The heavy modules load inside the hooks: a
+single run, which instantiates these too, stays quick to say what is wrong."""
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from hybrid_exp.errors import DataError, UserError, reported
 
 
 class CheckConfigs(Callback):
@@ -11,42 +14,34 @@ class CheckConfigs(Callback):
     run's before Hydra creates its output folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import ConfigError, check_config, own_names
+        from hybrid_exp.checks import check_config, own_names
 
-        try:
+        with reported():
             check_config(own_names(config))
-        except ConfigError as e:
-            raise SystemExit(str(e)) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import ConfigError, check_code, check_match, check_values, grid_configs
+        from hybrid_exp.checks import check_code, check_fusable, check_match, check_values, grid_configs
+        from hybrid_exp.job import seed_of
+        from hydra_plugins.hybrid_exp_launcher.arrays import group_seeds
 
-        try:
+        with reported():
             jobs = grid_configs(config)
-        except ConfigError as e:
-            raise SystemExit(str(e)) from None
-        if config.hydra.sweeper._target_.endswith(".OptunaSweeper"):  # its search space, trials, storage
-            from hydra.utils import instantiate
+            if config.hydra.sweeper._target_.endswith(".OptunaSweeper"):  # its search space, trials, storage
+                from hydra.utils import instantiate
 
-            try:
                 instantiate(config.hydra.sweeper).validate(config, list(config.hydra.overrides.task))
-            except ValueError as e:
-                raise SystemExit(str(e)) from None
-        launcher = config.hydra.launcher
-        if launcher._target_.endswith(".GPULauncher"):  # the GPUs it names exist here
-            from hydra_plugins.hybrid_exp_launcher.gpus import make_slots
+            launcher = config.hydra.launcher
+            if launcher._target_.endswith(".GPULauncher"):  # the GPUs it names exist here
+                from hydra_plugins.hybrid_exp_launcher.gpus import make_slots
 
-            try:
                 make_slots(launcher.gpus, launcher.runs_per_gpu, launcher.n_jobs)
-            except ValueError as e:
-                raise SystemExit(str(e)) from None
-        for stage in (check_values, check_match, check_code):  # the quick checks first, for all jobs
-            for overrides, cfg in jobs:
-                try:
+        fused = [jobs[group[0]] for group in group_seeds([o for o, _ in jobs], launcher.get("max_array_size", 1))
+                 if launcher.get("fuse_seeds") and len(group) > 1 and seed_of(jobs[group[0]][0]) is not None]
+        checks = [(check_values, jobs), (check_fusable, fused), (check_match, jobs), (check_code, jobs)]
+        for stage, configs in checks:  # the quick checks first, for all jobs
+            for overrides, cfg in configs:
+                with reported(f" (job {' '.join(overrides)})" if overrides else ""):
                     stage(cfg)
-                except ConfigError as e:
-                    where = f" (job {' '.join(overrides)})" if overrides else ""
-                    raise SystemExit(f"{e}{where}") from None
 
 
 class CheckTracking(Callback):
@@ -57,12 +52,10 @@ class CheckTracking(Callback):
         self.on_multirun_start(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.tracking import TrackingUnavailable, check_server, resolve_tracking_uri
+        from hybrid_exp.store import check_server, resolve_tracking_uri
 
-        try:
+        with reported():
             check_server(resolve_tracking_uri(config.logger.tracking_uri)[0])
-        except TrackingUnavailable as e:
-            raise SystemExit(str(e)) from None
 
 
 class PrepareData(Callback):
@@ -74,17 +67,17 @@ class PrepareData(Callback):
         self.on_multirun_start(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.data import DataError
         from hybrid_exp.registry import build
 
-        try:
-            build(config, "data", seeds=[0]).check_splits()  # loads it, and draws a split
-        except DataError as e:
-            raise SystemExit(str(e)) from None
-        except Exception as e:  # not foreseen: every job would fail on it in turn
-            raise SystemExit(f"the dataset (data={config.data._target_.rsplit('.', 1)[-1]}, "
-                             f"data.root={config.data.get('root')}) could not be read: "
-                             f"{type(e).__name__}: {e}") from None
+        with reported():
+            try:
+                build(config, "data", seeds=[0]).check_splits()  # loads it, and draws a split
+            except UserError:
+                raise
+            except Exception as e:  # not foreseen: every job would fail on it in turn
+                raise DataError(f"the dataset (data={config.data._target_.rsplit('.', 1)[-1]}, "
+                                f"data.root={config.data.get('root')}) could not be read: "
+                                f"{type(e).__name__}: {e}") from None
 
 
 class PrepareTracking(Callback):
@@ -92,9 +85,7 @@ class PrepareTracking(Callback):
     initialise the database or create the experiment."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.tracking import TrackingUnavailable, connect
+        from hybrid_exp.store import connect
 
-        try:
+        with reported():
             connect(config.logger)
-        except TrackingUnavailable as e:
-            raise SystemExit(str(e)) from None

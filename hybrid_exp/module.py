@@ -10,13 +10,10 @@ import torch
 from torch import nn
 
 from hybrid_exp.costs import flop_counter
+from hybrid_exp.errors import Diverged
 from hybrid_exp.fusion import member_slices, per_member_cross_entropy
 
 log = logging.getLogger(__name__)
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 def complexity(net: nn.Module) -> dict[str, int]:
@@ -29,23 +26,10 @@ def complexity(net: nn.Module) -> dict[str, int]:
             "mult_adds": counter.get_total_flops() // 2}  # one multiply-add = 2 FLOPs
 
 
-def trains_on_gpu(accelerator: str) -> bool:
-    """Whether ``trainer.accelerator`` puts the training on a GPU here (``auto``: if there is one)."""
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
 def graph_blocker(net: nn.Module, on_gpu: bool) -> str | None:
     """Why a CUDA graph cannot capture ``net``'s training step (None: it can): training and
     the benchmark decide alike."""
     return "it needs a CUDA device" if not on_gpu else getattr(net, "cuda_graph_blocker", None)
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """Lightning precision for ``auto``: bf16 autocast when training on a GPU that has bf16,
-    fp32 otherwise (CPUs)."""
-    if precision != "auto":
-        return precision
-    return "bf16-mixed" if trains_on_gpu(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def prepare_network(net: nn.Module, channels_last: bool, compile: bool) -> nn.Module:

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from hybrid_exp import config_dir
-from hybrid_exp.checks import ConfigError
+from hybrid_exp.errors import ConfigError
 
 BUILT = ("model", "data")  # the only parts of a config that become objects here
 GROUPS = ("model", "backbone", "data")  # where the project's buildable classes are named

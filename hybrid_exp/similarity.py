@@ -17,7 +17,6 @@ stored no weights is named, tagged ``cka.error`` and set aside.
 """
 import argparse
 import os
-import sys
 
 POOLED = "pooled"  # the features the classifier reads, globally average-pooled
 
@@ -120,7 +119,7 @@ def similarity(experiment: str, tracking_uri: str, baseline: str = "separable",
     """Compute and log every comparison of ``experiment`` (``pairs``); one row per comparison."""
     import torch
 
-    from analysis.runs import client_and_experiment, clean, load_runs
+    from analysis.runs import clean, client_and_experiment, load_runs
     from hybrid_exp.data import Batches
     from hybrid_exp.evaluate import NoWeights, stored_run
 
@@ -166,15 +165,15 @@ def similarity(experiment: str, tracking_uri: str, baseline: str = "separable",
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    from analysis.runs import AnalysisError
-    from hybrid_exp.data import DataError
-    from hybrid_exp.tracking import resolve_tracking_uri
+    from hybrid_exp import process
+    from hybrid_exp.errors import reported
+    from hybrid_exp.store import resolve_tracking_uri
 
-    try:
+    process.setup()
+
+    with reported():
         rows = similarity(args.experiment, resolve_tracking_uri(args.tracking_uri)[0], args.baseline,
                           args.data_root, args.batch_size)
-    except (AnalysisError, DataError) as e:
-        sys.exit(str(e))
     print(f"{len(rows)} comparisons logged into experiment '{args.experiment}'; "
           f"python -m analysis --experiment {args.experiment} reports them")
 

@@ -1,15 +1,12 @@
 """One training run, or a fused array of runs: build everything from the config, then skip,
 resume or train, and test."""
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import platform
 import sys
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -17,38 +14,24 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from torch import nn
 
-from hybrid_exp import tracking
+from hybrid_exp import locks, process, tracking
+from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRuns, OptunaPruning
 from hybrid_exp.checks import check_config
+from hybrid_exp.device import machine, resolve_precision, trains_on_gpu
 from hybrid_exp.fusion import fuse, member_state
+from hybrid_exp.job import Result
+from hybrid_exp.members import array_key, build_network, member_config, named, setup_name, trial_seeds
+from hybrid_exp.module import Classifier, complexity, graph_blocker, prepare_network
 from hybrid_exp.redact import redact
 from hybrid_exp.registry import build
-from hybrid_exp.module import (Classifier, complexity, graph_blocker, prepare_network, resolve_precision,
-                               trains_on_gpu)
-# the callbacks and the members' helpers moved out; importable from here as before
-from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRuns, OptunaPruning  # noqa: F401
-from hybrid_exp.members import array_key, build_network, member_config, named, setup_name, trial_seeds  # noqa: F401
+from hybrid_exp.schema import config_hash
+from hybrid_exp.tracking import Experiment
 
 log = logging.getLogger(__name__)
-# A quiet terminal: Lightning advertises its cloud logger and lists the accelerators it did not
-# use at every start (the run's device is in its log and its tags); Lightning's own pytree helper warns about a deprecation it calls itself, and, where
-# SLURM is installed, that a job not started by srun is not one (it knows: SLURM_JOB_ID is unset).
-NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:")
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-    lambda record: not record.getMessage().startswith(NOISE) and "litlogger" not in record.getMessage())
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).* is deprecated")
-warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
-
-@dataclass
-class Result:
-    seed: int
-    status: str  # 'finished', 'failed', or 'skipped' when an equal config had already FINISHED
-    metrics: dict[str, float]  # final metrics, errors in %
-    run_id: str | None
-    error: str = ""
 
 
 def optuna_trial(cfg: DictConfig) -> optuna.Trial | None:
@@ -80,17 +63,6 @@ def checkpoint_epoch(last: Path, client, run_ids: list[str]) -> int | None:
         return None
 
 
-def machine(accelerator: str) -> str:
-    """What a run trains on, for the record: the GPU's name and memory, or the CPU's model."""
-    if trains_on_gpu(accelerator):
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-                 None) if Path("/proc/cpuinfo").is_file() else None
-    return f"CPU {model or platform.machine()}, {os.cpu_count()} cores"
-
-
 def launch_command() -> str:
     """This job's command line: its Hydra overrides (a grid job's, with the sweep's values),
     without credentials."""
@@ -119,29 +91,23 @@ def train(cfg: DictConfig) -> list[Result]:
     Names come from ``names`` (Hydra's choices of ``model``, the preset, and ``model/block``);
     the ``setup`` is the model's name, or ``<model>+<block>`` when the unit is not its namesake.
     """
+    process.setup()  # called from Python too: a quiet terminal, the resolvers the config may use
     cfg = named(cfg)  # Hydra's choices, or (called from Python) the classes' names
     check_config(cfg)  # a mistake stops here, in one sentence: before the data and the store
     seeds = trial_seeds(cfg)
-    if len(seeds) > 1 and str(cfg.trainer.precision) in ("16-mixed", "16"):
-        raise ValueError("trainer.precision=16-mixed cannot train a fused seed array (its loss "
-                         "scaler's one overflow flag would skip every member's step for one "
-                         "member's overflow): use bf16-mixed or 32-true, or "
-                         "hydra.launcher.fuse_seeds=false")
     members = [member_config(cfg, seed) for seed in sorted(seeds)]  # the array's member order
     nets = {member.seed: build_network(member) for member in members}  # a bad shape stops here
     data = build(cfg, "data", seeds=seeds)  # read before any store or run exists
     fingerprint = data.data_fingerprint()
     data.check_splits()
-    client, experiment_id = tracking.connect(cfg.logger)
-    model, block, setup = cfg.names.model, cfg.names.block, setup_name(cfg)
+    experiment = Experiment.open(cfg.logger)
+    setup = setup_name(cfg)
     with contextlib.ExitStack() as held:  # each config is this process's alone until it ends
         claim(Path(cfg.checkpoint_dir).expanduser().resolve() / "claims",
-              [tracking.config_hash(member) for member in members],
-              f"{setup}-seed{','.join(map(str, seeds))}", held)
+              [config_hash(member) for member in members], f"{setup}-seed{','.join(map(str, seeds))}", held)
         results, todo = {}, []
         for member in members:
-            done = None if cfg.rerun else tracking.finished_run(client, experiment_id,
-                                                                 tracking.config_hash(member), fingerprint)
+            done = experiment.finished(member, fingerprint)
             if done:
                 log.info("%s-seed%s: skipped, this config already FINISHED as run %s (rerun=true to "
                          "train again)", setup, member.seed, done.info.run_id)
@@ -150,9 +116,8 @@ def train(cfg: DictConfig) -> list[Result]:
                 todo.append(member)
         try:
             if todo:
-                results.update({r.seed: r for r in train_array(
-                    todo, [nets[m.seed] for m in todo], client, experiment_id, setup, model, block,
-                    fingerprint)})
+                results.update({r.seed: r for r in train_array(todo, [nets[m.seed] for m in todo],
+                                                               experiment, fingerprint)})
         except Exception as e:  # each run is FAILED with the reason already; an array reports it per seed
             if len(members) == 1:
                 raise
@@ -168,27 +133,25 @@ def claim(directory: Path, hashes: list[str], name: str, held: contextlib.ExitSt
     rather than resuming runs that are being trained. The kernel releases the lock however this
     process ends."""
     directory.mkdir(parents=True, exist_ok=True)
+    me = f"pid {os.getpid()} on {platform.node()} ({launch_command()})"
     for hash_ in sorted(set(hashes)):  # one order for every process: none waits on another in a circle
-        fd = os.open(directory / f"{hash_}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        held.callback(os.close, fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 2000, 0).decode(errors="replace").strip() or "another process"
+        path = directory / f"{hash_}.lock"
+        fd = locks.claim(path, me)
+        if fd is None:
             log.warning("%s: config %s is being trained by %s; waiting until it ends, then what it "
-                        "finished is skipped", name, hash_, holder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()} ({launch_command()})".encode(), 0)
+                        "finished is skipped", name, hash_, locks.holder(path))
+            fd = locks.claim(path, me, wait=True)
+        held.callback(os.close, fd)
 
 
-def train_array(members: list[DictConfig], nets: list[nn.Module], client, experiment_id: str,
-                setup: str, model: str, block: str, fingerprint: str) -> list[Result]:
+def train_array(members: list[DictConfig], nets: list[nn.Module], experiment: Experiment,
+                fingerprint: str) -> list[Result]:
     """Train ``members`` (configs that differ in their seed alone), whose networks are ``nets``,
     as one network, on the data whose digest is ``fingerprint``: find where an interrupted
     attempt stopped, open (or reopen) a run per member, fit and test, store each member's
     evidence, and say how each member ended."""
-    cfg, M = members[0], len(members)
+    cfg, M, setup = members[0], len(members), setup_name(members[0])
+    client = experiment.client
     size = complexity(nets[0])  # of one member, before compiling: counted on the plain network
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     compiled = trainer_args.pop("compile")
@@ -199,14 +162,14 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
     data = build(cfg, "data", seeds=[member.seed for member in members])
     name = f"{setup}-seed{','.join(str(m.seed) for m in members)}"
     trial = optuna_trial(cfg)
-    tags = run_tags(members, nets[0], trainer_args, setup, model, block, fingerprint, trial)
+    tags = run_tags(members, nets[0], trainer_args, fingerprint, trial)
     tags["execution"] = execution(compiled, cuda_graph)
     log.info("%s: CUDA_VISIBLE_DEVICES=%r", name, os.environ.get("CUDA_VISIBLE_DEVICES"))
     checkpoints = (Path(cfg.checkpoint_dir).expanduser().resolve()
-                   / array_key([tracking.config_hash(member) for member in members]))
-    resume, start = resume_point(cfg, client, checkpoints, fingerprint, name)
+                   / array_key([config_hash(member) for member in members]))
+    resume, start = resume_point(cfg, experiment, checkpoints, fingerprint, name)
     for member in members:  # claimed by this process: a run of it still RUNNING lost its trainer
-        tracking.end_orphans(client, experiment_id, tracking.config_hash(member), keep=resume or [])
+        experiment.end_orphans(member, keep=resume or [])
     checkpoints.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         runs = []
@@ -215,8 +178,8 @@ def train_array(members: list[DictConfig], nets: list[nn.Module], client, experi
             if earlier and client.get_run(earlier).info.status == "FAILED":
                 runs.append(None)  # failed within the array before it was interrupted
                 continue
-            runs.append(stack.enter_context(tracking.mlflow_run(
-                client, experiment_id, member, {**tags, "seed": str(member.seed)}, size, earlier)))
+            runs.append(stack.enter_context(experiment.open_run(member, {**tags, "seed": str(member.seed)},
+                                                                size, earlier)))
         run_ids = [run.run_id if run else resume[m] for m, run in enumerate(runs)]
         record = tracking.dataset_input(type(data).__name__, str(getattr(data, "root", "generated")),
                                         fingerprint, data.split_sizes())
@@ -253,14 +216,14 @@ def execution(compiled: bool, cuda_graph: bool) -> str:
     return ", ".join([*(["compiled"] if compiled else []), *(["CUDA graph"] if cuda_graph else [])]) or "eager"
 
 
-def run_tags(members: list[DictConfig], net: nn.Module, trainer_args: dict, setup: str, model: str,
-             block: str, fingerprint: str, trial: optuna.Trial | None) -> dict[str, str]:
+def run_tags(members: list[DictConfig], net: nn.Module, trainer_args: dict, fingerprint: str,
+             trial: optuna.Trial | None) -> dict[str, str]:
     """The tags every member's run carries (``schema.TAGS``; the seed is added per run)."""
     cfg = members[0]
-    tags = {"model": model, "block": block, "backbone": type(net).__name__.lower(),
-            "machine": machine(trainer_args["accelerator"]), "torch": torch.__version__,
-            "command": launch_command(),
-            "precision": trainer_args["precision"], "setup": setup, "data_fingerprint": fingerprint,
+    tags = {"model": cfg.names.model, "block": cfg.names.block, "backbone": type(net).__name__.lower(),
+            "machine": machine(trains_on_gpu(trainer_args["accelerator"])), "torch": torch.__version__,
+            "command": launch_command(), "precision": trainer_args["precision"], "setup": setup_name(cfg),
+            "data_fingerprint": fingerprint,
             **({"tags": ", ".join(map(str, cfg.tags))} if cfg.get("tags") else {})}
     if len(members) > 1:
         tags["array"] = f"{len(members)} seeds fused: {' '.join(str(m.seed) for m in members)}"
@@ -271,20 +234,20 @@ def run_tags(members: list[DictConfig], net: nn.Module, trainer_args: dict, setu
     return tags
 
 
-def resume_point(cfg: DictConfig, client, checkpoints: Path, fingerprint: str,
+def resume_point(cfg: DictConfig, experiment: Experiment, checkpoints: Path, fingerprint: str,
                  name: str) -> tuple[list[str] | None, int | None]:
     """(the interrupted runs to reopen, the epochs done: the checkpointed epoch's number from 1,
     its MLflow step), or (None, None) to start afresh: ``rerun``, no
     interrupted runs, runs that trained on other data, or an unreadable checkpoint."""
-    resume = None if cfg.rerun else tracking.resumable_runs(client, checkpoints)
-    if resume and any(client.get_run(r).data.tags.get("data_fingerprint", fingerprint)
+    resume = None if cfg.rerun else experiment.resumable(checkpoints)
+    if resume and any(experiment.client.get_run(r).data.tags.get("data_fingerprint", fingerprint)
                       != fingerprint for r in resume):
         log.info("%s: the interrupted runs in %s trained on other data; starting afresh", name, checkpoints)
         resume = None
     last = checkpoints / "last.ckpt"
     if not (resume and last.is_file()):
         return resume, None
-    epoch = checkpoint_epoch(last, client, resume)
+    epoch = checkpoint_epoch(last, experiment.client, resume)
     return (resume, epoch + 1) if epoch is not None else (None, None)
 
 

@@ -1,6 +1,10 @@
 """Shared fixtures: composed configs (as Hydra would pass them) and real CIFAR-10 images."""
 import os
+import pwd
+import shutil
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,16 +12,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from hybrid_exp import config_dir
+from hybrid_exp import config_dir, process
+from tests.helpers import CACHE, PASSWORD, TARBALL, free_port, kill_what_is_left, postgres_bin
 
-REPO = Path(__file__).resolve().parent.parent
-TARBALL = Path(os.environ.get("CIFAR10_JPEG_TARBALL", REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
-CACHE = Path(os.environ.get("HYBRID_EXP_TEST_CACHE", Path.home() / ".cache/hybrid-exp-tests"))
 
-# Training settings for seconds-long runs on 2 CPU cores, and a stacked network that still learns.
-FAST = ["data.batch_size=64", "optim.warmup_epochs=0", "trainer.max_epochs=2"]
-TINY = ["model.width=16", "model.depth=1", *FAST]
-PARALLEL = "hydra.launcher.n_jobs=2"  # test grids run two jobs at a time (each its own process)
+def pytest_configure(config):
+    process.setup()  # as every entry point does: the resolvers the configs use, a quiet terminal
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running():
+    """A program a test started (helpers.start) never outlives it, whatever the test's end."""
+    yield
+    kill_what_is_left()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,3 +79,36 @@ def make_cfg(tmp_path):
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL on a free loopback port; yields a function that creates a database
+    and returns its SQLAlchemy URI. As root, the server runs as an unprivileged user."""
+    bin_dir = postgres_bin()
+    as_user = []
+    root = Path(tempfile.mkdtemp(prefix="hybrid-exp-pg-"))
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        user = "postgres" if "postgres" in {u.pw_name for u in pwd.getpwall()} else "nobody"
+        as_user = ["runuser", "-u", user, "--"]
+        shutil.chown(root, user)
+    (root / "pw").write_text(PASSWORD)
+    if as_user:
+        shutil.chown(root / "pw", as_user[2])
+    port = free_port()
+    run = lambda *args: subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True)
+    run(bin_dir / "initdb", "-D", root / "data", "-U", "hybrid", "--auth=scram-sha-256",
+        f"--pwfile={root / 'pw'}", "-E", "UTF8", "--no-sync")
+    run(bin_dir / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "start", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+    base = f"postgresql://hybrid:{PASSWORD}@127.0.0.1:{port}"
+
+    def database(name: str) -> str:
+        import psycopg  # the driver the compose image installs
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"{base}/{name}"
+
+    yield database
+    run(bin_dir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
+    shutil.rmtree(root, ignore_errors=True)

@@ -9,19 +9,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats as scipy_stats
 
-from analysis import AnalysisError, clean, load_runs
-from analysis import stats
+from analysis import AnalysisError, clean, load_runs, stats
 from analysis.report import analyze, duplicate_lines, network_words
 from analysis.runs import label_setups
-from analysis.table import PAPER_PROTOCOL, agreement, trend
-from tests.conftest import PARALLEL, TINY
+from analysis.table import agreement, trend
+from tests.helpers import BASE, PAPER, PAPER_SIX, log_run, new_experiment, small_real_grid
 
-BASE = [10.0, 11.0, 12.0, 13.0, 14.0]  # separable, seeds 0-4
 INCEPTION = [11.0, 10.5, 13.0, 12.0, 15.0]  # deltas 1, -0.5, 1, -1, 1
 EQUIVALENT = {0: 10.2, 1: 10.9, 2: 12.1, 4: 14.0}  # seed 3 missing; deltas 0.2, -0.1, 0.1, 0
 HYBRID = [10.5, 11.5, 12.5, 13.0, 14.5]  # deltas 0.5, 0.5, 0.5, 0, 0.5 (plus an older duplicate)
 RESNEXT = {1: 12.0, 2: 12.0, 3: 14.0, 4: 15.0}  # seed 0 FAILED; deltas 1, 0, 1, 1
-PAPER = dict(PAPER_PROTOCOL)
 TRYOUT = {**PAPER, "trainer.max_epochs": "2"}
 
 
@@ -29,45 +26,6 @@ def read_summary(out):
     frame = pd.read_csv(out / "summary.csv", dtype={"seeds": str, "setup_only_seeds": str,
                                                     "baseline_only_seeds": str})
     return frame.set_index("setup")
-
-
-def log_run(client, experiment_id, setup, seed, error, status="FINISHED", start=0, knobs=None,
-            backbone="stacked", block=None, protocol=None, predictions=None, full=None):
-    """A run as training logs it: schema tags, the config as params, metrics (``full``: its
-    error on the whole test set), predictions."""
-    protocol = protocol or PAPER
-    text = ", ".join(f"{k}={v}" for k, v in sorted(protocol.items()))
-    run = client.create_run(experiment_id, run_name=f"{setup}-seed{seed}", start_time=1_000 + start,
-                            tags={"setup": setup, "model": setup, "block": block or setup,
-                                  "backbone": backbone, "seed": str(seed), "protocol": text,
-                                  "protocol_hash": str(abs(hash(text)) % 10**8),
-                                  "setup_hash": f"{setup}-{knobs}-{text}",
-                                  "config_hash": f"{setup}-{seed}-{knobs}-{text}"})
-    run_id = run.info.run_id
-    params = {"params": str(1000 * (1 + len(setup))), "mult_adds": str(50_000 * len(setup)),
-              "seed": str(seed), "checkpoint_dir": f"/somewhere/{start}", **protocol, **(knobs or {})}
-    for key, value in params.items():
-        client.log_param(run_id, key, value)
-    if error is not None:
-        for epoch in range(3):  # a learning curve ending at the final error
-            client.log_metric(run_id, "val/error", error + 10 * (2 - epoch), step=epoch)
-        client.log_metric(run_id, "test/error", error, step=3)
-    if full is not None:
-        client.log_metric(run_id, "test_full/error", full, step=3)
-    if predictions is not None:
-        folder = client.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
-        path = f"{folder}/test_predictions.npz"
-        np.savez(path, **predictions)
-        client.log_artifact(run_id, path)
-    client.set_terminated(run_id, status, end_time=2_000 + start)
-    return run_id
-
-
-def new_experiment(tmp_path, name: str):
-    """(tracking URI, client, experiment id) of a fresh SQLite store holding experiment ``name``."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    return uri, client, client.create_experiment(name, artifact_location=(tmp_path / "a").as_uri())
 
 
 @pytest.fixture
@@ -512,16 +470,6 @@ def test_setups_are_told_apart_by_their_setup_hash_and_labelled_by_their_knobs()
     assert set(label_setups(same).setup) == {"grouped", "separable"}
 
 
-def small_real_grid(tmp_path, cifar10_root) -> None:
-    """separable, equivalent and inception, 2 seeds, 1 epoch on real images, into tmp_path."""
-    grid = subprocess.run(
-        [sys.executable, "-m", "hybrid_exp", "-m", "model=separable,equivalent,inception",
-         "seed=0,1", f"data.root={cifar10_root}", "data.train_subset=1000", "data.val_size=200",
-         "data.eval_size=500", *TINY, "trainer.max_epochs=1", PARALLEL],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert grid.returncode == 0, grid.stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_command_on_a_real_grid(tmp_path, cifar10_root):
     small_real_grid(tmp_path, cifar10_root)
@@ -552,11 +500,6 @@ def test_the_papers_values_appear_only_for_its_dataset(tmp_path):
     table = read_summary(out)
     assert table.loc["inception", "mean_delta"] == pytest.approx(np.mean(np.subtract(INCEPTION, BASE)))
     assert np.isnan(table.loc["inception", "paper_mean_abs_delta"])
-
-
-# Stores users really have, with known truth (issue: analysis that stays right in them).
-PAPER_SIX = {"separable": 0.0, "inception": 1.0, "resnext": 0.6, "reformulated_inception": 0.8,
-             "equivalent": 0.05, "hybrid": 0.2}  # true mean delta of each setup
 
 
 def log_six(client, exp, protocol, offset=0.0, seeds=range(5), **kwargs):

@@ -9,11 +9,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
-from hybrid_exp.data import Batches
+from hybrid_exp.batches import Batches
 from hybrid_exp.fusion import member_state
 from hybrid_exp.train import train
 from hydra_plugins.hybrid_exp_launcher.arrays import array_overrides, group_seeds
-from tests.conftest import TINY
+from tests.helpers import TINY, start
 
 TIMING = ("epoch_seconds", "images_per_second")  # the only metrics that may differ between runs
 
@@ -97,8 +97,7 @@ def run(command, cwd):
 @pytest.mark.slow
 def test_a_killed_array_resumes_every_member_into_its_own_run(tmp_path, cifar10_root):
     command = [sys.executable, "-m", "hybrid_exp", *real(cifar10_root, "trainer.max_epochs=4", "seed=[0,1,2]")]
-    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True)
+    job = start(command, cwd=tmp_path)
     for line in job.stdout:  # part-way: the second epoch has ended
         if "epoch 2/4" in line:
             break

@@ -8,10 +8,7 @@ from torch import nn
 from hybrid_exp.backbones import DarkNet, DropPath, FractalBlock, FractalNet
 from hybrid_exp.blocks import Separable, Standard
 from hybrid_exp.seeding import counter_uniform
-from tests.test_blocks import BLOCKS
-
-SMALL_FRACTAL = ["model=fractalnet", "model.columns=2", "model.widths=[8,8,16,16,16]"]
-SMALL_DARKNET = ["model=darknet", "model.layers='8 8 16 M 16 M 32 M 32 m 64'"]
+from tests.helpers import BACKBONES, BLOCKS, SMALL_DARKNET, SMALL_FRACTAL
 
 
 @pytest.fixture
@@ -160,9 +157,9 @@ def test_darknet_rejects_an_unknown_layer():
         DarkNet(Standard, "16 X 32")
 
 
-@pytest.mark.parametrize("backbone", [SMALL_FRACTAL, SMALL_DARKNET])
+@pytest.mark.parametrize("backbone", BACKBONES.values(), ids=BACKBONES.keys())
 @pytest.mark.parametrize("unit", BLOCKS)
-def test_every_unit_trains_a_step_in_both_backbones(instantiate_model, backbone, unit):
+def test_every_unit_trains_a_step_in_every_backbone(instantiate_model, backbone, unit):
     torch.manual_seed(0)
     net = instantiate_model(*backbone, f"model/block={unit}")
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)

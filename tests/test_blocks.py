@@ -4,11 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from hydra.utils import instantiate
+from torch import nn
 
-from hybrid_exp import blocks
-from hybrid_exp import config_dir
+from hybrid_exp import blocks, config_dir
 from hybrid_exp.blocks import Equivalent, Grouped, Hybrid, Separable, SeparableAct
 
 UNITS = {"standard": blocks.Standard, "separable": Separable, "equivalent": Equivalent,
@@ -16,7 +15,6 @@ UNITS = {"standard": blocks.Standard, "separable": Separable, "equivalent": Equi
          "reformulated_inception": blocks.ReformulatedInception, "resnext": blocks.ResNeXt,
          "separable_act": SeparableAct, "grouped": Grouped,
          "extreme_inception": blocks.ExtremeInception, "pointwise_depthwise": blocks.PointwiseDepthwise}
-BLOCKS = sorted(p.stem for p in (Path(config_dir()) / "model/block").glob("*.yaml"))  # the registry
 STACKED_PRESETS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")
                          if not p.stem.startswith(("fractalnet", "darknet")))
 

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from hybrid_exp.checks import ConfigError, check_config, check_values
-from hybrid_exp.tracking import TrackingUnavailable, resolve_tracking_uri
+from hybrid_exp.checks import check_config, check_values
+from hybrid_exp.errors import ConfigError, TrackingUnavailable
+from hybrid_exp.store import resolve_tracking_uri
 
 
 @pytest.mark.parametrize("override, message", [

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from analysis import load_runs
-from tests.conftest import PARALLEL, TINY
+from tests.helpers import PARALLEL, TINY, start
 
 
 def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10_root):
@@ -36,10 +36,8 @@ def test_multirun_grid_finishes_every_run_in_the_default_store(tmp_path, cifar10
 
 
 def test_ctrl_c_marks_the_run_killed_not_running(tmp_path):
-    job = subprocess.Popen(
-        [sys.executable, "-m", "hybrid_exp", "data=synthetic", "data.train_subset=2048", *TINY,
-         "trainer.max_epochs=1000"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = start([sys.executable, "-m", "hybrid_exp", "data=synthetic", "data.train_subset=2048", *TINY,
+                 "trainer.max_epochs=1000"], cwd=tmp_path)
     for line in job.stdout:  # wait until training is under way
         if "epoch 2/1000" in line:
             break
@@ -48,6 +46,20 @@ def test_ctrl_c_marks_the_run_killed_not_running(tmp_path):
     assert job.returncode != 0, output
     run = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").iloc[0]
     assert (run.status, run.error) == ("KILLED", "interrupted")
+
+
+def test_a_child_a_test_signals_gets_sigint_even_from_a_runner_that_ignores_it():
+    """nohup, ``&`` in a script, some CI runners: SIGINT ignored in the test process, and so, by
+    inheritance, in every child it starts, unless the child restores it (helpers.start)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = start([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(120)"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGINT)
+    output = child.communicate(timeout=30)[0]
+    assert child.returncode != 0 and "KeyboardInterrupt" in output
 
 
 @pytest.mark.parametrize("program", ["hybrid_exp.bench", "hybrid_exp.copy_runs", "hybrid_exp.evaluate",
@@ -81,6 +93,15 @@ def test_a_matched_preset_at_another_size_stops_single_or_grid_before_anything_e
     assert run.returncode != 0 and run.stderr.strip().startswith(
         "model=inception_matched matches the baseline's size at model.width=36 only"), run.stderr[-2000:]
     assert len(run.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())  # nothing created
+
+
+def test_a_grid_that_would_fuse_seeds_in_16_mixed_stops_before_anything_exists(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "hybrid_exp", "-m", "experiment=quick", "seed=0,1",
+                          "trainer.precision=16-mixed", "data=synthetic"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and run.stderr.strip().startswith(
+        "trainer.precision=16-mixed cannot train a fused seed array"), run.stderr[-2000:]
+    assert "(job " in run.stderr and len(run.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 def test_help_names_the_program_its_groups_launchers_and_sweepers():

@@ -1,14 +1,15 @@
 """Every config group composes and instantiates; the config contract holds."""
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
 from hybrid_exp import config_dir
-from hybrid_exp.tracking import config_hash
-from pathlib import Path
+from hybrid_exp.schema import config_hash
 
 CONF = Path(config_dir())
 
@@ -50,7 +51,7 @@ def test_config_hash_ignores_paths_and_logging_but_not_training_keys(make_cfg):
 def test_the_hash_holds_the_precision_and_device_a_run_really_trains_on(make_cfg):
     """precision=auto is resolved before hashing: on this machine (no GPU) it is fp32 on the CPU,
     so an fp32 CPU run is never mistaken for a bf16 GPU run of the same config, or the reverse."""
-    from hybrid_exp.tracking import run_schema
+    from hybrid_exp.schema import run_schema
 
     auto = config_hash(make_cfg())
     explicit = config_hash(make_cfg("trainer.precision=32-true", "trainer.accelerator=cpu"))
@@ -129,8 +130,8 @@ GOLDEN = {
 def test_run_identity_and_seed0_weights_are_pinned(name):
     from hydra import compose, initialize_config_dir
 
-    from hybrid_exp.tracking import run_schema
-    from hybrid_exp.train import build_network, member_config
+    from hybrid_exp.members import build_network, member_config
+    from hybrid_exp.schema import run_schema
 
     overrides, config, setup, protocol, weights = GOLDEN[name]
     with initialize_config_dir(config_dir(), version_base="1.3"):
@@ -140,3 +141,34 @@ def test_run_identity_and_seed0_weights_are_pinned(name):
     state = build_network(member_config(cfg, 0)).state_dict()
     assert sum(float(v.double().sum()) for v in state.values() if v.is_floating_point()) == pytest.approx(
         weights, rel=1e-12)
+
+
+def test_a_checkouts_commit_says_dirty_and_its_diff_says_how(tmp_path):
+    import subprocess
+
+    from hybrid_exp.schema import git_diff, git_sha
+
+    assert (git_sha(tmp_path), git_diff(tmp_path)) == ("unknown", "")  # not a git checkout
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                                       cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "unit.py").write_text("width = 64\n")
+    git("add", "unit.py")
+    git("commit", "-qm", "a unit")
+    head = git_sha(tmp_path)
+    assert len(head) == 40 and git_diff(tmp_path) == ""
+    (tmp_path / "unit.py").write_text("width = 32\n")
+    assert git_sha(tmp_path) == f"{head}+dirty"
+    assert "-width = 64\n+width = 32" in git_diff(tmp_path)
+
+
+def test_the_run_identity_section_names_what_the_code_leaves_out_and_compares_under():
+    from hybrid_exp.schema import DEFAULTS_OUT_OF_HASH, PROTOCOL_KEYS, UNHASHED_KEYS
+
+    section = (Path(__file__).resolve().parent.parent / "docs/scaling.md").read_text().split("## Run identity")[1]
+    section = section.split("\n## ")[0].replace("\n", " ")
+    listed = section.split("What stays out (`UNHASHED_KEYS`)")[1].split("(a test keeps")[0]
+    assert sorted(re.findall(r"`([^`]+)`", listed)) == sorted(UNHASHED_KEYS)
+    assert all(f"`{key}`" in section for key in PROTOCOL_KEYS)
+    assert all(f"`{key}: null`" in section or key in section for key in DEFAULTS_OUT_OF_HASH)
+

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from hybrid_exp import data, dataset_files
-from hybrid_exp.data import Batches, CIFAR10, DataError, crop_flip, load_cifar10
+from hybrid_exp.batches import Batches, crop_flip
+from hybrid_exp.data import CIFAR10
+from hybrid_exp.dataset_files import load_cifar10
+from hybrid_exp.errors import DataError
 
 
 def write_official_batches(folder, n_per_batch=20, seed=0):
@@ -28,7 +31,7 @@ def write_official_batches(folder, n_per_batch=20, seed=0):
 
 def test_pickle_reader_reads_the_official_format(tmp_path):
     md5, images, labels = write_official_batches(tmp_path / "cifar-10-batches-py")
-    x_train, y_train, x_test, y_test = data.read_pickle(tmp_path / "cifar-10-batches-py", md5)
+    x_train, y_train, x_test, y_test = dataset_files.read_pickle(tmp_path / "cifar-10-batches-py", md5)
     assert x_train.shape == (100, 32, 32, 3) and x_train.dtype == np.uint8
     np.testing.assert_array_equal(x_train[20:40], images["data_batch_2"])  # HWC, in order
     np.testing.assert_array_equal(y_train[:20], labels["data_batch_1"])
@@ -43,7 +46,7 @@ def test_corrupt_batch_fails_its_checksum_naming_the_file(tmp_path):
     blob[-10] ^= 0xFF
     (folder / "data_batch_3").write_bytes(bytes(blob))
     with pytest.raises(DataError, match=r"data_batch_3 fails its md5 check"):
-        data.read_pickle(folder, md5)
+        dataset_files.read_pickle(folder, md5)
 
 
 def test_official_batches_checksums_are_enforced(tmp_path):
@@ -55,10 +58,10 @@ def test_official_batches_checksums_are_enforced(tmp_path):
 
 
 def test_corrupt_archive_fails_its_checksum_and_extracts_nothing(tmp_path):
-    (tmp_path / data.ARCHIVE).write_bytes(b"not the CIFAR-10 archive")
-    with pytest.raises(DataError, match=rf"{data.ARCHIVE} fails its md5 check.*delete"):
+    (tmp_path / dataset_files.ARCHIVE).write_bytes(b"not the CIFAR-10 archive")
+    with pytest.raises(DataError, match=rf"{dataset_files.ARCHIVE} fails its md5 check.*delete"):
         load_cifar10(tmp_path, "auto", download_missing=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [data.ARCHIVE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dataset_files.ARCHIVE]
 
 
 def test_missing_dataset_says_where_files_go(tmp_path):
@@ -102,7 +105,7 @@ def test_real_cifar10_is_complete_and_cached(cifar10_root):
 def test_cache_is_written_once_and_an_unreadable_one_is_rebuilt(tmp_path, monkeypatch):
     md5, images, _ = write_official_batches(tmp_path / "cifar-10-batches-py")
     for name, digest in md5.items():  # accept the small files as if official
-        monkeypatch.setitem(data.BATCH_MD5, name, digest)
+        monkeypatch.setitem(dataset_files.BATCH_MD5, name, digest)
     cache = tmp_path / "cifar-10-batches-py" / "cifar10-pickle-uint8.npz"
     np.testing.assert_array_equal(load_cifar10(tmp_path)[2], images["test_batch"])
     assert cache.is_file()
@@ -110,7 +113,7 @@ def test_cache_is_written_once_and_an_unreadable_one_is_rebuilt(tmp_path, monkey
     np.testing.assert_array_equal(load_cifar10(tmp_path)[2], images["test_batch"])
     monkeypatch.undo()
     for name, digest in md5.items():
-        monkeypatch.setitem(data.BATCH_MD5, name, digest)
+        monkeypatch.setitem(dataset_files.BATCH_MD5, name, digest)
     cache.write_bytes(b"truncated")
     np.testing.assert_array_equal(load_cifar10(tmp_path)[2], images["test_batch"])
     with np.load(cache) as z:  # rebuilt whole, no temporary file left behind
@@ -199,7 +202,7 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
     """A cache cut short by a full disk, or with a bad CRC, is rebuilt, not fatal on every run."""
     md5, images, _ = write_official_batches(tmp_path / "cifar-10-batches-py")
     for name, digest in md5.items():
-        monkeypatch.setitem(data.BATCH_MD5, name, digest)
+        monkeypatch.setitem(dataset_files.BATCH_MD5, name, digest)
     load_cifar10(tmp_path)
     cache = tmp_path / "cifar-10-batches-py" / "cifar10-pickle-uint8.npz"
     blob = bytearray(cache.read_bytes())

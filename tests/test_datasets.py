@@ -13,10 +13,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from hybrid_exp import data
-from hybrid_exp.checks import ConfigError, check_config
-from hybrid_exp.data import Batches, DataError
-from hybrid_exp.tracking import config_hash
+from hybrid_exp import data, dataset_files
+from hybrid_exp.batches import Batches
+from hybrid_exp.checks import check_config
+from hybrid_exp.errors import ConfigError, DataError
+from hybrid_exp.schema import config_hash
 
 
 def write_cifar100_archive(root, n_train=300, n_test=100, seed=0):
@@ -35,10 +36,10 @@ def write_cifar100_archive(root, n_train=300, n_test=100, seed=0):
         members[name], labels[name] = blob, (fine, coarse)
     members["meta"] = pickle.dumps({b"fine_label_names": [f"c{i}".encode() for i in range(100)],
                                     b"coarse_label_names": [f"s{i}".encode() for i in range(20)]})
-    archive = root / data.CIFAR100_ARCHIVE
+    archive = root / dataset_files.CIFAR100_ARCHIVE
     with tarfile.open(archive, "w:gz") as tar:
         for name, blob in members.items():
-            info = tarfile.TarInfo(f"{data.CIFAR100_DIR}/{name}")
+            info = tarfile.TarInfo(f"{dataset_files.CIFAR100_DIR}/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     md5 = {name: hashlib.md5(blob).hexdigest() for name, blob in members.items() if name != "meta"}
@@ -48,8 +49,8 @@ def write_cifar100_archive(root, n_train=300, n_test=100, seed=0):
 @pytest.fixture
 def cifar100_root(tmp_path, monkeypatch):
     archive_md5, md5, labels = write_cifar100_archive(tmp_path / "cifar100")
-    monkeypatch.setattr(data, "CIFAR100_ARCHIVE_MD5", archive_md5)  # accept the small files as official
-    monkeypatch.setattr(data, "CIFAR100_MD5", md5)
+    monkeypatch.setattr(dataset_files, "CIFAR100_ARCHIVE_MD5", archive_md5)  # accept the small files as official
+    monkeypatch.setattr(dataset_files, "CIFAR100_MD5", md5)
     return tmp_path / "cifar100", labels
 
 
@@ -59,7 +60,7 @@ def test_cifar100_extracts_its_archive_and_reads_fine_or_coarse_labels(make_cfg,
     x_train, y_train, x_test, y_test = fine.load()
     assert x_train.shape == (300, 32, 32, 3) and x_test.shape == (100, 32, 32, 3)
     np.testing.assert_array_equal(y_train, labels["train"][0])
-    assert (root / data.CIFAR100_DIR / "train").is_file()  # extracted beside the archive
+    assert (root / dataset_files.CIFAR100_DIR / "train").is_file()  # extracted beside the archive
     coarse_cfg = make_cfg("data=cifar100", f"data.root={root}", "data.labels=coarse", "data.num_classes=20")
     check_config(coarse_cfg)
     assert coarse_cfg.model.num_classes == 20  # the model follows the data
@@ -72,9 +73,9 @@ def test_cifar100_extracts_its_archive_and_reads_fine_or_coarse_labels(make_cfg,
 def test_cifar100_refuses_a_corrupt_archive_in_one_sentence(tmp_path):
     root = tmp_path / "cifar100"
     write_cifar100_archive(root)  # its md5 is not the official one
-    with pytest.raises(DataError, match=rf"{data.CIFAR100_ARCHIVE} fails its md5 check.*delete"):
+    with pytest.raises(DataError, match=rf"{dataset_files.CIFAR100_ARCHIVE} fails its md5 check.*delete"):
         data.CIFAR100(str(root)).load()
-    assert not (root / data.CIFAR100_DIR).exists()  # nothing half-extracted
+    assert not (root / dataset_files.CIFAR100_DIR).exists()  # nothing half-extracted
 
 
 def test_a_missing_dataset_without_download_names_what_to_put_where(tmp_path):
@@ -103,7 +104,7 @@ def write_svhn(root, n_train=40, n_test=20, seed=0):
 
 def test_svhn_reads_the_official_mat_files_with_0_for_label_10(make_cfg, tmp_path, monkeypatch):
     md5, digits = write_svhn(tmp_path)
-    monkeypatch.setattr(data, "SVHN_MD5", {**data.SVHN_MD5, **md5})
+    monkeypatch.setattr(dataset_files, "SVHN_MD5", {**dataset_files.SVHN_MD5, **md5})
     svhn = instantiate(make_cfg("data=svhn", f"data.root={tmp_path}").data, seeds=[0])
     x_train, y_train, x_test, y_test = svhn.load()
     assert x_train.shape == (40, 32, 32, 3) and x_test.shape == (20, 32, 32, 3)
@@ -149,7 +150,6 @@ def test_a_warm_start_reads_no_image_and_hashes_none_until_one_image_changes(mak
     image, whatever its size, is decoded again and changes the fingerprint."""
     from PIL import Image
 
-    from hybrid_exp import dataset_files
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("test", 6)):
@@ -208,8 +208,8 @@ def test_fig4_grid_trains_on_cifar100(tmp_path):
     """`experiment=fig4 data=cifar100` composes and trains end to end, on a test-made archive
     (marked official for this process: a launcher that runs jobs in-process keeps the mark)."""
     archive_md5, md5, _ = write_cifar100_archive(tmp_path / "cifar100", n_train=400, n_test=200)
-    script = (f"import sys; from hybrid_exp import data; data.CIFAR100_ARCHIVE_MD5 = {archive_md5!r}; "
-              f"data.CIFAR100_MD5 = {md5!r}; from hybrid_exp.cli import main; main()")
+    script = (f"import sys; from hybrid_exp import dataset_files; dataset_files.CIFAR100_ARCHIVE_MD5 = {archive_md5!r}; "
+              f"dataset_files.CIFAR100_MD5 = {md5!r}; from hybrid_exp.cli import main; main()")
     run = subprocess.run(
         [sys.executable, "-c", script, "experiment=fig4", "data=cifar100", f"data.root={tmp_path / 'cifar100'}",
          "data.val_size=100", "data.eval_size=100", "data.batch_size=50", "trainer.max_epochs=1",
@@ -241,7 +241,7 @@ def test_one_config_on_other_pixels_is_trained_again_and_tagged_apart(make_cfg, 
     from mlflow.tracking import MlflowClient
 
     from hybrid_exp.train import train
-    from tests.conftest import TINY
+    from tests.helpers import TINY
 
     write_image_folder(tmp_path / "first", seed=0)
     write_image_folder(tmp_path / "second", seed=1)

@@ -7,10 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
-from hybrid_exp import docs
-from hybrid_exp import config_dir
+from hybrid_exp import config_dir, variants_table
 from hybrid_exp.train import train
-from tests.conftest import FAST, PARALLEL, TINY
+from tests.helpers import FAST, PARALLEL, TINY
 
 SYNTHETIC_DATA = ["data=synthetic", "data.train_subset=256", "data.val_size=64", "data.eval_size=128"]
 SYNTHETIC = [*SYNTHETIC_DATA, *TINY, "trainer.max_epochs=1"]
@@ -103,9 +102,9 @@ def test_impossible_shape_fails_in_one_sentence_before_any_run(tmp_path):
 
 
 def test_docs_table_is_generated_from_the_code():
-    text = docs.DOC.read_text()
-    assert docs.render(text) == text, "docs/variants.md is stale: run python -m hybrid_exp.docs"
-    for name in docs.presets():
+    text = variants_table.DOC.read_text()
+    assert variants_table.render(text) == text, "docs/variants.md is stale: run python -m hybrid_exp.variants_table"
+    for name in variants_table.presets():
         assert f"| `{name}` |" in text
     for backbone in ("fractalnet", "darknet", "darknet19"):  # Figs. 5-6: both units listed
         assert f"| `{backbone}` | {backbone.rstrip('19')} | `separable` |" in text

@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from hybrid_exp import config_dir
-from hybrid_exp.data import ResidentData, load_cifar10
+from hybrid_exp.data import ResidentData
+from hybrid_exp.dataset_files import load_cifar10
 from hybrid_exp.fusion import cat_channels, fuse, member_state
-from hybrid_exp.module import Classifier, prepare_network
-from hybrid_exp.train import build_network, member_config
-from tests.test_backbones import SMALL_DARKNET, SMALL_FRACTAL
+from hybrid_exp.members import build_network, member_config
+from hybrid_exp.module import prepare_network
+from tests.helpers import BACKBONES, sgd_steps
 
 SEEDS = [0, 3, 7]  # the members of the array under test
 UNITS = sorted(p.stem for p in (Path(config_dir()) / "model/block").glob("*.yaml"))
-BACKBONES = {"stacked": ["model=separable", "model.width=8", "model.depth=1"],
-             "fractalnet": SMALL_FRACTAL, "darknet": SMALL_DARKNET}
 FAST_CASES = {"separable", "standard", "inception", "equivalent"}  # the rest run in the slow suite
 
 
@@ -39,16 +38,6 @@ def real_data(arrays, seeds):
     data = Loaded(arrays, batch_size=8, val_size=100, eval_size=100, train_subset=40, seeds=seeds)
     data.setup()
     return data
-
-
-def sgd_steps(net: torch.nn.Module, members: int, data, steps: int = 4) -> Classifier:
-    """``steps`` training steps of the platform's module and optimizer settings, in the net's dtype."""
-    module = Classifier(net, lr=0.05, members=members)
-    module.prepare_fit(module.configure_optimizers(), steps_per_epoch=steps, epochs=2)
-    module.on_train_epoch_start()
-    for step, (x, y) in zip(range(steps), data.train_dataloader()):
-        module.fit_step((x.to(next(net.parameters()).dtype), y), step)  # the training step itself
-    return module
 
 
 def cases():

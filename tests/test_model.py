@@ -50,8 +50,8 @@ def test_warmup_then_cosine_to_zero():
 
 def test_depthwise_weight_decay_is_its_own_group_and_off_by_default(make_cfg):
     from hybrid_exp.fusion import fuse
+    from hybrid_exp.members import build_network, member_config
     from hybrid_exp.module import Classifier, is_depthwise
-    from hybrid_exp.train import build_network, member_config
 
     cfg = make_cfg("model=equivalent", "model.width=8", "model.depth=1")
     nets = [build_network(member_config(cfg, seed)) for seed in (0, 1)]

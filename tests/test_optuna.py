@@ -239,7 +239,7 @@ def test_a_misspelt_objective_stops_the_sweep_before_any_trial(tmp_path):
 def test_an_objective_no_run_logged_is_no_value_rather_than_the_test_error():
     from omegaconf import OmegaConf
 
-    from hybrid_exp.cli import objective
+    from hybrid_exp.job import objective
 
     metrics = {"test/error": 12.0, "train/loss": 0.5}  # a run without a validation split
     assert objective(OmegaConf.create({"objective": "val/error"}), metrics) is None

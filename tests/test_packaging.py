@@ -4,7 +4,7 @@ import subprocess
 import sys
 import zipfile
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_wheel_carries_the_configs_and_runs_from_them(tmp_path):

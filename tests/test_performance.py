@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybrid_exp.benchmark import PAPER_FIG4, project, protocol, protocol_setups
+from hybrid_exp.batches import Batches, crop_flip
+from hybrid_exp.conventional import AugmentedImages
 from hybrid_exp.costs import step_costs
-from hybrid_exp.data import AugmentedImages
-from hybrid_exp.data import MEAN, STD, Batches, crop_flip
-from hybrid_exp.module import prepare_network, resolve_precision
+from hybrid_exp.dataset_files import MEAN, STD
+from hybrid_exp.device import resolve_precision
 from hybrid_exp.fusion import fuse
-from hybrid_exp.train import build_network, member_config, train
-from tests.conftest import FAST, TINY
-from tests.test_backbones import SMALL_FRACTAL
+from hybrid_exp.members import build_network, member_config
+from hybrid_exp.module import prepare_network
+from hybrid_exp.throughput import PAPER_FIG4, project, protocol, protocol_setups
+from hybrid_exp.train import train
+from tests.helpers import FAST, SMALL_FRACTAL, TINY, start
 
 
 def test_per_image_augmentation_draws_the_same_crops_and_flips_as_the_batched_one():
@@ -87,8 +89,8 @@ def test_grouped_convs_backward_flops_are_counted_with_their_groups():
         conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=groups, bias=False)
         x = torch.randn(2, 64, 8, 8, requires_grad=True)
         forward = 2 * 2 * 64 * 8 * 8 * (64 // groups) * 9  # 2 x multiply-adds
-        assert step_costs(lambda: conv(x))["flops"] == forward
-        assert step_costs(lambda: conv(x).sum().backward())["flops"] == 3 * forward
+        assert step_costs(lambda conv=conv, x=x: conv(x))["flops"] == forward
+        assert step_costs(lambda conv=conv, x=x: conv(x).sum().backward())["flops"] == 3 * forward
 
 
 def test_traffic_counts_what_each_operator_reads_and_writes():
@@ -169,7 +171,7 @@ def test_compiled_training_runs_and_matches_the_plain_one(make_cfg):
 def test_a_compiled_fused_array_trains_as_the_eager_one_in_float64(make_cfg):
     """trainer.compile=true on an array: the same weights after SGD steps, to float64 rounding
     (inception: its branches concatenate within each member's channels)."""
-    from tests.test_fusion import sgd_steps
+    from tests.helpers import sgd_steps
 
     class Batches:  # real shapes, random values: the compiled code sees what training sees
         def train_dataloader(self):
@@ -193,7 +195,7 @@ def test_a_compiled_fused_array_trains_as_the_eager_one_in_float64(make_cfg):
 
 @pytest.mark.slow
 def test_bench_e2e_times_a_real_fused_grid_per_member(cifar10_root):
-    from hybrid_exp.benchmark import e2e
+    from hybrid_exp.throughput import e2e
     rows = e2e(["separable", "hybrid"], str(cifar10_root), members=2, epochs=2,
                overrides=("data.train_subset=500", "data.val_size=200", "data.eval_size=200", *TINY))
     assert [(r["setup"], r["seed"]) for r in rows] == [("hybrid", 0), ("hybrid", 1),
@@ -207,10 +209,9 @@ def test_bench_e2e_times_a_real_fused_grid_per_member(cifar10_root):
 def test_a_bench_killed_after_its_first_setup_leaves_that_setups_figures(tmp_path, cifar10_root):
     """--modes times only the modes named; the JSON is on disk before a setup's row is printed."""
     out = tmp_path / "bench.json"
-    bench = subprocess.Popen([sys.executable, "-m", "hybrid_exp.bench", "--models", "separable", "inception",
+    bench = start([sys.executable, "-m", "hybrid_exp.bench", "--models", "separable", "inception",
                               "--modes", "fast", "fused", "--fuse", "2", "--seconds", "0.05",
-                              "--batch-size", "16", "--data-root", str(cifar10_root), "--json", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   "--batch-size", "16", "--data-root", str(cifar10_root), "--json", str(out)])
     for line in bench.stdout:
         if line.startswith("separable "):
             break
@@ -225,7 +226,7 @@ def test_a_bench_killed_after_its_first_setup_leaves_that_setups_figures(tmp_pat
 
 
 def test_a_failing_setup_is_its_row_and_the_next_is_timed(tmp_path, capsys, monkeypatch, cifar10_root):
-    from hybrid_exp import benchmark
+    from hybrid_exp import throughput
     from hybrid_exp.bench import main
 
     def bench(setup, *args, **kwargs):
@@ -234,7 +235,7 @@ def test_a_failing_setup_is_its_row_and_the_next_is_timed(tmp_path, capsys, monk
         return {"setup": setup, "fuse": 1, "skipped": {}, "fast_images_per_s": 100.0,
                 "flops_per_image": 1e9, "bytes_per_image": 1e6, "fast_eval_images_per_s": 300.0}
 
-    monkeypatch.setattr(benchmark, "bench", bench)
+    monkeypatch.setattr(throughput, "bench", bench)
     report = main(["--models", "inception", "separable", "--modes", "fast", "--device", "cpu",
                    "--data-root", str(cifar10_root), "--json", str(tmp_path / "b.json")])
     failed, timed = report["results"]
@@ -247,8 +248,8 @@ def test_a_failing_setup_is_its_row_and_the_next_is_timed(tmp_path, capsys, monk
 def test_the_bench_and_training_make_the_same_graph_decision():
     """FractalNet with dropout (Fig. 5's default) seeds its dropout on the host every step: no
     graph mode on any device; the stacked networks can be captured on a GPU only."""
-    from hybrid_exp.benchmark import default_modes, network
     from hybrid_exp.module import graph_blocker
+    from hybrid_exp.throughput import default_modes, network
 
     fractal, stacked = network("fractalnet", torch.device("cpu")), network("inception", torch.device("cpu"))
     assert graph_blocker(fractal, on_gpu=True).startswith("FractalNet seeds its dropout on the host")
@@ -393,8 +394,8 @@ def test_every_conv_alternative_computes_the_grouped_conv_exactly(input_shape, w
 
 
 def test_conv_shapes_finds_each_distinct_conv_of_a_fused_training_step():
-    from hybrid_exp.benchmark import network
     from hybrid_exp.conv_alternatives import conv_shapes
+    from hybrid_exp.throughput import network
 
     array = network("resnext", torch.device("cpu"), members=2)
     x = torch.randn(2, 6, 32, 32)  # 2 members' images

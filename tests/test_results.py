@@ -11,10 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis import AnalysisError
-from analysis.bundle import publish, regenerate
+from analysis.bundle import publish, regenerate, republish
 from analysis.results import README, readme_section, write_index
-from tests.conftest import REPO
-from tests.test_analysis import BASE, PAPER_SIX, log_run, new_experiment, small_real_grid
+from tests.helpers import BASE, PAPER_SIX, REPO, log_run, new_experiment, small_real_grid
 
 RESULTS = REPO / "results"
 
@@ -54,6 +53,22 @@ def test_a_bundle_is_small_complete_and_regenerates_its_summary_to_the_last_digi
     assert (again / "similarity.csv").read_text() == (bundle / "similarity.csv").read_text()
     report = (again / "report.md").read_text()
     assert "Duplicate" in report and "FAILED, not averaged in: `resnext-seed9`" in report
+
+
+def test_a_bundle_keeps_the_uncommitted_changes_its_runs_trained_with(tmp_path):
+    uri = log_store(tmp_path)
+    client = MlflowClient(uri)
+    run_id = client.search_runs([client.get_experiment_by_name("fig4").experiment_id],
+                                "tags.setup = 'inception' and tags.seed = '2'")[0].info.run_id
+    change = "diff --git a/hybrid_exp/blocks.py b/hybrid_exp/blocks.py\n+# tried a variant\n"
+    client.set_tag(run_id, "git_sha", "0123abc+dirty")  # as a run from a dirty checkout is tagged
+    client.log_text(run_id, change, "git_diff.patch")
+    bundle = publish("fig4", uri, tmp_path / "b", "")
+    meta = json.loads((bundle / "provenance.json").read_text())
+    name = next(name for name, owners in meta["diffs"].items() if owners == [run_id])
+    assert (bundle / name).read_text() == change and meta["sha256"][name]
+    republish(bundle, bundle, "")  # still a bundle this project wrote: brought up to date in place
+    assert (bundle / name).read_text() == change
 
 
 def test_a_bundle_edited_after_publishing_is_refused(tmp_path):

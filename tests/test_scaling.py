@@ -13,12 +13,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from analysis import load_runs
-from hybrid_exp import tracking
+from hybrid_exp import store, tracking
+from hybrid_exp.schema import config_hash
 from hybrid_exp.train import train
 from hydra_plugins.hybrid_exp_launcher.gpus import claim, default_lock_dir, make_slots, private_dir
-
-SMALL = ["data=synthetic", "data.train_subset=1024", "data.val_size=128", "data.eval_size=128",
-         "model.width=8", "model.depth=1", "data.batch_size=64", "optim.warmup_epochs=0"]
+from tests.helpers import SMALL, start
 
 
 def grid(*args, cwd, **kwargs):
@@ -30,8 +29,7 @@ def grid(*args, cwd, **kwargs):
 def test_killed_grid_relaunched_finishes_each_config_once_resuming_from_checkpoints(tmp_path):
     command = [sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=6",
                "seed=range(6)", "hydra.launcher.n_jobs=2"]
-    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    job = start(command, cwd=tmp_path)
     for line in job.stdout:  # part-way: the first jobs are in their third epoch
         if "epoch 3/6" in line:
             break
@@ -51,16 +49,16 @@ def test_killed_grid_relaunched_finishes_each_config_once_resuming_from_checkpoi
     resumed = [r for r in resumed if "resumed_from_epoch" in r.data.tags]
     assert resumed, "a run killed after its first epoch resumes from its checkpoint"
     for run in resumed:
-        start = int(run.data.tags["resumed_from_epoch"])
+        resumed_at = int(run.data.tags["resumed_from_epoch"])
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/error")]
-        assert 1 <= start < 6 and sorted(steps) == list(range(1, 7))  # continuous, in the same run
+        assert 1 <= resumed_at < 6 and sorted(steps) == list(range(1, 7))  # continuous, in the same run
         assert run.info.run_id in interrupted.run_id.values
     assert "Grid summary:" in relaunch.stderr + relaunch.stdout
 
 
 def test_a_resumed_run_logs_each_epoch_once(tmp_path):
     """Killed after logging epoch 2 but before its checkpoint: the replayed epoch 2 is not doubled."""
-    client, experiment_id = tracking.connect(OmegaConf.create(
+    client, experiment_id = store.connect(OmegaConf.create(
         {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment_name": "resume"}))
     run_id = client.create_run(experiment_id).info.run_id
     first = tracking.TrackedRun(client, run_id, resumed=False)
@@ -102,8 +100,8 @@ def writer(uri: str, experiment_id: str, index: int, steps: int) -> None:
     client = MlflowClient(uri)
     cfg = OmegaConf.create({"seed": index, "logger": {"tracking_uri": uri},
                             "knobs": {f"k{i}": i for i in range(30)}})
-    with tracking.mlflow_run(client, experiment_id, cfg, {"setup": "w", "seed": str(index)},
-                             {"params": index}) as run:
+    with tracking.Experiment(client, experiment_id).open_run(cfg, {"setup": "w", "seed": str(index)},
+                                                             {"params": index}) as run:
         for step in range(steps):
             run.log({f"m{j}": step * j for j in range(5)}, step=step)
 
@@ -111,7 +109,7 @@ def writer(uri: str, experiment_id: str, index: int, steps: int) -> None:
 @pytest.mark.slow
 def test_eight_parallel_writers_lose_nothing_in_the_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client, experiment_id = tracking.connect(OmegaConf.create(
+    client, experiment_id = store.connect(OmegaConf.create(
         {"tracking_uri": uri, "experiment_name": "load"}))  # created once, before the jobs
     spawn = multiprocessing.get_context("spawn")
     jobs = [spawn.Process(target=writer, args=(uri, experiment_id, i, 25)) for i in range(8)]
@@ -189,6 +187,7 @@ def test_submitit_local_grid_of_two(tmp_path):
 
 def test_slurm_preset_asks_for_one_gpu_per_job_and_requeues(make_cfg):
     from hydra import compose, initialize_config_dir
+
     from hybrid_exp import config_dir
 
     with initialize_config_dir(config_dir(), version_base="1.3"):
@@ -205,8 +204,7 @@ def test_slurm_preset_asks_for_one_gpu_per_job_and_requeues(make_cfg):
 def test_ctrl_c_of_a_grid_ends_with_its_summary_and_no_traceback(tmp_path):
     command = [sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=50",
                "model=separable,standard,hybrid", "seed=0"]
-    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True)
+    job = start(command, cwd=tmp_path)
     lines = []
     for line in job.stdout:  # the first job is training
         lines.append(line)
@@ -356,9 +354,8 @@ def test_a_job_waiting_for_a_slot_names_its_holder_and_how_to_run_beside_it(tmp_
 def test_a_grid_says_started_only_once_its_job_holds_a_slot(tmp_path):
     locks = tmp_path / "locks"
     holder = hold_slot(locks)
-    job = subprocess.Popen([sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=1",
-                            "seed=0", f"hydra.launcher.lock_dir={locks}"], cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = start([sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=1",
+                 "seed=0", f"hydra.launcher.lock_dir={locks}"], cwd=tmp_path)
     before = []
     for line in job.stdout:  # the job waits for the slot the holder has
         before.append(line)
@@ -394,9 +391,9 @@ def test_a_relaunch_decides_its_skips_before_starting_any_job(tmp_path):
 
 def test_a_run_left_running_without_its_checkpoint_ends_killed_when_its_config_trains_again(make_cfg, tmp_path):
     cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
-    client, experiment_id = tracking.connect(cfg.logger)
+    client, experiment_id = store.connect(cfg.logger)
     orphan = client.create_run(experiment_id, run_name="separable-seed0",  # a trainer killed, then
-                               tags={"config_hash": tracking.config_hash(cfg)}).info.run_id  # checkpoints/ deleted
+                               tags={"config_hash": config_hash(cfg)}).info.run_id  # checkpoints/ deleted
     result = train(cfg)[0]
     assert result.status == "finished" and result.run_id != orphan
     ended = client.get_run(orphan)
@@ -408,8 +405,7 @@ def test_two_identical_grids_launched_together_train_each_config_once(tmp_path):
     """Each with its own slots (so both run at once): the second waits for the config the
     first trains, then skips it; however they interleave, one FINISHED run per config."""
     command = [sys.executable, "-m", "hybrid_exp", "-m", *SMALL, "trainer.max_epochs=3", "seed=0"]
-    grids = [subprocess.Popen([*command, f"hydra.launcher.lock_dir={tmp_path / f'slots{i}'}"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    grids = [start([*command, f"hydra.launcher.lock_dir={tmp_path / f'slots{i}'}"], cwd=tmp_path) for i in (0, 1)]
     outputs = [g.communicate(timeout=600)[0] for g in grids]
     assert [g.returncode for g in grids] == [0, 0], outputs
     runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")

@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from hybrid_exp.checks import ConfigError
+from hybrid_exp.errors import ConfigError
 from hybrid_exp.registry import build, registry
 
 
@@ -155,7 +155,8 @@ def test_only_model_and_data_are_built_and_every_project_unit_is_registered():
 
 
 def test_extracting_never_replaces_a_folder_that_is_not_the_datasets(tmp_path):
-    from hybrid_exp.dataset_files import DataError, extract
+    from hybrid_exp.dataset_files import extract
+    from hybrid_exp.errors import DataError
 
     (tmp_path / "src" / "batches").mkdir(parents=True)
     (tmp_path / "src" / "batches" / "data_batch_1").write_text("new")
@@ -173,7 +174,8 @@ def test_extracting_never_replaces_a_folder_that_is_not_the_datasets(tmp_path):
 
 
 def test_a_failed_download_deletes_only_its_own_partial_file(tmp_path):
-    from hybrid_exp.dataset_files import DataError, fetch
+    from hybrid_exp.dataset_files import fetch
+    from hybrid_exp.errors import DataError
 
     mine = tmp_path / "archive.tar.gz.part"  # a file of the user's, named as the old partial was
     mine.write_text("mine")

@@ -12,9 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
-from tests.conftest import REPO
-from tests.test_scaling import SMALL
-from tests.test_tracking_server import PASSWORD, postgres  # noqa: F401 (a fixture)
+from tests.helpers import PASSWORD, REPO, SMALL
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

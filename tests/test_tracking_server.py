@@ -4,14 +4,10 @@ grids logging over HTTP, runs read back through MLflow's REST API."""
 import base64
 import json
 import os
-import pwd
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,19 +19,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from hybrid_exp.copy_runs import COPIED_FROM, copy_runs
-from hybrid_exp.tracking import TrackingUnavailable, check_server
-from tests.conftest import PARALLEL, REPO, TINY
+from hybrid_exp.errors import TrackingUnavailable
+from hybrid_exp.store import check_server
+from tests.helpers import PARALLEL, PASSWORD, REPO, TINY, free_port
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-PASSWORD = "test-only-password"
 GUARD = "/usr/local/bin/refuse-placeholders"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
@@ -158,54 +149,11 @@ def test_unreachable_server_fails_in_seconds_with_one_sentence(tmp_path):
 # ---------------------------------------------------------------------------- native servers
 
 
-def postgres_bin() -> Path:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if not installed:
-        pytest.fail("PostgreSQL not installed: apt-get install postgresql-15 (.ci/run does this)")
-    return installed[-1].parent
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL on a free loopback port; yields a function that creates a database
-    and returns its SQLAlchemy URI. As root, the server runs as an unprivileged user."""
-    bin_dir = postgres_bin()
-    as_user = []
-    root = Path(tempfile.mkdtemp(prefix="hybrid-exp-pg-"))
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        user = "postgres" if "postgres" in {u.pw_name for u in pwd.getpwall()} else "nobody"
-        as_user = ["runuser", "-u", user, "--"]
-        shutil.chown(root, user)
-    (root / "pw").write_text(PASSWORD)
-    if as_user:
-        shutil.chown(root / "pw", as_user[2])
-    port = free_port()
-    run = lambda *args: subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True)
-    run(bin_dir / "initdb", "-D", root / "data", "-U", "hybrid", "--auth=scram-sha-256",
-        f"--pwfile={root / 'pw'}", "-E", "UTF8", "--no-sync")
-    run(bin_dir / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "start", "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
-    base = f"postgresql://hybrid:{PASSWORD}@127.0.0.1:{port}"
-
-    def database(name: str) -> str:
-        import psycopg  # the driver the compose image installs
-        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"{base}/{name}"
-
-    yield database
-    run(bin_dir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
-    shutil.rmtree(root, ignore_errors=True)
-
-
 class MlflowServer:
     """`mlflow server` started natively with the compose service's arguments and environment;
     only the bind address, port and artifact folder differ (a container's are fixed)."""
 
-    def __init__(self, service: str, backend_uri: str, folder: Path, env: dict[str, str] = {}):
+    def __init__(self, service: str, backend_uri: str, folder: Path, env: dict[str, str] | None = None):
         spec = SERVICES[service]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -218,7 +166,7 @@ class MlflowServer:
         assert args[0] == GUARD  # run as in the container: the guard, then the server
         args[:2] = [str(REPO / "docker/refuse-placeholders.sh"), str(Path(sys.executable).parent / "mlflow")]
         self.args = args
-        self.env = {**os.environ, "POSTGRES_PASSWORD": PASSWORD, **env, "MLFLOW_BACKEND_STORE_URI": backend_uri,
+        self.env = {**os.environ, "POSTGRES_PASSWORD": PASSWORD, **(env or {}), "MLFLOW_BACKEND_STORE_URI": backend_uri,
                     "REQUIRED_SECRETS": spec["environment"]["REQUIRED_SECRETS"]}
         self.log = folder / "server.log"
         self.process = None
@@ -282,7 +230,7 @@ def new_server(postgres, tmp_path):
     """start(service, env) -> a server of this test's own, on a fresh database; killed after."""
     started = []
 
-    def start(service: str = "mlflow", env: dict[str, str] = {}) -> MlflowServer:
+    def start(service: str = "mlflow", env: dict[str, str] | None = None) -> MlflowServer:
         folder = tmp_path / f"server{len(started)}"
         folder.mkdir()
         database = postgres(f"{tmp_path.name}_{len(started)}".lower())
@@ -295,9 +243,9 @@ def new_server(postgres, tmp_path):
             server.stop(signal.SIGKILL)
 
 
-def job(cwd: Path, *overrides: str, env: dict[str, str] = {}, multirun: bool = True):
+def job(cwd: Path, *overrides: str, env: dict[str, str] | None = None, multirun: bool = True):
     return subprocess.run([sys.executable, "-m", "hybrid_exp", *(["-m"] if multirun else []),
-                           *overrides], cwd=cwd, env={**os.environ, **env},
+                           *overrides], cwd=cwd, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=600)
 
 
@@ -437,16 +385,6 @@ def test_optuna_sweep_keeps_its_study_in_postgresql(postgres, server, tmp_path):
     assert len(server.runs("tuned")) == 3  # the study's parent run and its two trials
 
 
-def test_redact_hides_passwords_in_urls_and_nothing_else():
-    from hybrid_exp.redact import redact, redact_tree
-
-    assert redact("postgresql+psycopg://mlflow:s3cr:t@db:5432/optuna") == "postgresql+psycopg://mlflow:***@db:5432/optuna"
-    assert redact("http://admin:pw@host/x and https://u:v@h") == "http://admin:***@host/x and https://u:***@h"
-    assert redact("sqlite:////tmp/a:b/mlflow.db") == "sqlite:////tmp/a:b/mlflow.db"
-    assert redact("http://host:5000") == "http://host:5000"
-    assert redact_tree({"a": ["mysql://u:p@h/d", 3], "b": None}) == {"a": ["mysql://u:***@h/d", 3], "b": None}
-
-
 @pytest.mark.slow
 def test_a_storage_password_appears_nowhere_in_runs_logs_or_saved_configs(postgres, tmp_path):
     """An Optuna sweep whose storage URL holds a password (as docs/tracking.md's PostgreSQL
@@ -473,20 +411,6 @@ def test_a_storage_password_appears_nowhere_in_runs_logs_or_saved_configs(postgr
         assert PASSWORD.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.parametrize("password", ["s3cr3tMarker", "s3/cr3t", "s3'cr\"3t", "s3 cr3t", "s3%2Fcr%203t",
-                                      "s3:cr3t"])
-def test_redact_hides_every_shape_of_password_and_hydras_escaped_colon(password):
-    from hybrid_exp.redact import redact
-
-    for url, shown in [(f"postgresql://optuna:{password}@127.0.0.1:5432/db", "postgresql://optuna:***@127.0.0.1:5432/db"),
-                       (f"postgresql://optuna\\:{password}@127.0.0.1\\:5432/db", "postgresql://optuna\\:***@127.0.0.1\\:5432/db"),
-                       (f"postgresql+psycopg\\://optuna\\:{password}@127.0.0.1\\:5432/db",  # a sweep's job
-                        "postgresql+psycopg\\://optuna\\:***@127.0.0.1\\:5432/db")]:
-        for text in (url, f"hydra.sweeper.storage={url}", f"- logger.tracking_uri='{url}' seed=1"):
-            redacted = redact(text)
-            assert password not in redacted and shown in redacted, (text, redacted)
-
-
 @pytest.mark.slow
 def test_the_grid_summary_names_a_database_store_without_its_password(postgres):
     from hydra.core.utils import JobReturn
@@ -500,30 +424,6 @@ def test_the_grid_summary_names_a_database_store_without_its_password(postgres):
     lines = where_to_look([job])
     assert len(lines) == 2 and "mlflow ui --backend-store-uri postgresql+psycopg://hybrid:***@" in lines[0]
     assert PASSWORD not in "".join(lines)
-
-
-@pytest.mark.parametrize("password", ["s3cr3tMarker", "s3/cr3t", "s3 cr3t", "s3%2Fcr%203t", "s3:cr3t", "s3,c=r(3)t"])
-def test_a_password_hidden_in_the_environment_resolves_back_from_a_config_and_an_override(password, monkeypatch):
-    """What the SLURM launcher pickles for its jobs: the URL with an oc.env interpolation in
-    place of the password, which the job (inheriting the environment) resolves back."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from hybrid_exp.redact import SECRET, hide_in_environment
-
-    for name in [k for k in os.environ if k.startswith(SECRET)]:
-        monkeypatch.delenv(name)
-    url = f"postgresql+psycopg://optuna:{password}@127.0.0.1:5432/db"
-    hidden = hide_in_environment(url)
-    assert password not in hidden and hide_in_environment(url) == hidden  # one variable per password
-    assert OmegaConf.create({"uri": hidden}).uri == url
-    monkeypatch.setenv("KEEP", "1")  # names stay unique whatever else the environment holds
-    escaped = "logger.tracking_uri=" + re.sub(r"([\\()\[\]{}:=, \t])", r"\\\1", url)  # as Hydra's sweeper writes it
-    hidden = hide_in_environment(escaped, override=True)
-    assert password not in hidden
-    override = OverridesParser.create().parse_override(hidden)
-    assert OmegaConf.create({"uri": override.value()}).uri == url
-    assert hide_in_environment(hidden, override=True) == hidden  # hidden already: left alone
 
 
 def test_a_tracking_uri_with_credentials_is_checked_at_its_host_and_never_shown(tmp_path):

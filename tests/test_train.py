@@ -7,10 +7,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
-from hybrid_exp.data import DataError, load_cifar10
-from hybrid_exp.module import Diverged
+from hybrid_exp.dataset_files import load_cifar10
+from hybrid_exp.errors import DataError, Diverged
+from hybrid_exp.schema import git_diff
 from hybrid_exp.train import train
-from tests.conftest import TINY
+from tests.helpers import SMALL, TINY
 
 
 def real(cifar10_root, *overrides):
@@ -52,8 +53,9 @@ def test_short_training_on_real_cifar10_learns_and_is_tracked(make_cfg, cifar10_
     for key in ("train/loss", "train/error", "val/loss", "lr", "epoch_seconds",
                 "images_per_second", "test/loss"):
         assert key in stored.data.metrics, key
-    assert [a.path for a in client.list_artifacts(run.run_id)] == ["config.yaml", "model.pt",
-                                                                  "test_predictions.npz"]
+    dirty = ["git_diff.patch"] if git_diff() else []  # a checkout with uncommitted changes: what they are
+    assert [a.path for a in client.list_artifacts(run.run_id)] == sorted(["config.yaml", *dirty, "model.pt",
+                                                                         "test_predictions.npz"])
     assert 0 < stored.data.metrics["test_full/error"] < 100  # the whole 10,000-image test set
 
     # per-image evidence: each evaluation image's position in the test set, prediction, logits
@@ -120,8 +122,8 @@ def test_the_training_step_is_a_plain_sgd_loop_with_the_float_schedule(make_cfg,
     from hydra.utils import instantiate
 
     from hybrid_exp.fusion import per_member_cross_entropy
+    from hybrid_exp.members import build_network
     from hybrid_exp.module import prepare_network, warmup_cosine
-    from hybrid_exp.train import build_network
 
     cfg = make_cfg(*real(cifar10_root, "trainer.max_epochs=2", "optim.warmup_epochs=1"))
     train(cfg)
@@ -136,7 +138,7 @@ def test_the_training_step_is_a_plain_sgd_loop_with_the_float_schedule(make_cfg,
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                                 weight_decay=5e-4, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
-    for epoch in range(2):
+    for _ in range(2):
         for x, y in batches:
             optimizer.zero_grad()
             per_member_cross_entropy(net(x), y).sum().backward()
@@ -195,8 +197,8 @@ def test_best_weights_keep_each_members_best_epoch_and_survive_a_resume():
     unfused layout; the kept weights travel in the checkpoint's callback state."""
     from types import SimpleNamespace
 
+    from hybrid_exp.callbacks import BestWeights
     from hybrid_exp.fusion import fuse
-    from hybrid_exp.train import BestWeights
 
     net = fuse([torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)])
     errors = [(50.0, 40.0), (30.0, 45.0), (35.0, float("nan"))]  # best: member 0 epoch 2, member 1 epoch 1
@@ -218,8 +220,23 @@ def test_best_weights_keep_each_members_best_epoch_and_survive_a_resume():
     resumed.load_state_dict(torch.load(_saved(best.state_dict()), weights_only=True))
     assert resumed.best[0]["epoch"] == 2 and torch.equal(resumed.best[0]["state"]["weight"],
                                                           best.best[0]["state"]["weight"])
-    with pytest.raises(ValueError, match="monitor a val/ metric"):
-        BestWeights(monitor="train/loss")
+
+
+def test_best_weights_on_a_training_metric_is_refused_before_training(make_cfg):
+    from hybrid_exp.checks import check_values
+    from hybrid_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="best_weights: monitor a val/ metric.*monitor='train/loss'"):
+        check_values(make_cfg("callbacks=best_weights", "callbacks.best_weights.monitor=train/loss"))
+
+
+def test_a_fused_array_in_16_mixed_is_refused_in_one_sentence(make_cfg):
+    from hybrid_exp.checks import check_values
+    from hybrid_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="16-mixed cannot train a fused seed array"):
+        check_values(make_cfg("seed=[0,1]", "trainer.precision=16-mixed"))
+    check_values(make_cfg("seed=0", "trainer.precision=16-mixed"))  # one run may
 
 
 def _saved(state):
@@ -236,7 +253,7 @@ def test_best_weights_callback_stores_best_pt_without_changing_training(make_cfg
     plain_cfg = make_cfg(*common)
     plain = train(plain_cfg)
     cfg = make_cfg(*common, "callbacks=best_weights", "logger.experiment_name=with-best")
-    from hybrid_exp.tracking import config_hash
+    from hybrid_exp.schema import config_hash
     assert config_hash(cfg) == config_hash(plain_cfg)  # storing best.pt is not a new config
     with_best = train(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)
@@ -260,7 +277,7 @@ def test_log_lines_print_above_the_live_bar_not_over_it():
     import pytorch_lightning as pl
     from pytorch_lightning.demos.boring_classes import BoringModel
 
-    from hybrid_exp.train import EpochBar
+    from hybrid_exp.callbacks import EpochBar
 
     class Model(BoringModel):
         members, failures, metrics = 1, {}, [{}]
@@ -321,7 +338,7 @@ def test_train_from_a_notebook_names_its_runs_by_their_classes(tmp_path):
     from hydra.core.hydra_config import HydraConfig
 
     from hybrid_exp import config_dir
-    from hybrid_exp.tracking import config_hash
+    from hybrid_exp.schema import config_hash
 
     HydraConfig.instance().cfg = None
     with initialize_config_dir(config_dir(), version_base="1.3"):
@@ -349,7 +366,8 @@ def test_a_batch_larger_than_a_synthetic_training_set_is_one_sentence_before_any
 def test_a_matched_preset_at_another_size_stops_before_any_run(make_cfg, tmp_path):
     """experiment=quick sets width 32 and depth 1: inception_matched is matched at width 36,
     depth 2 only; its name would claim a match it does not have."""
-    from hybrid_exp.checks import ConfigError, check_match
+    from hybrid_exp.checks import check_match
+    from hybrid_exp.errors import ConfigError
 
     cfg = make_cfg("model=inception_matched", "experiment=quick", "data=synthetic")
     with pytest.raises(ConfigError, match=r"^model=inception_matched matches the baseline's size at "
@@ -358,3 +376,16 @@ def test_a_matched_preset_at_another_size_stops_before_any_run(make_cfg, tmp_pat
         train(cfg)
     assert not (tmp_path / "mlflow.db").exists()
     check_match(make_cfg("model=inception_matched"))  # at its own size: matched, no error
+
+
+def test_a_run_from_a_checkout_with_uncommitted_changes_keeps_them(make_cfg, monkeypatch, tmp_path):
+    """The commit alone cannot say what a dirty checkout trained: its diff is the run's artifact."""
+    from hybrid_exp import tracking
+
+    change = "diff --git a/hybrid_exp/blocks.py b/hybrid_exp/blocks.py\n+# tried a variant\n"
+    monkeypatch.setattr(tracking, "git_diff", lambda: change)
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
+    result = train(cfg)[0]
+    saved = MlflowClient(cfg.logger.tracking_uri).download_artifacts(result.run_id, "git_diff.patch", str(tmp_path))
+    assert Path(saved).read_text() == change
+

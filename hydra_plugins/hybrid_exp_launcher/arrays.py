@@ -9,19 +9,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig
 
+from hybrid_exp.job import JobRecord, seed_of
 from hybrid_exp.redact import redact_files
-from hydra_plugins.hybrid_exp_launcher.summary import log_summary, status_file
+from hydra_plugins.hybrid_exp_launcher.done import finished_jobs
+from hydra_plugins.hybrid_exp_launcher.summary import log_summary
 
 log = logging.getLogger(__name__)
-
-
-def seed_of(overrides: Sequence[str]) -> str | None:
-    """The value of a ``seed=`` override, if the job has one that is an integer."""
-    for override in overrides:
-        if override.startswith("seed="):
-            value = override.removeprefix("seed=")
-            return value if value.lstrip("-").isdigit() else None
-    return None
 
 
 def group_seeds(job_overrides: Sequence[Sequence[str]], max_size: int) -> list[list[int]]:
@@ -67,8 +60,6 @@ def launch_grid(config: DictConfig, hydra_context: HydraContext,
     """What each of our launchers' ``launch`` does with its own ``launch`` (gpus: processes on
     GPU slots; slurm: submitit jobs): the sweep's saved config redacted, the configs that
     FINISHED before skipped without a job, the others run as fused arrays, and the summary."""
-    from hydra_plugins.hybrid_exp_launcher.done import finished_jobs  # done.py imports this module
-
     redact_files(Path(config.hydra.sweep.dir))  # multirun.yaml, as the sweeper saved it
     jobs = finished_jobs(config, hydra_context, job_overrides, initial_job_idx)
     todo = [i for i in range(len(job_overrides)) if i not in jobs]
@@ -88,15 +79,15 @@ def split(job: JobReturn, members: Sequence[Sequence[str]]) -> list[JobReturn]:
     its own outcome (the array's list of objectives is one value per member)."""
     if len(members) == 1:
         return [job]
-    runs = status_file(job).get("runs")
+    record = JobRecord.of(job)
     returns = []
     for i, overrides in enumerate(members):
         member = JobReturn(overrides=list(overrides), cfg=job.cfg, hydra_cfg=job.hydra_cfg,
                            working_dir=job.working_dir, task_name=job.task_name)
-        if runs is None or job.status != JobStatus.COMPLETED:  # the whole job failed
+        if record is None or job.status != JobStatus.COMPLETED:  # the whole job failed
             member.status, member._return_value = JobStatus.FAILED, job._return_value
-        elif runs[i]["status"] == "failed":
-            member.status, member._return_value = JobStatus.FAILED, RuntimeError(runs[i]["error"])
+        elif record.runs[i].status == "failed":
+            member.status, member._return_value = JobStatus.FAILED, RuntimeError(record.runs[i].error)
         else:
             member.status, member._return_value = JobStatus.COMPLETED, job.return_value[i]
         returns.append(member)

@@ -1,7 +1,6 @@
 """Configs a grid need not launch: those with a FINISHED run in the experiment (on the same data)
 are decided here, in the launcher's process, before any job starts. A relaunch of a finished
 grid then starts no process and claims no slot; its summary reads as if each job had skipped."""
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -10,20 +9,18 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hydra_plugins.hybrid_exp_launcher.arrays import seed_of
-from hydra_plugins.hybrid_exp_launcher.summary import STATUS_FILE
+from hybrid_exp.job import JobRecord, Result, objective, seed_of
 
 
 def finished_jobs(config: DictConfig, hydra_context: HydraContext, job_overrides: Sequence[Sequence[str]],
                   initial_job_idx: int) -> dict[int, JobReturn]:
     """{position in ``job_overrides``: the JobReturn of a skipped job} for every job of one seed
     whose config already FINISHED (none with ``rerun=true``)."""
-    from hybrid_exp import tracking
-    from hybrid_exp.cli import objective
-    from hybrid_exp.members import setup_name
+    from hybrid_exp.members import setup_name  # the training side, loaded when a grid starts
     from hybrid_exp.registry import build
+    from hybrid_exp.tracking import Experiment
 
-    found, fingerprints, stores = {}, {}, {}
+    found, fingerprints, experiments = {}, {}, {}
     launching = HydraConfig.instance().cfg
     try:
         for i, overrides in enumerate(job_overrides):
@@ -34,23 +31,21 @@ def finished_jobs(config: DictConfig, hydra_context: HydraContext, job_overrides
                 sweep.hydra.job.num = initial_job_idx + i
             HydraConfig.instance().set_config(sweep)  # what the job's interpolations read
             cfg = OmegaConf.masked_copy(sweep, [k for k in sweep if k != "hydra"])
-            if cfg.get("rerun") or not {"data", "logger"} <= set(cfg):  # rerun, or not hybrid-exp's
+            if not {"data", "logger"} <= set(cfg):  # not hybrid-exp's config
                 continue
             data = OmegaConf.to_yaml(cfg.data, resolve=True)
             if data not in fingerprints:
                 fingerprints[data] = build(cfg, "data").data_fingerprint()
             store = OmegaConf.to_yaml(cfg.logger, resolve=True)
-            if store not in stores:
-                stores[store] = tracking.connect(cfg.logger)
-            run = tracking.finished_run(*stores[store], tracking.config_hash(cfg), fingerprints[data])
+            if store not in experiments:
+                experiments[store] = Experiment.open(cfg.logger)
+            run = experiments[store].finished(cfg, fingerprints[data])
             if run is None:
                 continue
             output_dir = Path(sweep.hydra.sweep.dir) / f"skipped-{initial_job_idx + i}"  # no job's number
             output_dir.mkdir(parents=True, exist_ok=True)
             metrics = dict(run.data.metrics)
-            (output_dir / STATUS_FILE).write_text(json.dumps({"setup": setup_name(cfg), "runs": [
-                {"seed": cfg.seed, "status": "skipped", "run_id": run.info.run_id, "metrics": metrics,
-                 "error": ""}]}))
+            JobRecord(setup_name(cfg), [Result(cfg.seed, "skipped", metrics, run.info.run_id)]).write(output_dir)
             with read_write(sweep.hydra.runtime):
                 sweep.hydra.runtime.output_dir = str(output_dir)
             found[i] = JobReturn(overrides=list(overrides), cfg=cfg, hydra_cfg=sweep, working_dir=str(output_dir),

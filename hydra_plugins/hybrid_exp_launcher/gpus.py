@@ -9,7 +9,6 @@ leak its slot, and grids launched side by side share the slots instead of oversu
 With ``fuse_seeds`` (the default), the jobs of a grid that differ only in ``seed`` run as fused
 arrays (``max_array_size`` seeds each): one job, one process, one network for all of them.
 """
-import fcntl
 import logging
 import multiprocessing
 import os
@@ -30,6 +29,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hybrid_exp import locks
+from hybrid_exp.errors import ConfigError
 from hybrid_exp.redact import redact
 from hydra_plugins.hybrid_exp_launcher.arrays import launch_grid
 
@@ -71,7 +72,7 @@ def make_slots(gpus, runs_per_gpu: int, n_jobs: int) -> list[tuple[str, str]]:
     absent = [d for d in devices if d not in visible] or (isinstance(gpus, int) and gpus > len(visible))
     if absent:  # else its jobs would train on the CPU without a word
         seen = f"GPU(s) {', '.join(visible)}" if visible else "no GPU"
-        raise ValueError(f"hydra.launcher.gpus={gpus}, but this machine shows {seen}"
+        raise ConfigError(f"hydra.launcher.gpus={gpus}, but this machine shows {seen}"
                          f"{' (CUDA_VISIBLE_DEVICES)' if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}: "
                          f"name GPUs it has, or leave gpus out (every GPU; n_jobs CPU jobs without one)")
     if devices:
@@ -108,38 +109,23 @@ def claim(slots: list[tuple[str, str]], lock_dir: Path, what: str = "",
           report_every: float = WAIT_REPORT_SECONDS) -> tuple[int, tuple[str, str]]:
     """Block until one of ``slots`` is ours: (open lock file descriptor, the slot). The lock
     file then names its holder (pid, ``what`` it runs); while every slot is held, a line names
-    the holders every ``report_every`` seconds (at once the first time).
-
-    Hand-written rather than with ``filelock``: the lock files are opened without following
-    links, with mode 0600, in a directory checked to be private (``private_dir``), and held by
-    the job process itself until it exits, however it exits."""
+    the holders every ``report_every`` seconds (at once the first time). The lock files
+    (``hybrid_exp.locks``) are in a directory checked to be private (``private_dir``), and held
+    by the job process itself until it exits."""
     private_dir(lock_dir)
     reported = None
     while True:
         for name, device in slots:
-            fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()}: {redact(what)}"[:2000].encode(), 0)
+            fd = locks.claim(lock_dir / f"{name}.lock", f"pid {os.getpid()}: {redact(what)}")
+            if fd is not None:
                 return fd, (name, device)  # held until this process exits
-            except BlockingIOError:
-                os.close(fd)
         if reported is None or time.monotonic() - reported >= report_every:
             reported = time.monotonic()
-            holders = "; ".join(f"{name} by {holder(lock_dir / f'{name}.lock')}" for name, _ in slots)
+            holders = "; ".join(f"{name} by {locks.holder(lock_dir / f'{name}.lock')}" for name, _ in slots)
             log.warning("waiting for a free slot: every one is held (%s). Another grid of yours "
                         "may hold them (slots are shared by this user's grids); to run beside it, "
                         "give this one its own with hydra.launcher.lock_dir=DIR", holders)
         time.sleep(0.5)  # every slot busy, e.g. with another grid's jobs
-
-
-def holder(lock: Path) -> str:
-    """Who holds a slot, as its lock file says."""
-    try:
-        return lock.read_text().strip() or "a process that did not say"
-    except OSError:
-        return "a process that did not say"
 
 
 def run_in_slot(idx: int, job: bytes, slots: list[tuple[str, str]], lock_dir: Path, threads: int,
@@ -173,7 +159,7 @@ class GPULauncher(Launcher):
     def __init__(self, gpus=None, runs_per_gpu: int = 1, n_jobs: int = 1, lock_dir=None,
                  fuse_seeds: bool = True, max_array_size: int = 10):
         if min(runs_per_gpu, n_jobs, max_array_size) < 1:
-            raise ValueError(f"hydra.launcher.runs_per_gpu, n_jobs and max_array_size must be >= 1; "
+            raise ConfigError(f"hydra.launcher.runs_per_gpu, n_jobs and max_array_size must be >= 1; "
                              f"got runs_per_gpu={runs_per_gpu}, n_jobs={n_jobs}, "
                              f"max_array_size={max_array_size}")
         self.gpus, self.runs_per_gpu, self.n_jobs = gpus, runs_per_gpu, n_jobs

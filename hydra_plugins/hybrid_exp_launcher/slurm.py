@@ -8,9 +8,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hybrid_exp.errors import EndedWithoutResult
 from hybrid_exp.redact import CREDENTIALS, hide_in_environment
 from hydra_plugins.hybrid_exp_launcher.arrays import launch_grid
 
@@ -21,19 +21,20 @@ except ImportError:  # the [slurm] extra is not installed
     Submitit = None
 
 
-def hide_credentials(config: DictConfig, overrides: bool = False) -> None:
+def hide_credentials(config: DictConfig, overrides: bool = False, path: str = "") -> None:
     """Every URL password in ``config``'s strings (as written, unresolved) moved into the
     environment, in place (hybrid_exp.redact.hide_in_environment): the config resolves as before.
     The lists under ``hydra.overrides`` hold overrides, with Hydra's escapes."""
-    for key in (range(len(config)) if OmegaConf.is_list(config) else list(config.keys())):
-        node = config._get_node(key)
-        if OmegaConf.is_config(node):
-            if node._is_none() or node._is_missing() or node._is_interpolation():
-                continue
-            hide_credentials(node, overrides or key == "overrides" and config._key() == "hydra")
-        elif isinstance(node._value(), str) and CREDENTIALS.search(node._value()):
+    written = OmegaConf.to_container(config, resolve=False)
+    for key, value in (enumerate(written) if OmegaConf.is_list(config) else written.items()):
+        if OmegaConf.is_missing(config, key):
+            continue
+        inner = f"{path}.{key}".lstrip(".")
+        if isinstance(value, (dict, list)) and not OmegaConf.is_interpolation(config, key):
+            hide_credentials(config[key], overrides or inner == "hydra.overrides", inner)
+        elif isinstance(value, str) and CREDENTIALS.search(value):
             with read_write(config), open_dict(config):
-                config[key] = hide_in_environment(node._value(), override=overrides)
+                config[key] = hide_in_environment(value, override=overrides)
 
 
 if Submitit is not None:
@@ -84,10 +85,6 @@ if Submitit is not None:
                                       list(numbers), [f"job_id_for_{n}" for n in numbers],
                                       [Singleton.get_state()] * len(numbers))
             return [result(job, overrides) for job, overrides in zip(jobs, job_overrides)]
-
-    class EndedWithoutResult(CompactHydraException):
-        """A job that SLURM ended (cancelled, out of memory, out of requeues) before it wrote a
-        result: Hydra prints this one line, not a traceback of the launcher."""
 
     def result(job, overrides: Sequence[str]) -> JobReturn:
         """The job's JobReturn, or a failed one saying how the job ended when it left none."""

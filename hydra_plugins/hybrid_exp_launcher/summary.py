@@ -1,41 +1,28 @@
 """The grid summary: finished / skipped / failed, one count per config, naming the failed ones."""
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from hybrid_exp.job import JobRecord, Result, seed_of
 from hybrid_exp.redact import redact
 
 log = logging.getLogger(__name__)
-STATUS_FILE = "job_status.json"  # written by hybrid_exp.cli.task into each job's output dir
 
 
-def status_file(job: JobReturn) -> dict:
-    """What the job's task recorded (``job_status.json`` in its output folder), {} if nothing."""
-    output_dir = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
-    status = Path(output_dir or "/nonexistent") / STATUS_FILE
-    return json.loads(status.read_text()) if status.is_file() else {}
-
-
-def recorded(job: JobReturn) -> tuple[dict, dict]:
-    """(the job's status file, this config's entry in it): an array job's file holds one entry
-    per seed, the job's ``seed=`` override picks it; ({}, {}) when there is none."""
-    whole = status_file(job)
-    if not whole:
-        return {}, {}
-    if "runs" not in whole:
-        return whole, whole
-    seed = next((o.removeprefix("seed=") for o in job.overrides or [] if o.startswith("seed=")), None)
-    return whole, next((r for r in whole["runs"] if str(r["seed"]) == seed), whole["runs"][0])
+def recorded(job: JobReturn) -> tuple[JobRecord | None, Result | None]:
+    """(the job's record, this config's Result in it): an array job's record holds one Result
+    per seed, the job's ``seed=`` override picks it; (None, None) when the job left none."""
+    record = JobRecord.of(job)
+    return (record, record.run(seed_of(job.overrides or []))) if record else (None, None)
 
 
 def outcome(job: JobReturn) -> tuple[str, str]:
     """('finished' | 'skipped' | 'pruned' | 'failed', reason) of one config's job."""
-    _, entry = recorded(job)
-    if entry:
-        return entry["status"], entry.get("error", "")
+    _, result = recorded(job)
+    if result:
+        return result.status, result.error
     if job.status == JobStatus.COMPLETED:
         return "finished", ""
     return "failed", f"{type(job._return_value).__name__}: {job._return_value}"
@@ -45,11 +32,11 @@ def results_table(jobs: Sequence[JobReturn]) -> list[str]:
     """A line per config that finished or was skipped: setup, seed, test error, job minutes."""
     rows = []
     for job in jobs:
-        whole, entry = recorded(job)
-        if entry.get("status") in ("finished", "skipped") and "test/error" in entry.get("metrics", {}):
-            minutes = f"{whole['seconds'] / 60:.1f}" if entry["status"] == "finished" and "seconds" in whole else "-"
-            rows.append((whole.get("setup", "?"), str(entry["seed"]), f"{entry['metrics']['test/error']:.2f}",
-                         minutes, entry["status"]))
+        record, result = recorded(job)
+        if result and result.status in ("finished", "skipped") and "test/error" in result.metrics:
+            minutes = f"{record.seconds / 60:.1f}" if result.status == "finished" and record.seconds else "-"
+            rows.append((record.setup, str(result.seed), f"{result.metrics['test/error']:.2f}", minutes,
+                         result.status))
     if not rows:
         return []
     width = max(len(r[0]) for r in rows) + 2
@@ -63,9 +50,7 @@ def where_to_look(jobs: Sequence[JobReturn]) -> list[str]:
     cfg = next((job.cfg for job in jobs if job.cfg is not None and "logger" in job.cfg), None)
     if cfg is None:
         return []
-    from hybrid_exp.store import Client
-
-    from hybrid_exp.tracking import resolve_tracking_uri
+    from hybrid_exp.store import Client, resolve_tracking_uri  # MLflow: loaded when a grid ends
 
     uri, name = resolve_tracking_uri(cfg.logger.tracking_uri)[0], cfg.logger.experiment_name
     try:
@@ -86,9 +71,9 @@ def requeued(jobs: Sequence[JobReturn]) -> list[str]:
     """A line per SLURM job that was requeued (preempted, or out of time) before it ended."""
     counts = {}
     for job in jobs:
-        whole, _ = recorded(job)
-        if whole.get("requeues"):
-            counts[job.hydra_cfg.hydra.runtime.output_dir] = (whole.get("setup", "?"), whole["requeues"])
+        record, _ = recorded(job)
+        if record and record.requeues:
+            counts[job.hydra_cfg.hydra.runtime.output_dir] = (record.setup, record.requeues)
     return [f"  {setup}: requeued {n} time{'s' * (n != 1)} by SLURM (preempted or out of time), "
             f"resumed from its checkpoint each time" for setup, n in counts.values()]
 

@@ -20,12 +20,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hybrid_exp.errors import ConfigError, TooManyFailures
 from hybrid_exp.redact import redact
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def distribution(override: Override) -> optuna.distributions.BaseDistribution:
         if "int" in sweep.tags or isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return optuna.distributions.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
         return optuna.distributions.FloatDistribution(sweep.start, sweep.end, log=log_scale)
-    raise ValueError(f"hydra.sweeper.params: cannot search '{override.input_line}'; use "
+    raise ConfigError(f"hydra.sweeper.params: cannot search '{override.input_line}'; use "
                      f"choice(...), range(a,b[,step]), interval(a,b) or tag(log, interval(a,b))")
 
 
@@ -65,12 +65,8 @@ def grid_values(key: str, dist: optuna.distributions.BaseDistribution) -> list:
             and dist.step is not None and not dist.log:
         n = int(round((dist.high - dist.low) / dist.step)) + 1
         return [dist.low + i * dist.step for i in range(n)]
-    raise ValueError(f"hydra/sweeper/sampler=grid tries every value, so {key} needs choice(...) or "
+    raise ConfigError(f"hydra/sweeper/sampler=grid tries every value, so {key} needs choice(...) or "
                      f"range(a, b, step); an interval has no grid")
-
-
-class TooManyFailures(CompactHydraException):
-    """A sweep stopped by its failed trials: Hydra prints this sentence, not a traceback."""
 
 
 def dashboard_url(storage: str) -> str:
@@ -119,7 +115,7 @@ class OptunaSweeper(Sweeper):
                 try:
                     space[key] = distribution(override)
                 except ValueError as e:  # Optuna's own words on its bounds, with the key they belong to
-                    raise ValueError(f"{override.input_line}: {e}") from None
+                    raise ConfigError(f"{override.input_line}: {e}") from None
                 fixed.pop(key, None)
             else:
                 fixed[key] = override.input_line
@@ -133,22 +129,22 @@ class OptunaSweeper(Sweeper):
         objective = config.get("objective")  # tune on validation, never on the test subset
         objectives = [objective] if isinstance(objective, str) else list(objective or [])
         if any(str(o).startswith("test/") for o in objectives):
-            raise ValueError(f"objective={objective} tunes on the test subset; use val/error")
+            raise ConfigError(f"objective={objective} tunes on the test subset; use val/error")
         if "data" in config and config.data.get("val_size", 1) == 0:
-            raise ValueError("an Optuna sweep tunes on the validation split, but data.val_size=0 "
+            raise ConfigError("an Optuna sweep tunes on the validation split, but data.val_size=0 "
                              "holds none out: set data.val_size (e.g. 5000)")
         if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise ValueError(f"hydra.sweeper.n_trials must be a whole number >= 1; got {self.n_trials!r}")
+            raise ConfigError(f"hydra.sweeper.n_trials must be a whole number >= 1; got {self.n_trials!r}")
         space, fixed = self.search_space(arguments)
         if not space and not self.extend_space:
-            raise ValueError("nothing to search: give hydra.sweeper.params or sweeps on the command "
+            raise ConfigError("nothing to search: give hydra.sweeper.params or sweeps on the command "
                              "line, e.g. optim.lr='tag(log, interval(0.01, 0.5))'")
         storage = self.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
         tracking = OmegaConf.select(config, "logger.tracking_uri")  # a database of its own
         same = lambda uri: Path(uri.removeprefix("sqlite:///")).expanduser().resolve() \
             if str(uri).startswith("sqlite:///") else str(uri)
         if tracking is not None and same(storage) == same(str(tracking)):
-            raise ValueError(f"hydra.sweeper.storage={redact(storage)} is the MLflow store "
+            raise ConfigError(f"hydra.sweeper.storage={redact(storage)} is the MLflow store "
                              f"(logger.tracking_uri): give the study a database of its own, e.g. "
                              f"hydra.sweeper.storage=sqlite:///optuna.db (each would add its tables "
                              f"to the other's)")

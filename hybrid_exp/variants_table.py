@@ -1,4 +1,4 @@
-"""``python -m hybrid_exp.docs``: regenerate the generated tables in docs/variants.md.
+"""``python -m hybrid_exp.variants_table``: regenerate the generated tables in docs/variants.md.
 
 The table lists every ``model=`` preset at its default size (and the FractalNet and DarkNet
 presets with separable units too), with parameter counts and multiply-adds measured on the built
@@ -14,7 +14,7 @@ from hybrid_exp.module import complexity
 from hybrid_exp.registry import build
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "variants.md"
-START, END = "<!-- generated: python -m hybrid_exp.docs -->", "<!-- end of generated table -->"
+START, END = "<!-- generated: python -m hybrid_exp.variants_table -->", "<!-- end of generated table -->"
 
 
 def presets() -> list[str]:

@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from hybrid_exp import conv_alternatives, costs
-from hybrid_exp import config_dir
-from hybrid_exp.data import Batches, conventional_loader, load_cifar10
+from hybrid_exp import config_dir, conv_alternatives, costs
+from hybrid_exp.batches import Batches
+from hybrid_exp.conventional import conventional_loader
+from hybrid_exp.dataset_files import load_cifar10
+from hybrid_exp.device import resolve_precision
 from hybrid_exp.fusion import fuse
-from hybrid_exp.module import Classifier, graph_blocker, prepare_network, resolve_precision
+from hybrid_exp.module import Classifier, graph_blocker, prepare_network
 from hybrid_exp.registry import build
 
 PROTOCOL = ("fig4", "fig5", "fig6")  # the presets whose grids the projection covers
@@ -440,11 +442,3 @@ def e2e(setups: list[str], data_root: str, members: int, epochs: int = 2,
                          "members": members, "epoch_seconds": last,
                          "seconds_per_epoch_per_member": last / members})
         return sorted(rows, key=lambda row: (row["setup"], row["seed"]))
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
-
-

@@ -25,8 +25,10 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import math
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ import pandas as pd
 from analysis.report import clean_or_explain, write_report
 from analysis.runs import AnalysisError, epochs_from_one, fetch_runs, load_history, load_predictions, prepare
 from hybrid_exp.device import machine
+from hybrid_exp.redact import redact
 from hybrid_exp.schema import GIT_DIFF, git_diff, git_sha, short_hash
 from hybrid_exp.store import shared_client
 
@@ -233,7 +236,7 @@ def write_diffs(folder: Path, tracking_uri: str, counted: pd.DataFrame) -> dict[
             if GIT_DIFF in {a.path for a in client.list_artifacts(run_id)}:
                 text = Path(client.download_artifacts(run_id, GIT_DIFF, scratch)).read_text()
                 found.setdefault(text, []).append(run_id)
-    if own := git_diff():
+    if own := redact(git_diff()):  # as a run stores its own: no URL password
         found.setdefault(own, []).append("analysis")
     files = {}
     for text, owners in found.items():
@@ -254,26 +257,71 @@ def read(folder: str | Path) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
     if not (folder / PROVENANCE).is_file():
         raise AnalysisError(f"{folder} is no results bundle (no {PROVENANCE}): write one with "
                             f"python -m analysis --experiment NAME --publish {folder}")
-    meta = json.loads((folder / PROVENANCE).read_text())
+    for name in (PROVENANCE, *DATA_FILES):  # its own files only: a link could point anywhere
+        path = folder / name
+        if path.is_symlink() or (path.exists() and path.resolve().parent != folder.resolve()):
+            raise AnalysisError(f"{path} is a link, and a bundle is read from its own files only: "
+                                f"copy the file into the bundle, or publish it again")
+    try:
+        meta = json.loads((folder / PROVENANCE).read_text())
+        digests, floats = dict(meta["sha256"]), set(meta["float_columns"])
+        if "experiment" not in meta or "metric" not in dict(meta.get("options") or {}):  # regenerate reads them
+            raise KeyError("experiment, options.metric")
+    except (ValueError, KeyError, TypeError) as e:
+        raise AnalysisError(f"{folder / PROVENANCE} is not a bundle's provenance ({type(e).__name__}: "
+                            f"{str(e)[:200]}): publish the bundle again from its tracking store") from None
     for name in DATA_FILES:
-        if not (folder / name).is_file() or sha256(folder / name) != meta["sha256"][name]:
+        if not (folder / name).is_file() or sha256(folder / name) != digests.get(name):
             raise AnalysisError(f"{folder / name} does not match {folder / PROVENANCE} (sha256 "
                                 f"differs or the file is missing): the bundle was changed after it was "
                                 f"published; publish it again from its tracking store")
     # text stays text (a hash of digits, a seed tag), numbers are the metrics' exact floats
-    floats = set(meta["float_columns"])
     columns = pd.read_csv(folder / RUNS, nrows=0).columns
     raw = pd.read_csv(folder / RUNS, float_precision="round_trip",
                       dtype={c: float if c in floats else str for c in columns})
     raw["config"] = raw.config.map(json.loads)
     raw["start_time"] = pd.to_datetime(raw.start_time, format="ISO8601")
-    with np.load(folder / PREDICTIONS) as saved:
-        predictions = {}
-        for key in saved.files:
-            run_id, field = key.rsplit(".", 1)
-            predictions.setdefault(run_id, {})[field] = saved[key].astype(np.int64)
+    predictions = read_predictions(folder / PREDICTIONS)
     history = epochs_from_one(pd.read_csv(folder / HISTORY, float_precision="round_trip"))
     return prepare(raw), predictions, history, meta
+
+
+# All runs' indices, labels and predicted classes together: 1,000 runs of CIFAR-10's 10,000 test
+# images, with room to spare. A bundle of more is refused before anything is expanded.
+MAX_PREDICTIONS = 50_000_000
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """{run id: {indices, labels, predicted}} of a bundle's predictions.npz: integer arrays
+    only, their declared sizes summed and bounded before any is expanded (a small file can
+    declare billions of entries)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = 0
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = header(member)
+                if dtype.kind not in "iu":
+                    raise AnalysisError(f"{path} holds {info.filename} of {dtype}, but a bundle's predictions "
+                                        f"are integers: publish the bundle again from its tracking store")
+                declared += math.prod(shape)
+        if declared > MAX_PREDICTIONS:
+            raise AnalysisError(f"{path} declares {declared:,} entries, more than the {MAX_PREDICTIONS:,} any "
+                                f"bundle this project publishes holds: refusing to expand it")
+        predictions = {}
+        with np.load(path) as saved:
+            for key in saved.files:
+                run_id, field = key.rsplit(".", 1)
+                predictions.setdefault(run_id, {})[field] = saved[key].astype(np.int64)
+        return predictions
+    except AnalysisError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise AnalysisError(f"{path} cannot be read as a bundle's predictions ({type(e).__name__}: "
+                            f"{str(e)[:200]}): publish the bundle again from its tracking store") from None
 
 
 def regenerate(folders: list[str | Path], out: str | Path) -> Path:

@@ -161,6 +161,12 @@ def protocol_section(group: pd.DataFrame, table: Table, margin: float, sesoi: fl
         caveats.append(f"The runs compared here come from {len(codes)} code state"
                        f"{'s' if len(codes) > 1 else ''} ({', '.join(codes)}; '+dirty': uncommitted "
                        f"changes): a difference between setups can come from the code as well.")
+    prints = sorted({c for found in group.get("code_fingerprints", pd.Series(dtype=str)).dropna()
+                     for c in str(found).split()})
+    if len(prints) > 1:
+        caveats.append(f"The runs compared here were built and trained by {len(prints)} versions of the "
+                       f"modules that do it (code fingerprints {', '.join(prints)}; each run's code_files tag "
+                       f"names the modules): a difference between setups can come from the code as well.")
     ways = execution_ways(group)
     if len(ways) > 1:
         caveats.append(f"The runs compared here ran their training step {len(ways)} ways ("

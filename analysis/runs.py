@@ -11,6 +11,7 @@ import pandas as pd
 # its protocol (data, optimiser, epochs, precision, device) and protocol_hash; the pixels it saw
 # its data_fingerprint.
 from hybrid_exp.errors import AnalysisError
+from hybrid_exp.redact import redact
 from hybrid_exp.schema import TAGS, hashed, protocol_text, short_hash
 from hybrid_exp.store import Client, shared_client
 
@@ -24,7 +25,7 @@ def client_and_experiment(experiment: str, tracking_uri: str) -> tuple[Client, s
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise AnalysisError(f"no experiment '{experiment}' in {tracking_uri}; "
+        raise AnalysisError(f"no experiment '{experiment}' in {redact(tracking_uri)}; "
                             f"existing: {', '.join(names) or 'none'}")
     return client, found.experiment_id
 

@@ -101,6 +101,7 @@ def summarize(runs: pd.DataFrame, baseline: str = "separable", control: str = "e
                    **network_units(first.config), **network_size(group[group.setup == setup]),
                    "not_finished": not_finished_count(not_finished, protocol, setup),
                    "code": code_states(group[group.setup == setup]),
+                   "code_fingerprints": code_fingerprints(group[group.setup == setup]),
                    "execution": executions(group[group.setup == setup]),
                    # the paper's names are setup tags: a label that names knobs is not its setup
                    "paper_mean_abs_delta": PAPER_ABS_DELTA.get(setup, math.nan)
@@ -199,6 +200,14 @@ def code_states(runs: pd.DataFrame) -> str:
     """The commits ('+dirty': uncommitted changes) a setup's runs were trained from, short."""
     shas = runs.git_sha.fillna("unknown") if "git_sha" in runs else pd.Series(["unknown"] * len(runs))
     return " ".join(sorted({sha[:7] + ("+dirty" if sha.endswith("+dirty") else "") for sha in shas}))
+
+
+def code_fingerprints(runs: pd.DataFrame) -> str:
+    """The code fingerprints (the modules that build and train them, schema.code_files) of a
+    setup's runs, short; '' for runs logged before runs recorded them."""
+    if "code_fingerprint" not in runs:
+        return ""
+    return " ".join(sorted({str(c)[:8] for c in runs.code_fingerprint.dropna()}))
 
 
 def executions(runs: pd.DataFrame) -> str:

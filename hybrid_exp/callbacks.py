@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks import Callback, Checkpoint, RichProgressBar
 
 from hybrid_exp import tracking
 from hybrid_exp.fusion import member_state
-from hybrid_exp.module import Reporter
+from hybrid_exp.module import Reporter, members_summary
 
 
 class OptunaPruning(Callback):
@@ -30,18 +30,20 @@ class OptunaPruning(Callback):
 
 
 class EpochBar(RichProgressBar):
-    """Lightning's live bar with epochs counted from 1 and the last epoch's loss and errors (the
-    first living member's, of an array), read once per epoch; no version number. Public hooks
-    but one: no public hook names the epoch before the bar first draws it (a public update
-    after it would flash Lightning's 0-based 'Epoch 0/0' first); a test pins it."""
+    """Lightning's live bar with epochs counted from 1 and the last epoch's loss and errors (an
+    array's mean ± sd over its living members, as the log line), read once per epoch; no version
+    number. Public hooks but one: no public hook names the epoch before the bar first draws it
+    (a public update after it would flash Lightning's 0-based 'Epoch 0/0' first); a test pins it."""
 
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning's own: 0-based
         description = f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
         return f"{description:{len(self.validation_description)}}"  # no flicker beside it
 
     def get_metrics(self, trainer, pl_module) -> dict[str, str]:
-        shown = ("train/loss", "train/error", "val/loss", "val/error")
-        return {k: f"{v:.4g}" for k, v in pl_module.metrics[pl_module.living_members()[0]].items() if k in shown}
+        """As the epoch's log line says them: an array's mean ± sd over its living members."""
+        alive = pl_module.living_members()
+        shown = members_summary(pl_module.metrics, alive, ("train/loss", "train/error", "val/loss", "val/error"))
+        return {**shown, "members": f"mean ± sd over {len(alive)}"} if pl_module.members > 1 and shown else shown
 
     # While the bar is live, rich prints what goes to sys.stdout/sys.stderr above it; logging
     # handlers keep the stream they were made with and would write over the bar: for as long
@@ -50,7 +52,8 @@ class EpochBar(RichProgressBar):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        current = {id(sys.__stdout__): CurrentStream("stdout"), id(sys.__stderr__): CurrentStream("stderr")}
+        current = {id(stream): CurrentStream(name) for name in ("stdout", "stderr")
+                   for stream in (getattr(sys, f"__{name}__"), getattr(sys, name))}  # (process.setup wraps them)
         self.moved = [(h, h.setStream(current[id(h.stream)])) for h in logging.getLogger().handlers
                       if type(h) is logging.StreamHandler and id(h.stream) in current]
 
@@ -90,7 +93,11 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         partial = self.path.with_suffix(".part")
-        trainer.save_checkpoint(partial, weights_only=False)  # optimizer and loops too
+        try:
+            trainer.save_checkpoint(partial, weights_only=False)  # optimizer and loops too
+        except OSError as e:
+            partial.unlink(missing_ok=True)  # half written: the previous checkpoint stands
+            raise OSError(e.errno, e.strerror, str(partial)) from e  # torch names no file
         os.replace(partial, self.path)
 
 

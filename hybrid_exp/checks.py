@@ -60,8 +60,6 @@ def check_values(cfg: DictConfig) -> None:
                               f"got {seed!r}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seed must be one seed or a list of distinct seeds; got {seeds}")
-    if len(seeds) > 1:
-        check_fusable(cfg)
     missing = sorted(missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} must be given (it has no default here): add "
@@ -103,6 +101,7 @@ def check_values(cfg: DictConfig) -> None:
         number(optim.depthwise_weight_decay, "optim.depthwise_weight_decay", 0)
     number(optim.warmup_epochs, "optim.warmup_epochs", 0)
     check_callbacks(cfg)
+    check_partial(cfg)
 
 
 def accepted_keys(target) -> set[str] | None:
@@ -174,12 +173,15 @@ def config_text(cfg: DictConfig) -> str:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """``check_values`` then ``check_code``, unless this config already passed them, then
-    ``check_match`` (on its names, which the text checked leaves unresolved)."""
+    """``check_values`` then ``check_code`` (and ``check_fusable`` for a seed list: one fused
+    array), unless this config already passed them, then ``check_match`` (on its names, which
+    the text checked leaves unresolved)."""
     text = config_text(cfg)
     if text not in _checked:
         check_values(cfg)
         check_code(cfg)
+        if OmegaConf.is_list(cfg.seed) and len(cfg.seed) > 1:  # one fused array
+            check_fusable(cfg)
         _checked.add(text)
     check_match(cfg)
 
@@ -206,14 +208,99 @@ def check_match(cfg: DictConfig) -> None:
                 f"at {expected}")
 
 
+# Lightning's switches that train, validate or test a part of what the config says (a time limit:
+# as far as the machine gets): their runs are no results, so they log to the debug experiment only.
+PARTIAL = {"fast_dev_run": (False, 0), "limit_train_batches": (None, 1.0), "limit_val_batches": (None, 1.0),
+           "limit_test_batches": (None, 1.0), "overfit_batches": (0, 0.0), "max_time": (None,)}
+DEBUG_EXPERIMENT = "debug"  # where conf/debug/*.yaml log
+
+
+def check_partial(cfg: DictConfig) -> None:
+    """A run that trains less than its config says never stands as a result beside real ones."""
+    trainer = cfg.trainer
+    if trainer.get("limit_train_batches") in (0, 0.0) and trainer.get("limit_train_batches") is not None:
+        raise ConfigError("trainer.limit_train_batches=0 trains nothing: leave it out (all batches), or "
+                          "give a number of batches (5) or a fraction (0.1) with a debug preset (debug=limit)")
+    if cfg.logger.get("experiment_name") == DEBUG_EXPERIMENT:
+        return
+    for key, full in PARTIAL.items():
+        if key in trainer and trainer[key] not in full:
+            raise ConfigError(f"trainer.{key}={trainer[key]} trains, validates or tests a part of what the "
+                              f"config says, so its run must not stand as a result: use a debug preset "
+                              f"(debug=fdr, debug=limit), which logs to the '{DEBUG_EXPERIMENT}' experiment, "
+                              f"or add logger.experiment_name={DEBUG_EXPERIMENT}")
+
+
+def check_launch(config: DictConfig) -> None:
+    """What Hydra's own settings would break: a job that changes into its own folder finds a
+    relative store and checkpoint folder anew, so a relaunch could neither skip nor resume; and
+    submitit's local launcher pickles the config as written (passwords too) into .submitit/."""
+    from hybrid_exp.redact import CREDENTIALS
+
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if launcher.endswith("submitit_launcher.LocalLauncher") and CREDENTIALS.search(
+            OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))):
+        raise ConfigError("hydra/launcher=submitit_local writes the config, a URL's password included, "
+                          "into .submitit/*.pkl: pass the password through the environment "
+                          "(MLFLOW_TRACKING_PASSWORD, PGPASSWORD), or use hydra/launcher=gpus on this "
+                          "machine (hydra/launcher=slurm on a cluster), which keep it out of every file")
+    if not config.hydra.job.get("chdir"):
+        return
+    uri, checkpoints = str(config.logger.tracking_uri), str(config.checkpoint_dir)
+    relative = [f"{key}={value}" for key, value, path in (
+        ("logger.tracking_uri", uri, uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else "/"),
+        ("checkpoint_dir", checkpoints, checkpoints)) if not Path(path).expanduser().is_absolute()]
+    if relative:
+        raise ConfigError(f"hydra.job.chdir=true runs each job in its own folder, where {' and '.join(relative)} "
+                          f"would be new for every job (a relaunch could neither skip nor resume): leave "
+                          f"hydra.job.chdir out, or give absolute paths")
+
+
+def smallest_of_each_form(units: list) -> list:
+    """One unit per form (its structure with the channel counts left out: stride, kernel,
+    branches), the one with the fewest weights: the fusion check runs each form's code, cheaply."""
+    def form(unit) -> str:
+        text = re.sub(r"\((\d+), (\d+),", "(C, C,", str(unit))  # a conv's in and out channels
+        return re.sub(r"(BatchNorm2d\(|groups=|features=)\d+", r"\1C", text)
+
+    smallest = {}
+    for unit in units:
+        size = sum(p.numel() for p in unit.parameters())
+        if form(unit) not in smallest or size < smallest[form(unit)][0]:
+            smallest[form(unit)] = (size, unit)
+    return [unit for _, unit in smallest.values()]
+
+
 def check_fusable(cfg: DictConfig) -> None:
     """What a fused seed array cannot train with (a ``seed`` list, or a grid whose launcher
-    fuses its seeds)."""
+    fuses its seeds): 16-bit precision's loss scaler, and a unit that breaks the fusion
+    contract (checked on the network's own units, once per model config)."""
     if str(cfg.trainer.get("precision")) in ("16-mixed", "16"):
         raise ConfigError("trainer.precision=16-mixed cannot train a fused seed array (its loss "
                           "scaler's one overflow flag would skip every member's step for one "
                           "member's overflow): use bf16-mixed or 32-true, or "
                           "hydra.launcher.fuse_seeds=false")
+    model = OmegaConf.to_yaml(cfg.model, resolve=True)
+    if model in _fusable:
+        return
+    from hydra.utils import get_class
+
+    from hybrid_exp.fusion import contract_breach
+    from hybrid_exp.members import build_network
+
+    member = cfg.copy()
+    member.seed = 0
+    unit_class = get_class(cfg.model.block._target_) if "block" in cfg.model else None
+    units = [m for m in build_network(member).modules() if unit_class and isinstance(m, unit_class)]
+    for unit in smallest_of_each_form(units):  # the forms a unit takes: stride, shortcut, ...
+        breach = contract_breach(unit)
+        if breach:
+            block = cfg.get("names", {}).get("block") or unit_class.__name__
+            raise ConfigError(f"model/block={block} ({unit_class.__name__}) breaks the fusion contract: {breach} "
+                              f"(a torch.cat of channels mixes the members' blocks): join channels with "
+                              f"hybrid_exp.fusion.cat_channels (docs/variants.md, 'Add your own unit'), "
+                              f"or train each seed alone with hydra.launcher.fuse_seeds=false")
+    _fusable.add(model)
 
 
 def check_callbacks(cfg: DictConfig) -> None:
@@ -272,6 +359,7 @@ def check_code(cfg: DictConfig) -> None:
 _built: set[str] = set()  # model configs whose network was built
 _code_checked: set[str] = set()  # configs without their seed that passed check_code
 _checked: set[str] = set()  # configs (their text) that passed every check
+_fusable: set[str] = set()  # model configs whose units keep the fusion contract
 
 
 def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
@@ -293,6 +381,9 @@ def grid_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
             if not choices[-1]:
                 raise ConfigError(f"{override.input_line} gives no value, so the grid would have no "
                                   f"job: give it at least one (seed='range(3)' is 0, 1, 2)")
+            twice = sorted({v for v in choices[-1] if choices[-1].count(v) > 1})
+            if twice:  # one config twice: two jobs would train it side by side
+                raise ConfigError(f"{override.input_line} gives {twice[0]} twice: give each value once")
     swept = [i for i, values in enumerate(choices) if len(values) > 1]
     return [([job[i] for i in swept], job_config(config.hydra.job.config_name, list(job)))
             for job in itertools.product(*choices)]

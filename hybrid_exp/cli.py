@@ -88,6 +88,7 @@ def task(cfg: DictConfig):
     except Exception as e:
         import optuna  # already loaded by train
 
+        e = errors.disk_full(e) or e  # a full disk is the user's to mend, and said so
         pruned = isinstance(e, optuna.TrialPruned)
         failed_whole(setup, "pruned" if pruned else "failed", f"{type(e).__name__}: {e}", requeues).write(output_dir)
         if isinstance(e, errors.UserError) and HydraConfig.get().mode == RunMode.RUN:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hybrid_exp.errors import TrackingUnavailable, UserError, reported
+from hybrid_exp.redact import redact
 
 # mlflow and the platform's tracking module are imported where used: --help answers at once
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def copy_runs(source_uri: str, target_uri: str, experiments: list[str] | None = 
     for name in names:
         found = store.get_experiment(source, name)
         if found is None:
-            raise UserError(f"no experiment '{name}' in {source_uri}")
+            raise UserError(f"no experiment '{name}' in {redact(source_uri)}")
         runs = source.all_runs(found.experiment_id)
         if not runs:
             continue
@@ -86,7 +87,7 @@ def copy_runs(source_uri: str, target_uri: str, experiments: list[str] | None = 
             if run.info.run_id not in new_ids:
                 new_ids[run.info.run_id] = copy_run(source, target, run, experiment_id, new_ids)
                 copied += 1
-        print(f"{name}: {len(runs)} runs in the source, all now in {target_uri}")
+        print(f"{name}: {len(runs)} runs in the source, all now in {redact(target_uri)}")
     return copied
 
 

@@ -3,9 +3,12 @@ naming the fix; every entry point turns it into that sentence and an exit status
 traceback (``reported``). Light: no torch, no MLflow, so every module may raise these."""
 import contextlib
 import difflib
+import errno
 import sys
 
 from hydra.errors import CompactHydraException
+
+from hybrid_exp.redact import redact
 
 
 class UserError(Exception):
@@ -27,6 +30,20 @@ class TrackingUnavailable(UserError, RuntimeError):
 class StoreFailed(UserError, RuntimeError):
     """The tracking store cannot be written or read now. Nothing trained is lost: each epoch's
     checkpoint stays, and the runs resume."""
+
+
+class DiskFull(UserError, OSError):
+    """No space left where a run writes (its checkpoint, the store's artifacts, the data cache):
+    the run is interrupted, not failed, and a relaunch resumes it once there is space."""
+
+
+def disk_full(error: BaseException) -> DiskFull | None:
+    """``error`` as a ``DiskFull`` sentence, when it is the disk's ENOSPC; else None."""
+    if not isinstance(error, OSError) or error.errno != errno.ENOSPC:
+        return None
+    where = f"the disk holding {error.filename}" if error.filename else "a disk the run writes to"
+    return DiskFull(f"no space left on {where}: free space there, and run the same command again: "
+                    f"finished runs are kept and interrupted ones resume from their last checkpoint")
 
 
 class NoWeights(UserError, ValueError):
@@ -57,7 +74,7 @@ def leave(error: UserError, where: str = "", lead: str = "", status: int = 1) ->
     """The way out of an entry point for ``error``: its sentence (after ``lead``, and with
     ``where``, the job it was found in) on stderr, and exit ``status``; raise what this returns,
     ``from None``."""
-    print(f"{lead}{error}{where}", file=sys.stderr)
+    print(redact(f"{lead}{error}{where}"), file=sys.stderr)  # a sentence may quote a store's URL
     return SystemExit(status)
 
 

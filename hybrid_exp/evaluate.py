@@ -40,6 +40,9 @@ def find_run(client, experiment: str, run: str):
         return client.get_run(run)
     except MlflowException:
         pass
+    if "'" in run or '"' in run:  # the name goes into a search filter
+        raise UserError(f"no run is named {run}: hybrid-exp names runs <setup>-seed<seed> (no quotes); "
+                        f"give a run name or id")
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], f"attributes.run_name = '{run}' and "
                               "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
@@ -60,7 +63,11 @@ def stored_run(run_id: str, client, device, data_root: str | None = None, weight
 
     from hybrid_exp.registry import build, stored
 
-    if weights not in {a.path for a in client.list_artifacts(run_id)}:
+    stored_files = {a.path for a in client.list_artifacts(run_id)}
+    if "config.yaml" not in stored_files:
+        raise NoWeights(f"run {run_id} has no config.yaml to rebuild its network from: it was not "
+                        f"logged by hybrid-exp's training, or its artifacts were deleted")
+    if weights not in stored_files:
         raise NoWeights(f"run {run_id} has no {weights}: " + (
             "only runs trained with callbacks=best_weights store it" if weights == "best.pt" else
             "only runs that FINISHED with this version store their weights; train it again (rerun=true)"))

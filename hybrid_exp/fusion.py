@@ -141,3 +141,37 @@ def per_member_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torc
     """Mean cross-entropy of each member: logits (B, M*K), labels (B, M) -> (M,)."""
     B, M = labels.shape
     return F.cross_entropy(logits.view(B, M, -1).transpose(1, 2), labels, reduction="none").mean(0)
+
+
+def contract_breach(unit: nn.Module, height: int = 4) -> str | None:
+    """Why ``unit`` (a built conv unit, (B, C_in, H, W) -> (B, C_out, ...)) would not train
+    exactly when fused (None: it would): two members (its weights, and others drawn at random)
+    fused and fed their own inputs, in float64, against each member alone; the outputs, then the
+    weight gradients of one step. What it catches: a ``torch.cat`` of channels (it mixes the
+    members' blocks; ``cat_channels`` keeps them apart), or any layer that reads across members."""
+    in_channels = next(m for m in unit.modules() if isinstance(m, nn.Conv2d)).in_channels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        members = [copy.deepcopy(unit).double().train() for _ in range(2)]
+        with torch.no_grad():
+            for p in members[1].parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        fused = fuse([copy.deepcopy(m) for m in members])
+        inputs = [torch.randn(2, in_channels, height, height, dtype=torch.float64) for _ in members]
+        alone = [m(x) for m, x in zip(members, inputs)]
+        together = fused(torch.cat(inputs, dim=1))  # the members' channel blocks, side by side
+    expected = torch.cat(alone, dim=1)
+    if together.shape != expected.shape or not torch.allclose(together, expected, rtol=1e-9, atol=1e-9):
+        gap = (together - expected).abs().max().item() if together.shape == expected.shape else float("nan")
+        return f"fused, each member's output differs from its own by up to {gap:.3g}"
+    weights = [torch.randn_like(y) for y in alone]
+    for y, w in zip(alone, weights):
+        (y * w).sum().backward()
+    (together * torch.cat(weights, dim=1)).sum().backward()
+    grads = {name: p.grad for name, p in fused.named_parameters() if p.grad is not None}
+    for m, member in enumerate(members):
+        for name, p in member.named_parameters():
+            if name in grads and not torch.allclose(member_slices(grads[name], 2)[m], p.grad, rtol=1e-9, atol=1e-9):
+                return f"fused, the gradient of {name} differs from each member's own"
+    return None
+

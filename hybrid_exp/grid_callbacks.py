@@ -14,17 +14,19 @@ class CheckConfigs(Callback):
     run's before Hydra creates its output folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import check_config, own_names
+        from hybrid_exp.checks import check_config, check_launch, own_names
 
         with reported():
+            check_launch(config)
             check_config(own_names(config))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hybrid_exp.checks import check_code, check_fusable, check_match, check_values, grid_configs
+        from hybrid_exp.checks import check_code, check_fusable, check_launch, check_match, check_values, grid_configs
         from hybrid_exp.job import seed_of
         from hydra_plugins.hybrid_exp_launcher.arrays import group_seeds
 
         with reported():
+            check_launch(config)
             jobs = grid_configs(config)
             if config.hydra.sweeper._target_.endswith(".OptunaSweeper"):  # its search space, trials, storage
                 from hydra.utils import instantiate

@@ -18,8 +18,12 @@ def claim(path: Path, holder: str, wait: bool = False) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, holder[:2000].encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder[:2000].encode(), 0)
+    except OSError as e:  # a full disk: the lock holds, naming no holder; say which file
+        os.close(fd)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     return fd
 
 

@@ -16,6 +16,15 @@ from hybrid_exp.fusion import member_slices, per_member_cross_entropy
 log = logging.getLogger(__name__)
 
 
+def members_summary(metrics: list[dict[str, float]], alive: list[int], keys=None) -> dict[str, str]:
+    """Each metric of the epoch as the log line and the progress bar show it: one run's value;
+    an array's mean ± sd over its living members (one value where they agree, as the learning
+    rate does). ``keys``: those metrics only."""
+    values = {k: [metrics[m][k] for m in alive] for k in metrics[alive[0]] if keys is None or k in keys}
+    shown = lambda v: f"{v[0]:.4g}" if max(v) == min(v) else f"{statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g}"
+    return {k: shown(v) for k, v in values.items()}
+
+
 def complexity(net: nn.Module) -> dict[str, int]:
     """Parameter count and multiply-adds of one forward pass on a 32x32 image."""
     was_training = net.training
@@ -274,13 +283,9 @@ class Classifier(pl.LightningModule):
         log.info("epoch %d/%d  %s", self.current_epoch + 1, self.trainer.max_epochs, self.epoch_line())
 
     def epoch_line(self) -> str:
-        """The epoch's metrics: one run's values; an array's mean ± sd over its living members
-        (one value where they agree, as the learning rate does), and how many live."""
+        """The epoch's metrics (``members_summary``), and how many members live."""
         alive = self.living_members()
-        values = {k: [self.metrics[m][k] for m in alive] for k in self.metrics[alive[0]]}
-        shown = lambda v: f"{v[0]:.4g}" if max(v) == min(v) else \
-            f"{statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g}"
-        line = "  ".join(f"{k} {shown(v)}" for k, v in values.items())
+        line = "  ".join(f"{k} {v}" for k, v in members_summary(self.metrics, alive).items())
         if self.members == 1:
             return line
         failed = f", {len(self.failures)} failed" if self.failures else ""

@@ -1,9 +1,10 @@
-"""What a process of the platform sets up once, before its work: a quiet terminal, the config
-resolvers and the Hydra plugins. Each entry point calls ``setup()`` first (the CLI, a grid's job,
+"""What a process of the platform sets up once, before its work: a quiet terminal that shows
+no password, the config resolvers and the Hydra plugins. Each entry point calls ``setup()`` first (the CLI, a grid's job,
 ``train()`` called from Python, evaluate, copy_runs, similarity, bench, the analysis); importing a
 module changes nothing."""
 import logging
 import os
+import sys
 import warnings
 
 # Lines that say nothing the run's log and tags do not: Lightning advertises its cloud logger and
@@ -34,6 +35,7 @@ def setup(hydra_app: bool = False) -> None:
     from omegaconf import OmegaConf
 
     from hybrid_exp import class_folders
+    from hybrid_exp.redact import RedactedStream
 
     lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if lightning_says_something not in lightning.filters:
@@ -44,8 +46,18 @@ def setup(hydra_app: bool = False) -> None:
         store.addFilter(store_says_something)
     for message in WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    # MLflow draws a progress bar for every artifact it moves: a report reads hundreds
+    # MLflow draws a progress bar for every artifact it moves (a report reads hundreds), and
+    # prints each run's URL, a server's password included (the grid summary links the runs)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # A tracking server that stops answering: MLflow retries each request (a restart loses
+    # nothing) for about a minute, not its default quarter of an hour; then store.retrying
+    # says so in a sentence and the run resumes when relaunched
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+        os.environ.setdefault(name, value)
+    for name in ("stdout", "stderr"):  # the process's own streams (not a test's capture), once
+        if getattr(sys, name) is getattr(sys, f"__{name}__"):
+            setattr(sys, name, RedactedStream(getattr(sys, name)))
     if not OmegaConf.has_resolver("class_folders"):  # data=image_folder's num_classes
         OmegaConf.register_new_resolver("class_folders", class_folders)
     if not OmegaConf.has_resolver("pid"):  # a run's folder: two started in one second get their own

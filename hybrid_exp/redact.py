@@ -19,6 +19,22 @@ def redact(text: str) -> str:
     return CREDENTIALS.sub(r"\g<scheme>\g<user>\g<sep>***@", text)
 
 
+class RedactedStream:
+    """A text stream that writes what it is given with every URL password hidden: the process's
+    stdout and stderr (hybrid_exp.process), so that no library's line (Hydra's "Error executing
+    job with overrides", a traceback quoting a URL) shows one."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact(text) if "@" in text else text)
+        return len(text)
+
+    def __getattr__(self, name: str):  # isatty, fileno, flush, encoding: the stream's own
+        return getattr(self.stream, name)
+
+
 def redact_tree(node):
     """A plain (resolved) config container with every string redacted."""
     if isinstance(node, dict):

@@ -8,7 +8,11 @@ the same without the seed; its protocol the ``PROTOCOL_KEYS`` part: what setups 
 under. The ``data_fingerprint`` tag names the pixels a run saw (the decoded dataset's digest):
 the same config on other pixels (the official files, a JPEG copy) is another experiment.
 """
+import ast
+import functools
 import hashlib
+import importlib.util
+import json
 import subprocess
 from pathlib import Path
 
@@ -38,8 +42,12 @@ PROTOCOL_KEYS = ("data", "optim", "trainer.max_epochs", "trainer.precision", "tr
 # machine, torch, the job's command, the array it was fused in, eager or compiled: a results
 # bundle's provenance).
 TAGS = ("setup", "model", "block", "backbone", "seed", "precision", "config_hash", "setup_hash",
-        "protocol", "protocol_hash", "data_fingerprint", "git_sha", "error", "array", "machine",
-        "torch", "command", "execution")
+        "protocol", "protocol_hash", "data_fingerprint", "code_fingerprint", "git_sha", "error", "array",
+        "machine", "torch", "command", "execution")
+# The modules whose code decides what every run computes, beside those its config's classes
+# come from (the network, its unit, the data): the training step, fusion, batches, seeding.
+TRAINING_CODE = ("hybrid_exp.module", "hybrid_exp.fusion", "hybrid_exp.batches", "hybrid_exp.seeding",
+                 "hybrid_exp.members")
 
 
 def short_hash(text: str) -> str:
@@ -129,3 +137,57 @@ def git_diff(checkout: Path = SOURCE) -> str:
     outside git: kept with the runs and bundles it made, as the commit alone cannot say it."""
     diff = subprocess.run(["git", "diff", "HEAD"], cwd=checkout, capture_output=True, text=True)
     return diff.stdout if diff.returncode == 0 else ""
+
+
+def code_files(cfg: DictConfig) -> dict[str, str]:
+    """{module: digest of its code} of the modules that build and train ``cfg``'s network: those
+    its ``_target_`` classes come from (``model``, its unit, ``data``) and ``TRAINING_CODE``.
+    The run identity hashes the config; this says which code computed it."""
+    built = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "data"]), resolve=True)
+    modules = {target.rsplit(".", 1)[0] for target in targets(built)} | set(TRAINING_CODE)
+    return {module: code_digest(module) for module in sorted(modules)}
+
+
+def targets(node) -> set[str]:
+    """Every ``_target_`` in a plain config container."""
+    found = set()
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.add(str(node["_target_"]))
+        children = node.values()
+    else:
+        children = node if isinstance(node, list) else []
+    for child in children:
+        found |= targets(child)
+    return found
+
+
+@functools.cache
+def code_digest(module: str) -> str:
+    """A module's statements, hashed: its docstrings, comments and layout left out (an edit that
+    changes none of its statements changes no digest). Read from its file, never imported."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return "unknown"
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return short_hash(ast.dump(tree))
+
+
+def code_fingerprint(files: dict[str, str]) -> str:
+    """One digest of ``code_files``: the run's ``code_fingerprint`` tag."""
+    return short_hash(json.dumps(files, sort_keys=True))
+
+
+def code_changes(recorded: str | None, files: dict[str, str]) -> list[str]:
+    """The modules of ``files`` whose code differs from a run's ``code_files`` tag (JSON), or
+    that it did not record; [] for a run logged before runs recorded their code."""
+    if not recorded:
+        return []
+    before = json.loads(recorded)
+    return [module for module, digest in files.items() if before.get(module) != digest]
+

@@ -21,31 +21,45 @@ from omegaconf import DictConfig
 from hybrid_exp.errors import StoreFailed, TrackingUnavailable
 from hybrid_exp.redact import redact
 
-# What MLflow reports as "temporarily unavailable" but no retry mends: the store's file or disk.
-LASTING = ("readonly database", "disk I/O error", "unable to open database file",
-           "database or disk is full", "disk image is malformed")
+# What MLflow reports as "temporarily unavailable" but no retry mends: the store's file or disk,
+# each with what it means and what mends it.
+LASTING = {"database or disk is full": "the disk under it is full: free space",
+           "readonly database": "it cannot be written: make its file and folder writable",
+           "disk I/O error": "its disk failed to read or write it: check the disk",
+           "unable to open database file": "its file cannot be opened: check that it and its folder exist",
+           "disk image is malformed": "its file is damaged: restore it from a copy, or log to a new store"}
+AGAIN = ("run the same command again: finished runs are kept and interrupted ones resume from their "
+         "last checkpoint")
 
 
-def retrying(call, *args, attempts: int = 8, store: str = "the tracking store", **kwargs):
+def retrying(call, *args, attempts: int = 8, store: str = "the tracking store", path: Path | None = None,
+             **kwargs):
     """``call(*args, **kwargs)``, retried with backoff while the store is busy (a locked SQLite
     file under many parallel writers outlasting MLflow's own 20 s busy timeout); a store that
-    no retry mends (read-only, a disk error, a full disk), or one still busy after every retry,
-    is ``StoreFailed`` at once."""
+    no retry mends (its file deleted or read-only, a disk error, a full disk; a server that stopped
+    answering through MLflow's own retries), or one still busy after every retry, is
+    ``StoreFailed`` at once, named for what it is. ``path``: a SQLite store's file."""
     for attempt in range(attempts):
         try:
             return call(*args, **kwargs)
         except MlflowException as e:
+            text = str(e)
+            if "API request to" in text and "failed with exception" in text:  # after MLflow's retries
+                cause = text.split("failed with exception", 1)[1].strip().splitlines()[0][:200]
+                raise StoreFailed(f"{store} stopped answering ({redact(cause)}): start it again "
+                                  f"(docs/tracking.md), and {AGAIN}") from None
             if e.error_code != "TEMPORARILY_UNAVAILABLE":
                 raise
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else "unavailable"
-            lasting = any(kind in reason for kind in LASTING)
-            if lasting or attempt == attempts - 1:
-                mend = ("make it writable (its file, its folder, disk space)" if lasting else
-                        f"it stayed busy through {attempts} tries: fewer parallel writers, or a "
-                        f"server store (docs/tracking.md)")
-                raise StoreFailed(f"{store} failed ({reason[:300]}): {mend}, and run the same command "
-                                  f"again: finished runs are kept and interrupted ones resume from "
-                                  f"their last checkpoint") from None
+            if path is not None and not path.exists():
+                raise StoreFailed(f"{store} failed: its file {path} was deleted while in use, and the "
+                                  f"runs it held with it: run the same command again to train them "
+                                  f"into a new store") from None
+            lasting = next((kind for kind in LASTING if kind in text), None)  # anywhere: MLflow's
+            if lasting or attempt == attempts - 1:  # first line is often SQLAlchemy's autoflush note
+                mend = (LASTING[lasting] if lasting else f"it stayed busy through {attempts} tries: "
+                        f"fewer parallel writers, or a server store (docs/tracking.md)")
+                raise StoreFailed(f"{store} failed ({lasting or 'database is locked'}): {mend}, and "
+                                  f"{AGAIN}") from None
             time.sleep(0.2 * 2**attempt * (1 + random.random()))
 
 
@@ -60,8 +74,10 @@ class Client:
         attribute = getattr(self.mlflow, name)
         if not callable(attribute):
             return attribute
-        store = f"the tracking store {redact(self.mlflow.tracking_uri)}"
-        return lambda *args, **kwargs: retrying(attribute, *args, store=store, **kwargs)
+        uri = self.mlflow.tracking_uri
+        store = f"the tracking store {redact(uri)}"
+        path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        return lambda *args, **kwargs: retrying(attribute, *args, store=store, path=path, **kwargs)
 
     def all_runs(self, experiment_id: str, query: str = "", page_size: int = 1000) -> list:
         """Every run of the experiment matching ``query``, page after page."""
@@ -125,8 +141,8 @@ LOCAL_HINT = "or log locally with logger.tracking_uri=sqlite:///mlflow.db"
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """Fail at once, in one sentence, when a tracking server or database is down. Mid-run,
-    MLflow's client retries for minutes (a server restart loses nothing); at start that would
-    only hide a typo."""
+    MLflow's client retries for about a minute (a server restart loses nothing; hybrid_exp.process
+    sets how long); at start that would only hide a typo."""
     if uri.startswith(("postgresql", "mysql")):
         check_database(uri, timeout)
     if not uri.startswith(("http://", "https://")):
@@ -147,8 +163,9 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
                                   f"start it (docker compose up -d, see docs/tracking.md) {LOCAL_HINT}") from None
 
 
-def check_database(uri: str, timeout: float) -> None:
-    """One connection to a database tracking store, given ``timeout`` seconds."""
+def check_database(uri: str, timeout: float, what: str = "the tracking database",
+                   otherwise: str = LOCAL_HINT) -> None:
+    """One connection to a database (a tracking store, ``what``), given ``timeout`` seconds."""
     import sqlalchemy
 
     try:
@@ -157,8 +174,8 @@ def check_database(uri: str, timeout: float) -> None:
             pass
     except Exception as e:  # the driver's own error: refused, unknown host, bad password, no driver
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise TrackingUnavailable(f"the tracking database {redact(uri)} cannot be used ({redact(reason[0] if reason else type(e).__name__)}): "
-                                  f"start it, check its address and login (docs/tracking.md) {LOCAL_HINT}") from None
+        raise TrackingUnavailable(f"{what} {redact(uri)} cannot be used ({redact(reason[0] if reason else type(e).__name__)}): "
+                                  f"start it, check its address and login (docs/tracking.md) {otherwise}") from None
 
 
 def get_experiment(client: Client, name: str):

@@ -2,6 +2,7 @@
 (resumed) or new, logged epoch by epoch, ended FINISHED, FAILED or KILLED. What identifies a run
 is hybrid_exp.schema's; the store and its connection are hybrid_exp.store's."""
 import contextlib
+import json
 import logging
 import tempfile
 import time
@@ -13,14 +14,26 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from hybrid_exp import store
-from hybrid_exp.errors import StoreFailed
+from hybrid_exp.errors import DiskFull, StoreFailed, disk_full
 from hybrid_exp.redact import redact, redact_tree
-from hybrid_exp.schema import GIT_DIFF, config_hash, flatten, git_diff, git_sha, run_schema
+from hybrid_exp.schema import (
+    GIT_DIFF,
+    code_changes,
+    code_files,
+    code_fingerprint,
+    config_hash,
+    flatten,
+    git_diff,
+    git_sha,
+    run_schema,
+)
 from hybrid_exp.store import Client
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.pt"  # each FINISHED run's trained weights (python -m hybrid_exp.evaluate reads them)
+PREDICTIONS = "test_predictions.npz"  # each FINISHED run's per-image evidence
+EVIDENCE = {"config.yaml", WEIGHTS, PREDICTIONS}  # what a run must hold to end FINISHED
 
 
 @dataclass(frozen=True)
@@ -38,16 +51,25 @@ class Experiment:
 
     def finished(self, cfg: DictConfig, fingerprint: str) -> Run | None:
         """The run that makes ``cfg`` need no training: its newest FINISHED run on the same data
-        (``data_fingerprint``); none with ``rerun=true``. A run logged before runs recorded their
-        data counts as on the same data: an upgrade does not retrain what finished. The one
-        rule the launcher (before a grid starts) and training (in each job) skip by."""
+        (``data_fingerprint``) and the same code (``code_files``: the modules that build and train
+        it); none with ``rerun=true``. A run logged before runs recorded their data or code counts
+        as the same: an upgrade does not retrain what finished. The one rule the launcher (before
+        a grid starts) and training (in each job) skip by."""
         if cfg.get("rerun"):
             return None
         runs = self.client.search_runs([self.id], f"tags.config_hash = '{config_hash(cfg)}' and "
                                                   f"attributes.status = 'FINISHED'",
                                        max_results=100, order_by=["attributes.start_time DESC"])
         same = [r for r in runs if r.data.tags.get("data_fingerprint", fingerprint) == fingerprint]
-        return same[0] if same else None
+        if not same:
+            return None
+        changed = code_changes(same[0].data.tags.get("code_files"), code_files(cfg))
+        if changed:  # its numbers are another code's: said, and trained again
+            log.warning("%s-seed%s: the code that builds and trains it changed since its FINISHED run %s "
+                        "(%s): training it again (docs/scaling.md, 'Run identity')", same[0].data.tags.get(
+                            "setup", "?"), cfg.seed, same[0].info.run_id, ", ".join(changed))
+            return None
+        return same[0]
 
     def resumable(self, checkpoint_dir: Path) -> list[str] | None:
         """The run ids stored beside a checkpoint (one per member, in order), if any of those
@@ -91,11 +113,14 @@ class Experiment:
             self.client.update_run(run_id, "RUNNING")
         else:
             trial = f"-trial{tags['optuna.trial_number']}" if "optuna.trial_number" in tags else ""
+            files = code_files(cfg)
             run = self.client.create_run(self.id, run_name=f"{tags['setup']}{trial}-seed{tags['seed']}",
-                                         tags={**tags, **run_schema(cfg), "git_sha": git_sha()})
+                                         tags={**tags, **run_schema(cfg), "git_sha": git_sha(),
+                                               "code_fingerprint": code_fingerprint(files),
+                                               "code_files": json.dumps(files, sort_keys=True)})
             run_id = run.info.run_id
             if diff := git_diff():  # the commit alone does not say what a dirty checkout trained
-                self.client.log_text(run_id, diff, GIT_DIFF)
+                self.client.log_text(run_id, redact(diff), GIT_DIFF)
         try:
             if not resume:
                 resolved = redact_tree(OmegaConf.to_container(cfg, resolve=True))  # no passwords
@@ -112,15 +137,17 @@ class Experiment:
             import optuna
 
             pruned = isinstance(e, optuna.TrialPruned)  # stopped early by the Optuna pruner
-            requeues_spent = out_of_requeues(e)
-            failed = isinstance(e, Exception) and not pruned and not requeues_spent
+            stopped = out_of_requeues(e) or disk_full(e)  # the run is whole so far: it resumes
+            failed = isinstance(e, Exception) and not pruned and not stopped
             reason = f"{type(e).__name__}: {e}"[:5000] if failed else str(e) if pruned else \
-                f"interrupted: {e}" if requeues_spent else "interrupted"
+                f"interrupted: {stopped if isinstance(stopped, DiskFull) else e}" if stopped else "interrupted"
             if self.client.get_run(run_id).info.status != "FAILED":  # else failed by itself before
                 self.client.set_tag(run_id, "pruned" if pruned else "error", reason)
                 self.client.set_terminated(run_id, "FAILED" if failed else "KILLED")
-                log.error("run %s-seed%s %s: %s", tags["setup"], tags["seed"],
-                          "FAILED" if failed else "KILLED", reason)
+                # a pruned trial is the sweep working as meant; an interruption resumes
+                level = logging.ERROR if failed else logging.INFO if pruned else logging.WARNING
+                log.log(level, "run %s-seed%s %s: %s", tags["setup"], tags["seed"],
+                        "FAILED" if failed else "KILLED", reason)
             raise
         if not tracked.failed:
             self.client.set_terminated(run_id, "FINISHED")
@@ -152,7 +179,7 @@ class TrackedRun:
         import numpy as np
 
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "test_predictions.npz"
+            path = Path(folder) / PREDICTIONS
             np.savez_compressed(path, indices=np.asarray(indices, dtype=np.int64),
                                 labels=np.asarray(labels, dtype=np.int16),
                                 predicted=logits.argmax(1).numpy().astype(np.int16),
@@ -168,6 +195,19 @@ class TrackedRun:
             path = Path(folder) / name
             torch.save(state, path)
             self.client.log_artifact(self.run_id, str(path))
+
+    def check_evidence(self) -> str | None:
+        """Fail the run if what it must hold to stand as a result (``EVIDENCE``) is not in the
+        store's artifacts (deleted or moved while it trained: a FINISHED run nobody could
+        check); the reason, or None."""
+        missing = sorted(EVIDENCE - {a.path for a in self.client.list_artifacts(self.run_id)})
+        if not missing:
+            return None
+        reason = (f"its {', '.join(missing)} went missing from the store's artifacts while it ran "
+                  f"(deleted or moved): it trains again in a new run when relaunched")
+        log.error("run %s FAILED: %s", self.run_id, reason)
+        self.fail(reason)
+        return reason
 
     def fail(self, reason: str) -> None:
         self.client.set_tag(self.run_id, "error", reason[:5000])

@@ -21,13 +21,14 @@ from hybrid_exp import locks, process, tracking
 from hybrid_exp.callbacks import BestWeights, EpochBar, LastCheckpoint, MemberRuns, OptunaPruning
 from hybrid_exp.checks import check_config
 from hybrid_exp.device import machine, resolve_precision, trains_on_gpu
+from hybrid_exp.errors import disk_full
 from hybrid_exp.fusion import fuse, member_state
 from hybrid_exp.job import Result
 from hybrid_exp.members import array_key, build_network, member_config, named, setup_name, trial_seeds
 from hybrid_exp.module import Classifier, complexity, graph_blocker, prepare_network
 from hybrid_exp.redact import redact
 from hybrid_exp.registry import build
-from hybrid_exp.schema import config_hash
+from hybrid_exp.schema import code_changes, code_files, config_hash
 from hybrid_exp.tracking import Experiment
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def train(cfg: DictConfig) -> list[Result]:
         except Exception as e:  # each run is FAILED with the reason already; an array reports it per seed
             if len(members) == 1:
                 raise
-            results.update({m.seed: Result(m.seed, "failed", {}, None, f"{type(e).__name__}: {e}")
+            said = disk_full(e) or e
+            results.update({m.seed: Result(m.seed, "failed", {}, None, f"{type(said).__name__}: {said}")
                             for m in todo})
         return [results[seed] for seed in seeds]
 
@@ -224,7 +226,7 @@ def run_tags(members: list[DictConfig], net: nn.Module, trainer_args: dict, fing
             "machine": machine(trains_on_gpu(trainer_args["accelerator"])), "torch": torch.__version__,
             "command": launch_command(), "precision": trainer_args["precision"], "setup": setup_name(cfg),
             "data_fingerprint": fingerprint,
-            **({"tags": ", ".join(map(str, cfg.tags))} if cfg.get("tags") else {})}
+            **({"tags": redact(", ".join(map(str, cfg.tags)))} if cfg.get("tags") else {})}
     if len(members) > 1:
         tags["array"] = f"{len(members)} seeds fused: {' '.join(str(m.seed) for m in members)}"
     if trial:
@@ -240,9 +242,13 @@ def resume_point(cfg: DictConfig, experiment: Experiment, checkpoints: Path, fin
     its MLflow step), or (None, None) to start afresh: ``rerun``, no
     interrupted runs, runs that trained on other data, or an unreadable checkpoint."""
     resume = None if cfg.rerun else experiment.resumable(checkpoints)
-    if resume and any(experiment.client.get_run(r).data.tags.get("data_fingerprint", fingerprint)
-                      != fingerprint for r in resume):
+    tags = [experiment.client.get_run(r).data.tags for r in resume or []]
+    if any(t.get("data_fingerprint", fingerprint) != fingerprint for t in tags):
         log.info("%s: the interrupted runs in %s trained on other data; starting afresh", name, checkpoints)
+        resume = None
+    elif changed := sorted({m for t in tags for m in code_changes(t.get("code_files"), code_files(cfg))}):
+        log.info("%s: the code that builds and trains it changed since its interrupted runs (%s); "
+                 "starting afresh", name, ", ".join(changed))
         resume = None
     last = checkpoints / "last.ckpt"
     if not (resume and last.is_file()):
@@ -266,7 +272,8 @@ def make_trainer(cfg: DictConfig, trainer_args: dict, checkpoints: Path, trial: 
 
 
 def store_evidence(module: Classifier, net: nn.Module, data, runs: list, callbacks: list) -> None:
-    """Each finished member's per-image test logits, final weights and best weights, in its run."""
+    """Each finished member's per-image test logits, final weights and best weights, in its run;
+    a member whose run then lacks its evidence fails."""
     logits = module.test_logits()  # (N, M, K): per-image evidence beside the error rate
     state, M = net.state_dict(), len(runs)
     for m, run in enumerate(runs):
@@ -275,3 +282,5 @@ def store_evidence(module: Classifier, net: nn.Module, data, runs: list, callbac
             run.log_weights(member_state(state, m, M) if M > 1 else state)
             for best in (c for c in callbacks if isinstance(c, BestWeights)):
                 best.store(m, run)
+            if reason := run.check_evidence():
+                module.failures[m] = reason

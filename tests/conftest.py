@@ -112,3 +112,14 @@ def postgres():
     yield database
     run(bin_dir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: a disk that fills up (mounting needs root)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)]).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)])

@@ -145,6 +145,19 @@ def sgd_steps(net, members: int, data, steps: int = 4):
     return module
 
 
+def write_image_folder(root: Path, classes=("a", "b"), per_class=(24, 8), seed: int = 0) -> Path:
+    """<root>/{train,test}/<class>/*.png: random 32x32 images, ``per_class`` (train, test) each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "test"), per_class):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
 STARTED: list[subprocess.Popen] = []  # what start() started: conftest kills what a test leaves running
 
 

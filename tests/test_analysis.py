@@ -123,6 +123,8 @@ def test_the_tables_say_what_survived_which_code_ran_how_big_and_how_protocols_d
                 run = log_run(client, exp, setup, seed, error, protocol=protocol)
                 client.set_tag(run, "git_sha", "a" * 40 if setup == "separable" else "b" * 40 + "+dirty")
                 client.set_tag(run, "execution", "eager" if eval_seed == "0" or seed < 3 else "compiled")
+                if eval_seed == "1":  # the modules that build and train them edited between setups
+                    client.set_tag(run, "code_fingerprint", "c0de" * 4 if setup == "separable" else "f00d" * 4)
         log_run(client, exp, "inception", 5, None, status="FAILED", protocol=protocol)
     out = analyze("walk", uri, str(tmp_path / "r"), log_to_mlflow=False)
     report, table = (out / "report.md").read_text(), pd.read_csv(out / "summary.csv")
@@ -130,6 +132,8 @@ def test_the_tables_say_what_survived_which_code_ran_how_big_and_how_protocols_d
     assert ", data.eval_seed=1; training step compiled or eager\n" in report  # the headings alone tell the two protocols apart
     assert report.count("ran their training step 2 ways (compiled, eager): the same function, not bit-identical") == 1
     assert report.count("come from 2 code states (aaaaaaa, bbbbbbb+dirty; '+dirty'") == 2
+    assert report.count("were built and trained by 2 versions of the modules that do it (code fingerprints "
+                        "c0dec0de, f00df00d; each run's code_files tag names the modules)") == 1
     assert report.count("left out of every number below, which describes the survivors: `inception` 1 of 6.") == 2
     inception = table[table.setup == "inception"].iloc[0]
     assert inception.not_finished == 1 and inception.n == 5 and inception.n_paired == 5

@@ -8,6 +8,7 @@ import pytest
 from hybrid_exp.checks import check_config, check_values
 from hybrid_exp.errors import ConfigError, TrackingUnavailable
 from hybrid_exp.store import resolve_tracking_uri
+from tests.helpers import write_image_folder
 
 
 @pytest.mark.parametrize("override, message", [
@@ -161,6 +162,10 @@ OPTUNA = ["-m", "hydra/sweeper=optuna", "data=synthetic", "trainer.max_epochs=1"
     ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra.sweeper.storage=sqlite:///mlflow.db"],
      r"^hydra.sweeper.storage=sqlite:///mlflow.db is the MLflow store \(logger.tracking_uri\): give "
      r"the study a database of its own"),
+    ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra.sweeper.storage=nonsense"],
+     r"^hydra.sweeper.storage=nonsense is no database URL: give sqlite:///optuna.db"),
+    ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra.sweeper.storage=postgresql://user:marker-pw@127.0.0.1:9/db"],
+     r"^hydra.sweeper.storage: the study storage postgresql://user:\*\*\*@127.0.0.1:9/db cannot be used \(.*\): start it"),
     ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra/sweeper/sampler=motpe"],
      r"^hydra/sweeper/sampler=motpe: MOTPESampler was removed in Optuna 4"),
     (["data=image_folder", "data.root=/nonexistent"],
@@ -171,12 +176,32 @@ OPTUNA = ["-m", "hydra/sweeper=optuna", "data=synthetic", "trainer.max_epochs=1"
      r"^model.width is not a setting of DarkNet: .*; it comes from experiment=quick, which sizes the "
      r"models that take model.width: with model=darknet, leave the preset out"),
     (["data.root=/nonexistent", "data.download=false"], r"^no CIFAR-10 found under /nonexistent: expected"),
+    (["data=image_folder", "data.root=IMAGES", "data.val_size=0", "data.eval_size=4"],
+     r"^data.batch_size=128 is larger than the 6 training images: choose data.batch_size <= 6$"),
+    (["trainer.fast_dev_run=true", "data=synthetic"],
+     r"^trainer.fast_dev_run=True trains, validates or tests a part of what the config says, so its run "
+     r"must not stand as a result: use a debug preset"),
+    (["trainer.limit_train_batches=0", "data=synthetic"], r"^trainer.limit_train_batches=0 trains nothing"),
+    (["trainer.max_time=00:00:01:00", "data=synthetic"], r"^trainer.max_time=00:00:01:00 trains, validates"),
+    (["trainer.overfit_batches=2", "data=synthetic"], r"^trainer.overfit_batches=2 trains, validates"),
+    ([*SYNTHETIC_GRID, "seed=0,0"], r"^seed=0,0 gives seed=0 twice: give each value once$"),
+    ([*SYNTHETIC_GRID, "seed=0,1", "hydra.launcher.gpus=-1"], r"^hydra.launcher.gpus=-1: give a number of GPUs"),
+    (["hydra.job.chdir=true", "data=synthetic"],
+     r"^hydra.job.chdir=true runs each job in its own folder, where logger.tracking_uri=sqlite:///mlflow.db "
+     r"and checkpoint_dir=checkpoints would be new for every job"),
+    ([*SYNTHETIC_GRID, "seed=0,1", "hydra.job.chdir=true"], r"^hydra.job.chdir=true runs each job in its own"),
+    ([*OPTUNA, "optim.lr=interval(0.01, 0.1)", "hydra.sweeper.n_jobs=0"],
+     r"^hydra.sweeper.n_jobs \(trials at once\) must be a whole number >= 1; got 0$"),
+    ([*SYNTHETIC_GRID, "seed=0,1", "hydra/launcher=submitit_local",
+      "logger.tracking_uri=postgresql://user:marker-pw@127.0.0.1:9/db"],
+     r"^hydra/launcher=submitit_local writes the config, a URL's password included, into .submitit/\*.pkl"),
     (["logger.tracking_uri=postgresql://user:marker-pw@127.0.0.1:9/db", "data=synthetic"],
      r"^the tracking database postgresql://user:\*\*\*@127.0.0.1:9/db cannot be used \(.*\): start it"),
 ])
 def test_bad_input_is_one_sentence_before_anything_is_created(tmp_path, args, sentence):
     folder = write_folder_of_non_images(tmp_path / "folder")
-    args = [a.replace("FOLDER", str(folder)) for a in args]
+    images = write_image_folder(tmp_path / "folder" / "images", per_class=(3, 2))  # smaller than a batch
+    args = [a.replace("FOLDER", str(folder)).replace("IMAGES", str(images)) for a in args]
     run = subprocess.run([sys.executable, "-m", "hybrid_exp", *args], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     lines = run.stderr.strip().splitlines()

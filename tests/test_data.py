@@ -11,6 +11,7 @@ from hybrid_exp.batches import Batches, crop_flip
 from hybrid_exp.data import CIFAR10
 from hybrid_exp.dataset_files import load_cifar10
 from hybrid_exp.errors import DataError
+from tests.helpers import write_image_folder
 
 
 def write_official_batches(folder, n_per_batch=20, seed=0):
@@ -216,22 +217,10 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
         np.testing.assert_array_equal(z["x_train"][-20:], images["data_batch_5"])
 
 
-def write_image_folder(root, per_class=2):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for name in data.CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-
-
 def test_a_changed_image_folder_is_read_again_not_served_from_its_cache(tmp_path):
     from PIL import Image
 
-    write_image_folder(tmp_path)
+    write_image_folder(tmp_path, dataset_files.CLASSES, (2, 2))
     first = load_cifar10(tmp_path, "image_folder")[0]
     assert (tmp_path / "cifar10-image_folder-uint8.npz").is_file()
     image = tmp_path / "train/cat/0.png"
@@ -252,7 +241,7 @@ def test_a_changed_image_folder_is_read_again_not_served_from_its_cache(tmp_path
 
 
 def test_a_wrong_format_says_what_was_found(tmp_path):
-    write_image_folder(tmp_path, per_class=1)
+    write_image_folder(tmp_path, dataset_files.CLASSES, (1, 1))
     with pytest.raises(DataError, match=rf"data.format=pickle, but {tmp_path} holds CIFAR-10 as "
                        r"image_folder: set data.format=image_folder \(or auto\)"):
         load_cifar10(tmp_path, "pickle", download_missing=True)

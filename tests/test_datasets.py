@@ -224,24 +224,12 @@ def test_fig4_grid_trains_on_cifar100(tmp_path):
                for c in runs.config)
 
 
-def write_image_folder(root, seed, per_class=(24, 8)):
-    """<root>/{train,test}/{a,b}/*.png: two classes of random 32x32 images."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, n in zip(("train", "test"), per_class):
-        for cls in ("a", "b"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
-
-
 def test_one_config_on_other_pixels_is_trained_again_and_tagged_apart(make_cfg, tmp_path):
     """data.root is no part of a config's hash: the data fingerprint tells the pixels apart."""
     from mlflow.tracking import MlflowClient
 
     from hybrid_exp.train import train
-    from tests.helpers import TINY
+    from tests.helpers import TINY, write_image_folder
 
     write_image_folder(tmp_path / "first", seed=0)
     write_image_folder(tmp_path / "second", seed=1)

@@ -124,8 +124,81 @@ def test_every_debug_preset_trains_into_the_debug_experiment_with_the_users_tags
     assert MlflowClient(cfg.logger.tracking_uri).get_run(result.run_id).data.tags["tags"] == "smoke, check"
 
 
+def test_debug_limit_scores_every_evaluation_image_not_the_first_batches_of_a_sorted_test_set(make_cfg):
+    """Its first test batches alone can be one class (an image folder is stored class by class)."""
+    import numpy as np
+
+    cfg = make_cfg("debug=limit", *SYNTHETIC_DATA, "data.eval_size=512", "model.width=8", "model.depth=1",
+                   "trainer.max_epochs=1")
+    (result,) = train(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    with np.load(client.download_artifacts(result.run_id, "test_predictions.npz")) as saved:
+        assert len(saved["indices"]) == len(saved["predicted"]) == 512  # every image of the subset, scored
+
+
 def test_a_grid_preset_shows_what_it_sweeps_in_the_job_config():
     run = subprocess.run([sys.executable, "-m", "hybrid_exp", "experiment=fig4", "--cfg", "job"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0
     assert "grid:\n  model: separable,inception,resnext,reformulated_inception,equivalent,hybrid" in run.stdout
+
+
+def test_the_readme_says_how_many_setups_each_figure_preset_sweeps():
+    """What a user reads before launching 190-epoch grids: the preset's own count, not the paper's."""
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for line in re.findall(r"python -m hybrid_exp -m experiment=(\w+) seed=.*# .*?(\d+) setups", readme):
+        preset = yaml.safe_load((Path(config_dir()) / "experiment" / f"{line[0]}.yaml").read_text())
+        assert len(preset["grid"]["model"].split(",")) == int(line[1]), line
+    assert re.search(r"experiment=fig4 seed=.*# Fig. 4: 11 setups", readme)
+
+
+@pytest.mark.slow
+def test_the_add_your_own_unit_guide_works_as_written(tmp_path):
+    """docs/variants.md, 'Add your own unit', followed block by block in a copy of the package:
+    the class and the YAML go where their first lines say, the grid and the analysis run as
+    shown (small: synthetic data, 2 seeds, 1 epoch); then the class joined with torch.cat is
+    refused before anything exists."""
+    import os
+    import re
+    import shlex
+    import shutil
+
+    repo = Path(__file__).resolve().parent.parent
+    guide = (repo / "docs/variants.md").read_text().split("## Add your own unit")[1].split("\n## ")[0]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", guide, flags=re.S)
+    source = tmp_path / "source"
+    shutil.copytree(repo / "hybrid_exp", source / "hybrid_exp", ignore=shutil.ignore_patterns("__pycache__"))
+    for language, text in blocks:
+        target = re.match(r"# (\S+)( \(appended\))?\n", text)
+        if language in ("python", "yaml") and target:
+            path = source / target.group(1)
+            path.write_text((path.read_text() + "\n\n" if target.group(2) else "") + text)
+    commands = [shlex.split(line) for language, text in blocks if language == "bash" for line in text.splitlines()]
+    assert [c[:3] for c in commands] == [["python", "-m", "hybrid_exp"], ["python", "-m", "analysis"]]
+    small = ["data=synthetic", "model.width=8", "model.depth=1", "trainer.max_epochs=1"]
+    grid = [*commands[0][1:], *small]
+    grid[grid.index("seed=range(10)")] = "seed=range(2)"
+    run = lambda args: subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+                                      timeout=900, env={**os.environ, "PYTHONPATH": str(source)})
+    trained = run(grid)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = run(commands[1][1:])
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "separable+two_path" in (tmp_path / "analysis/reports/hybrid-exp/report.md").read_text()
+
+    blocks_py = source / "hybrid_exp/blocks.py"
+    blocks_py.write_text(blocks_py.read_text().replace(
+        "return cat_channels([path(x) for path in self.paths], self.members)",
+        "return torch.cat([path(x) for path in self.paths], dim=1)"))
+    (tmp_path / "again").mkdir()
+    refused = subprocess.run([sys.executable, *grid], cwd=tmp_path / "again", capture_output=True, text=True,
+                             timeout=900, env={**os.environ, "PYTHONPATH": str(source)})
+    assert refused.returncode != 0 and refused.stderr.strip().startswith(
+        "model/block=two_path (TwoPath) breaks the fusion contract: fused, each member's output differs"), \
+        refused.stderr[-2000:]
+    assert not list((tmp_path / "again").iterdir())
+

@@ -138,3 +138,49 @@ def test_cat_channels_keeps_its_inputs_layout_and_is_the_same_in_both(layout):
     expected = torch.cat([a.view(2, 3, 4, 5, 5), b.view(2, 3, 2, 5, 5)], 2).view(2, 18, 5, 5)
     joined = cat_channels([a.to(memory_format=layout), b.to(memory_format=layout)], 3)
     assert torch.equal(joined, expected) and joined.is_contiguous(memory_format=layout)
+
+
+class TwoBranches(torch.nn.Module):
+    """A unit as anyone writes it: two conv branches joined with ``join``."""
+
+    members = 1  # set by fuse
+
+    def __init__(self, join):
+        super().__init__()
+        self.join = join
+        self.a, self.b = torch.nn.Conv2d(4, 3, 3, padding=1), torch.nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        return self.join([self.a(x), self.b(x)], self.members)
+
+
+def test_a_unit_that_joins_channels_with_torch_cat_breaks_the_fusion_contract_and_is_caught():
+    from hybrid_exp.fusion import contract_breach
+
+    plain = TwoBranches(lambda tensors, members: torch.cat(tensors, dim=1))
+    assert contract_breach(plain).startswith("fused, each member's output differs from its own by up to")
+    assert contract_breach(TwoBranches(cat_channels)) is None  # within each member's block: exact
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_every_project_unit_keeps_the_fusion_contract(make_cfg, unit):
+    from hybrid_exp.checks import check_fusable
+
+    check_fusable(make_cfg(*BACKBONES["stacked"], f"model/block={unit}"))  # raises if it breaks it
+
+
+def test_a_grid_of_a_unit_that_breaks_the_contract_stops_before_anything_exists(tmp_path):
+    """A researcher's edit, as it happens: Inception's branches joined with torch.cat."""
+    import subprocess
+    import sys
+
+    edited = ("import torch, hybrid_exp.blocks as blocks\n"
+              "blocks.Inception.forward = lambda self, x: torch.cat([b(x) for b in self.branches], dim=1)\n"
+              "from hybrid_exp.cli import main; main()\n")
+    grid = subprocess.run([sys.executable, "-c", edited, "-m", "model=inception", "seed=0,1", "data=synthetic",
+                           "model.width=8", "model.depth=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = grid.stderr.strip().splitlines()
+    assert grid.returncode != 0 and len(lines) == 1, grid.stderr[-2000:]
+    assert lines[0].startswith("model/block=inception (Inception) breaks the fusion contract: fused, each member's "
+                               "output differs") and "hybrid_exp.fusion.cat_channels" in lines[0]
+    assert "hydra.launcher.fuse_seeds=false" in lines[0] and not list(tmp_path.iterdir())

@@ -115,6 +115,10 @@ def test_the_grid_sampler_tries_every_combination_once(tmp_path):
     assert len(done) == 4 and all(t.state.name == "COMPLETE" for t in done)  # capped at the grid
     assert sorted((t.params["model.width"], t.params["optim.lr"]) for t in done) == [
         (8, 0.05), (8, 0.1), (16, 0.05), (16, 0.1)]
+    best = next(tmp_path.glob("multirun/*/*/best.yaml")).read_text()  # what its values were tuned under
+    results = yaml.safe_load(next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text())
+    assert "# tuned under: data._target_=hybrid_exp.data.Synthetic" in best and "trainer.max_epochs=1" in best
+    assert results["protocol"] in best and "optim.momentum=0.9" in results["protocol"]
 
 
 @pytest.mark.slow
@@ -180,6 +184,9 @@ def test_pruner_stops_hopeless_trials_through_the_storage(tmp_path, cifar10_root
     killed = runs[runs.status == "KILLED"]
     assert len(killed) == len(pruned)
     assert all("pruned by Optuna at epoch 2" in client.get_run(r).data.tags["pruned"] for r in killed.run_id)
+    logged = run.stdout + run.stderr + "".join(p.read_text() for p in tmp_path.rglob("*.log"))
+    said = [line for line in logged.splitlines() if "KILLED: pruned by Optuna" in line]
+    assert said and all("[INFO]" in line for line in said)  # the sweep working as meant: no ERROR
 
 
 @pytest.mark.slow
@@ -261,3 +268,21 @@ def test_every_sampler_and_pruner_preset_builds(group, option):
     built = instantiate(cfg.hydra.sweeper[group])
     base = optuna.samplers.BaseSampler if group == "sampler" else optuna.pruners.BasePruner
     assert isinstance(built, base)
+
+
+def test_a_trials_value_reads_the_same_in_its_trial_line_the_summary_and_the_best_line(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from hybrid_exp.job import JobRecord, Result
+    from hydra_plugins.hybrid_exp_launcher.summary import results_table
+    from hydra_plugins.hybrid_exp_sweeper.optuna_sweeper import trial_value
+
+    JobRecord("separable", [Result(0, "finished", {"test/error": 31.25, "val/error": 29.8765}, "r")], 0, 60.0
+              ).write(tmp_path)
+    job = JobReturn(overrides=["optim.lr=0.1", "seed=0"], cfg=OmegaConf.create({"objective": "val/error"}),
+                    hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}}),
+                    status=JobStatus.COMPLETED, _return_value=29.8765)
+    header, row = results_table([job])
+    assert header.split()[-1] == "val/error" and row.split()[-1] == "29.88" and "31.25" in row
+    assert trial_value(OmegaConf.create({"objective": "val/error"}), [29.8765]) == "val/error 29.88"

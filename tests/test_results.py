@@ -2,8 +2,10 @@
 last digit, refused when edited, combined across machines; the README's Results section is the
 bundles' own tables."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,60 @@ def test_a_bundle_edited_after_publishing_is_refused(tmp_path):
         regenerate([bundle], tmp_path / "r")
     with pytest.raises(AnalysisError, match="no results bundle"):
         regenerate([tmp_path], tmp_path / "r")
+
+
+def forged(bundle: Path, name: str, content: bytes | None = None, link: Path | None = None) -> None:
+    """``name`` in ``bundle`` replaced (by ``content``, or a link to ``link``), and its sha256 in
+    the provenance recomputed, as a forger would."""
+    import hashlib
+
+    path = bundle / name
+    path.unlink()
+    if link is not None:
+        path.symlink_to(link)
+    else:
+        path.write_bytes(content)
+    meta = json.loads((bundle / "provenance.json").read_text())
+    meta["sha256"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (bundle / "provenance.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("case, sentence", [
+    ("a link out of the bundle", "history.csv is a link, and a bundle is read from its own files only"),
+    ("predictions that expand past the bound", "declares 300,000,000 entries, more than the 50,000,000"),
+    ("predictions of objects", "holds .* of object, but a bundle's predictions are integers"),
+    ("no zip", "predictions.npz cannot be read as a bundle's predictions"),
+    ("a provenance that is no JSON", "provenance.json is not a bundle's provenance"),
+    ("a provenance without its hashes", "provenance.json is not a bundle's provenance \\(KeyError"),
+])
+def test_a_hostile_bundle_is_refused_in_one_sentence_before_it_is_expanded(tmp_path, case, sentence):
+    import io
+
+    bundle = publish("fig4", log_store(tmp_path), tmp_path / "b", "")
+    if case == "a link out of the bundle":
+        outside = tmp_path / "elsewhere.csv"
+        outside.write_text((bundle / "history.csv").read_text())
+        forged(bundle, "history.csv", link=outside)
+    elif case == "predictions that expand past the bound":
+        buffer = io.BytesIO()  # 300 M zeros compress to ~300 KB
+        np.savez_compressed(buffer, **{"run.predicted": np.zeros(300_000_000, dtype=np.uint8)})
+        forged(bundle, "predictions.npz", buffer.getvalue())
+    elif case == "predictions of objects":
+        buffer = io.BytesIO()
+        np.savez(buffer, **{"run.predicted": np.array([{"a": 1}], dtype=object)})
+        forged(bundle, "predictions.npz", buffer.getvalue())
+    elif case == "no zip":
+        forged(bundle, "predictions.npz", b"not a zip file")
+    elif case == "a provenance that is no JSON":
+        (bundle / "provenance.json").write_text("{not json")
+    else:
+        meta = json.loads((bundle / "provenance.json").read_text())
+        del meta["sha256"]
+        (bundle / "provenance.json").write_text(json.dumps(meta))
+    done = subprocess.run([sys.executable, "-m", "analysis", "--runs", str(bundle)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().count("\n") == 0 and re.search(sentence, done.stderr), done.stderr
 
 
 def test_bundles_from_two_machines_combine_into_one_report(tmp_path):

@@ -129,11 +129,10 @@ def test_eight_parallel_writers_lose_nothing_in_the_sqlite_store(tmp_path):
 
 def test_a_crashed_job_cannot_leak_its_slot(tmp_path):
     slots = [("cpu-0", ""), ("cpu-1", "")]
-    holder = subprocess.Popen([sys.executable, "-c", (
+    holder = start([sys.executable, "-c", (
         "import sys, time; from pathlib import Path\n"
         "from hydra_plugins.hybrid_exp_launcher.gpus import claim\n"
-        f"claim([('cpu-0', '')], Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
+        f"claim([('cpu-0', '')], Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)")])
     assert holder.stdout.readline().strip() == "held"
     fd, _ = claim(slots, tmp_path)  # cpu-0 is taken: we get cpu-1
     assert os.readlink(f"/proc/self/fd/{fd}").endswith("cpu-1.lock")
@@ -248,9 +247,8 @@ def test_slot_locks_live_in_a_private_directory(tmp_path, monkeypatch):
 def test_single_runs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
     """Six runs started together in one folder with no mlflow.db yet: the store is created and
     migrated once (under its lock), every run finishes, and each run has its own folder."""
-    runs = [subprocess.Popen([sys.executable, "-m", "hybrid_exp", *SMALL, "trainer.max_epochs=1",
-                              f"seed={seed}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for seed in range(6)]
+    runs = [start([sys.executable, "-m", "hybrid_exp", *SMALL, "trainer.max_epochs=1", f"seed={seed}"],
+                  cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for seed in range(6)]
     errors = [run.communicate(timeout=900)[1] for run in runs]
     assert [run.returncode for run in runs] == [0] * 6, "\n".join(e[-1500:] for e in errors)
     finished = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
@@ -322,11 +320,11 @@ def test_a_run_interrupted_and_resumed_matches_the_uninterrupted_run_epoch_by_ep
 
 def hold_slot(lock_dir: Path) -> subprocess.Popen:
     """Another process holding slot cpu-0 of ``lock_dir`` (for five minutes, or until killed)."""
-    holder = subprocess.Popen([sys.executable, "-c", (
+    holder = start([sys.executable, "-c", (
         "import time; from pathlib import Path\n"
         "from hydra_plugins.hybrid_exp_launcher.gpus import claim\n"
         f"claim([('cpu-0', '')], Path({str(lock_dir)!r}), 'python -m hybrid_exp model=hybrid')\n"
-        "print('held', flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True)
+        "print('held', flush=True); time.sleep(300)")])
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -442,7 +440,8 @@ def test_a_store_that_fails_mid_run_is_one_sentence_and_the_relaunch_resumes(tmp
     lines = job.stdout.splitlines(keepends=True)
     out = "".join(lines)
     assert job.returncode == 1 and "Traceback" not in out and len(lines) < 20, out[-3000:]
-    assert re.match(r"the tracking store sqlite:///.*/mlflow.db failed \(.*\): make it writable .*, and run the "
+    assert re.match(r"the tracking store sqlite:///.*/mlflow.db failed \(readonly database\): it cannot be written: "
+                    r"make its file and folder writable, and run the "
                     r"same command again: finished runs are kept and interrupted ones resume", lines[-1]), lines[-1]
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -117,6 +117,21 @@ def test_evaluate_on_a_crafted_store_says_one_sentence_and_runs_nothing(store, t
     assert "evaluate/" not in done.stdout and not marker.exists()
 
 
+@pytest.mark.parametrize("case, sentence", [
+    ("no config.yaml", "has no config.yaml to rebuild its network from"),
+    ("a quote in the name", "no run is named separable-seed0' or '1'='1: hybrid-exp names runs"),
+])
+def test_evaluate_of_a_run_it_cannot_rebuild_is_one_sentence(store, case, sentence):
+    client, experiment, folder = store
+    run = client.create_run(experiment).info.run_id  # no artifacts at all
+    name = run if case == "no config.yaml" else "separable-seed0' or '1'='1"
+    done = subprocess.run([sys.executable, "-m", "hybrid_exp.evaluate", name, "--experiment", "x",
+                           "--tracking-uri", f"sqlite:///{folder}/mlflow.db"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().count("\n") == 0 and sentence in done.stderr
+
+
 BASE = {"seed": 0, "model": {"_target_": "hybrid_exp.backbones.Stacked", "width": 8},
         "data": {"_target_": "hybrid_exp.data.Synthetic", "batch_size": 8}}
 # (a config as Hydra composes one, with its interpolations, the part built, the sentence's key)

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis import load_runs
-from tests.helpers import PASSWORD, REPO, SMALL
+from tests.helpers import PASSWORD, REPO, SMALL, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -37,8 +37,7 @@ class Cluster:
 
     def grid(self, *args, cwd: Path, **kwargs):
         command = [sys.executable, "-m", "hybrid_exp", "-m", *ON_SLURM, *args]
-        return subprocess.Popen(command, cwd=cwd, env={**self.env, **kwargs.pop("env", {})}, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+        return start(command, cwd=cwd, env={**self.env, **kwargs.pop("env", {})}, **kwargs)
 
     def release(self, job_id: str) -> None:
         """SLURM holds a requeued job back for about two minutes (its BeginTime): start it now."""

@@ -94,3 +94,27 @@ def test_only_the_errors_module_turns_an_error_into_a_sentence_and_an_exit():
                     and ast.unparse(node.args[0]) != "main()":
                 found.append(f"{name}:{node.lineno}")
     assert found == []
+
+
+def test_every_name_taken_from_a_house_module_is_there():
+    """``from hybrid_exp import tracking`` then ``tracking.connect``: a name that moved away is an
+    AttributeError only where that line runs (a sweep's parent run, say); found here at once."""
+    import importlib
+
+    missing = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in modules():
+                        aliases[alias.asname or alias.name] = full
+                    elif not hasattr(importlib.import_module(node.module), alias.name):
+                        missing.append(f"{name}:{node.lineno} from {node.module} import {alias.name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                if not hasattr(importlib.import_module(aliases[node.value.id]), node.attr):
+                    missing.append(f"{name}:{node.lineno} {node.value.id}.{node.attr}")
+    assert missing == []

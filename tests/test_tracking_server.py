@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from hybrid_exp.copy_runs import COPIED_FROM, copy_runs
 from hybrid_exp.errors import TrackingUnavailable
 from hybrid_exp.store import check_server
-from tests.helpers import PARALLEL, PASSWORD, REPO, TINY, free_port
+from tests.helpers import PARALLEL, PASSWORD, REPO, TINY, free_port, start
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -285,7 +285,7 @@ def test_grid_logs_over_http_to_postgres_with_artifacts_on_the_server(server, tm
 def test_server_restart_mid_run_loses_no_metric(new_server, tmp_path, cifar10_root):
     server = new_server()
     epochs, log = 8, tmp_path / "train.log"
-    training = subprocess.Popen(
+    training = start(
         [sys.executable, "-m", "hybrid_exp", f"logger.tracking_uri={server.url}",
          f"data.root={cifar10_root}", "data.train_subset=2048", "data.val_size=256",
          "data.eval_size=256", *TINY, f"trainer.max_epochs={epochs}"],
@@ -305,6 +305,23 @@ def test_server_restart_mid_run_loses_no_metric(new_server, tmp_path, cifar10_ro
     assert run["info"]["status"] == "FINISHED"
     for key in ("val/error", "train/loss", "lr"):
         assert server.history(run["info"]["run_id"], key) == list(range(1, epochs + 1)), key
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_is_one_sentence_within_minutes(new_server, tmp_path):
+    server = new_server()
+    log = tmp_path / "train.log"
+    training = start([sys.executable, "-m", "hybrid_exp", f"logger.tracking_uri={server.url}", "data=synthetic",
+                      "data.train_subset=2048", "data.val_size=256", "data.eval_size=256", *TINY,
+                      "trainer.max_epochs=1000"], cwd=tmp_path, stdout=log.open("w"))
+    deadline = time.monotonic() + 300
+    while not (runs := server.runs()) or not server.history(runs[0]["info"]["run_id"], "val/error"):
+        assert training.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    server.stop(signal.SIGKILL)  # gone for good
+    assert training.wait(timeout=300) == 1, log.read_text()[-3000:]  # bounded: MLflow's retries, then a sentence
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith(f"the tracking store {server.url} stopped answering") and "start it again" in last, last
 
 
 @pytest.mark.slow
@@ -333,6 +350,16 @@ def test_auth_profile_requires_a_login(new_server, tmp_path, cifar10_root):
     assert [r["info"]["status"] for r in runs] == ["FINISHED"]
     with pytest.raises(urllib.error.HTTPError, match="401"):
         server.rest("GET", "experiments/get-by-name?experiment_name=hybrid-exp")
+
+    # the login in the URL instead: MLflow's "View run ... at <url>" lines, Hydra's saved configs,
+    # the grid summary, the claims and checkpoints show no password
+    (tmp_path / "grid").mkdir()
+    in_url = server.url.replace("http://", f"http://admin:{PASSWORD}@")
+    grid = job(tmp_path / "grid", *[o for o in overrides if not o.startswith("logger.")],
+               f"logger.tracking_uri={in_url}", "seed=0,1")
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    assert PASSWORD not in grid.stdout + grid.stderr and "View run" not in grid.stdout + grid.stderr
+    assert [p for p in (tmp_path / "grid").rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()] == []
 
 
 def test_copy_runs_moves_a_local_store_onto_the_server(server, tmp_path):
@@ -454,3 +481,23 @@ def test_a_tracking_uri_with_credentials_is_checked_at_its_host_and_never_shown(
     with pytest.raises(TrackingUnavailable) as down:
         check_server(f"http://alice:s3cr3tMarker@127.0.0.1:{free_port()}")
     assert "s3cr3tMarker" not in str(down.value) and "alice:***@127.0.0.1" in str(down.value)
+
+
+@pytest.mark.slow
+def test_copy_runs_and_the_analysis_name_a_database_store_without_its_password(postgres, tmp_path):
+    """Their success and error lines quote the store: never its password."""
+    local = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(local)
+    run = client.create_run(client.create_experiment("copied", artifact_location=(tmp_path / "a").as_uri()))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    database = postgres("copy_secret").replace("postgresql://", "postgresql+psycopg://")
+    command = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, capture_output=True,
+                                           text=True, timeout=300)
+    copied = command("hybrid_exp.copy_runs", "--from", local, "--to", database)
+    assert copied.returncode == 0 and "copied 1 runs" in copied.stdout, copied.stderr[-2000:]
+    missing = command("hybrid_exp.copy_runs", "--from", database, "--to", local, "--experiment", "nope")
+    assert missing.returncode == 1 and "no experiment 'nope' in postgresql+psycopg://hybrid:***@" in missing.stderr
+    analysis = command("analysis", "--experiment", "nope", "--tracking-uri", database)
+    assert analysis.returncode == 2 and "no experiment 'nope' in postgresql+psycopg://hybrid:***@" in analysis.stderr
+    for done in (copied, missing, analysis):
+        assert PASSWORD not in done.stdout + done.stderr

@@ -231,12 +231,12 @@ def test_best_weights_on_a_training_metric_is_refused_before_training(make_cfg):
 
 
 def test_a_fused_array_in_16_mixed_is_refused_in_one_sentence(make_cfg):
-    from hybrid_exp.checks import check_values
+    from hybrid_exp.checks import check_config
     from hybrid_exp.errors import ConfigError
 
     with pytest.raises(ConfigError, match="16-mixed cannot train a fused seed array"):
-        check_values(make_cfg("seed=[0,1]", "trainer.precision=16-mixed"))
-    check_values(make_cfg("seed=0", "trainer.precision=16-mixed"))  # one run may
+        check_config(make_cfg("seed=[0,1]", "trainer.precision=16-mixed", "model.width=8", "model.depth=1"))
+    check_config(make_cfg("seed=0", "trainer.precision=16-mixed", "model.width=8", "model.depth=1"))  # one run may
 
 
 def _saved(state):
@@ -389,3 +389,112 @@ def test_a_run_from_a_checkout_with_uncommitted_changes_keeps_them(make_cfg, mon
     saved = MlflowClient(cfg.logger.tracking_uri).download_artifacts(result.run_id, "git_diff.patch", str(tmp_path))
     assert Path(saved).read_text() == change
 
+
+def test_a_full_disk_under_the_checkpoints_is_one_sentence_and_the_run_resumes_after(small_disk, tmp_path):
+    """No raw OSError: the run is interrupted (KILLED, saying why), and the same command, once
+    there is space, finishes it in the same run."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "hybrid_exp", *SMALL, "model.width=32", "trainer.max_epochs=2",
+               f"checkpoint_dir={small_disk}"]
+    with open(small_disk / "filler", "wb", buffering=0) as filler:
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        filler.truncate(filler.tell() - 64 * 1024)  # room for the claim and run ids, not a checkpoint (~0.4 MB)
+    full = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert lines[-1].startswith(f"no space left on the disk holding {small_disk}") and "free space there" in lines[-1]
+    (run,) = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").itertuples()
+    assert run.status == "KILLED" and run.error.startswith("interrupted: no space left on the disk")
+    (small_disk / "filler").unlink()
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (resumed,) = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db").itertuples()
+    assert (resumed.run_id, resumed.status) == (run.run_id, "FINISHED")
+
+
+def test_a_run_whose_artifacts_vanish_while_it_trains_does_not_end_finished(make_cfg, monkeypatch):
+    """mlartifacts/ deleted mid-run: the evidence logged at the end recreates the folder, but the
+    config.yaml logged at the start is gone: the run fails saying so, and a relaunch trains it."""
+    import shutil
+
+    import hybrid_exp.train as training
+
+    stored = training.store_evidence
+
+    def artifacts_deleted_first(module, net, data, runs, callbacks):
+        shutil.rmtree(Path(make_cfg().logger.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+        stored(module, net, data, runs, callbacks)
+
+    monkeypatch.setattr(training, "store_evidence", artifacts_deleted_first)
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=1")
+    with pytest.raises(RuntimeError, match="config.yaml went missing from the store's artifacts"):
+        result = train(cfg)[0]
+        raise RuntimeError(result.error) if result.status == "failed" else AssertionError(result.status)
+    (run,) = load_runs("hybrid-exp", cfg.logger.tracking_uri).itertuples()
+    assert run.status == "FAILED"
+    monkeypatch.setattr(training, "store_evidence", stored)
+    assert train(cfg)[0].status == "finished"  # not skipped: nothing FINISHED
+
+
+
+def test_a_modules_code_digest_ignores_its_docstrings_comments_and_layout_not_its_statements(tmp_path, monkeypatch):
+    from hybrid_exp.schema import code_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    versions = {"first": 'def f(x):\n    """Doubles."""\n    return 2 * x\n',
+                "commented": '# a note\ndef f(x):\n    """Doubles x, now said better."""\n\n    return 2*x  # twice\n',
+                "changed": 'def f(x):\n    """Doubles."""\n    return 3 * x\n'}
+    digests = {}
+    for name, text in versions.items():
+        (tmp_path / f"unit_{name}.py").write_text(text)
+        digests[name] = code_digest(f"unit_{name}")
+    assert digests["first"] == digests["commented"] != digests["changed"]
+
+
+@pytest.mark.slow
+def test_an_edited_unit_is_trained_again_not_skipped_and_a_reworded_one_is_skipped(tmp_path):
+    """A researcher edits the unit a finished grid trained: the relaunch says which module changed
+    and trains it again; a comment alone changes nothing."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    source = tmp_path / "source"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "hybrid_exp", source / "hybrid_exp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    command = [sys.executable, "-m", "hybrid_exp", *SMALL, "trainer.max_epochs=1"]
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    run = lambda: subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    first = run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    blocks = source / "hybrid_exp" / "blocks.py"
+    blocks.write_text(blocks.read_text() + "\n# a comment about separable convolutions\n")
+    reworded = run()
+    assert reworded.returncode == 0 and "already FINISHED" in reworded.stderr + reworded.stdout
+    blocks.write_text(blocks.read_text().replace("class Separable(", "class SeparableWithAScale(nn.Module):\n"
+                                                  "    pass\n\n\nclass Separable(", 1))
+    edited = run()
+    out = edited.stderr + edited.stdout
+    assert edited.returncode == 0 and "the code that builds and trains it changed since its FINISHED run" in out
+    assert "(hybrid_exp.blocks): training it again" in out, out[-3000:]
+    runs = load_runs("hybrid-exp", f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(runs) == 2 and runs.code_fingerprint.nunique() == 2 and (runs.status == "FINISHED").all()
+
+
+def test_the_progress_bar_shows_an_arrays_mean_and_sd_as_its_log_line_does():
+    from types import SimpleNamespace
+
+    from hybrid_exp.callbacks import EpochBar
+    from hybrid_exp.module import members_summary
+
+    metrics = [{"val/error": 10.0, "lr": 0.1}, {"val/error": 20.0, "lr": 0.1}, {"val/error": 90.0, "lr": 0.1}]
+    array = SimpleNamespace(members=3, metrics=metrics, living_members=lambda: [0, 1])  # member 2 failed
+    assert EpochBar().get_metrics(None, array) == {"val/error": "15 ± 7.1", "members": "mean ± sd over 2"}
+    assert members_summary(metrics, [0, 1]) == {"val/error": "15 ± 7.1", "lr": "0.1"}  # the log line's values
+    one = SimpleNamespace(members=1, metrics=metrics[:1], living_members=lambda: [0])
+    assert EpochBar().get_metrics(None, one) == {"val/error": "10"}

@@ -62,6 +62,9 @@ def visible_gpus() -> list[str]:
 
 def make_slots(gpus, runs_per_gpu: int, n_jobs: int) -> list[tuple[str, str]]:
     """(lock name, CUDA_VISIBLE_DEVICES) per slot; the device is '' on a CPU slot."""
+    if isinstance(gpus, int) and gpus < 0:  # visible[:-1] would silently drop the last one
+        raise ConfigError(f"hydra.launcher.gpus={gpus}: give a number of GPUs (0: none), a list of "
+                          f"them ([0,1]), or leave it out (every GPU)")
     visible = visible_gpus()
     if gpus is None:
         devices = visible

@@ -29,20 +29,28 @@ def outcome(job: JobReturn) -> tuple[str, str]:
 
 
 def results_table(jobs: Sequence[JobReturn]) -> list[str]:
-    """A line per config that finished or was skipped: setup, seed, test error, job minutes."""
+    """A line per config that finished or was skipped: setup, seed, test error, job minutes, and
+    the objective the job returned where it is another metric (a sweep's val/error: as its trial
+    and best lines say it)."""
     rows = []
     for job in jobs:
         record, result = recorded(job)
         if result and result.status in ("finished", "skipped") and "test/error" in result.metrics:
             minutes = f"{record.seconds / 60:.1f}" if result.status == "finished" and record.seconds else "-"
+            objective = job.cfg.get("objective") if job.cfg is not None else None
+            value = result.metrics.get(objective) if isinstance(objective, str) and objective != "test/error" else None
             rows.append((record.setup, str(result.seed), f"{result.metrics['test/error']:.2f}", minutes,
-                         result.status))
+                         result.status, objective if value is not None else None,
+                         f"{value:.4g}" if value is not None else ""))
     if not rows:
         return []
     width = max(len(r[0]) for r in rows) + 2
-    return ([f"  {'setup':<{width}}{'seed':>5}{'test/error %':>14}{'minutes':>9}"]
-            + [f"  {s:<{width}}{seed:>5}{error:>14}{minutes:>9}" + ("  (skipped: done before)" if kind == "skipped" else "")
-               for s, seed, error, minutes, kind in sorted(rows)])
+    named = sorted({r[5] for r in rows if r[5]})
+    extra = f"{named[0]:>12}" if len(named) == 1 else ""  # one objective, one column
+    return ([f"  {'setup':<{width}}{'seed':>5}{'test/error %':>14}{'minutes':>9}{extra}"]
+            + [f"  {s:<{width}}{seed:>5}{error:>14}{minutes:>9}" + (f"{value or '-':>12}" if extra else "")
+               + ("  (skipped: done before)" if kind == "skipped" else "")
+               for s, seed, error, minutes, kind, _, value in sorted(rows)])
 
 
 def where_to_look(jobs: Sequence[JobReturn]) -> list[str]:

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hybrid_exp.errors import ConfigError, TooManyFailures
 from hybrid_exp.redact import redact
+from hybrid_exp.schema import run_schema
 
 log = logging.getLogger(__name__)
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -76,6 +78,39 @@ def dashboard_url(storage: str) -> str:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
     return url
+
+
+def check_storage(storage: str) -> None:
+    """A study storage Optuna can open: a database URL whose database answers, or a SQLite file
+    in a folder that exists or can be made; one sentence otherwise, before any trial."""
+    from sqlalchemy.engine import make_url
+
+    from hybrid_exp.errors import TrackingUnavailable
+    from hybrid_exp.store import check_database
+
+    try:
+        url = make_url(storage)
+    except Exception:  # SQLAlchemy's own parse errors
+        raise ConfigError(f"hydra.sweeper.storage={redact(storage)} is no database URL: give "
+                          f"sqlite:///optuna.db (a file here) or postgresql://user@host/db") from None
+    if url.drivername.startswith("sqlite"):
+        folder = Path(url.database or ".").expanduser().resolve().parent
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"hydra.sweeper.storage={redact(storage)}: {existing} is not writable, and the "
+                              f"study's file needs it: give a writable place, e.g. sqlite:///optuna.db")
+        return
+    try:
+        check_database(storage, 5.0, what="the study storage", otherwise="or give hydra.sweeper.storage=sqlite:///optuna.db")
+    except TrackingUnavailable as e:
+        raise ConfigError(f"hydra.sweeper.storage: {e}") from None
+
+
+def trial_value(config: DictConfig, values: Sequence[float]) -> str:
+    """A trial's objective values as every line of the sweep says them ('val/error 23.45')."""
+    objective = config.get("objective", "value")
+    names = [objective] if isinstance(objective, str) else list(objective)
+    return ", ".join(f"{name} {value:.4g}" for name, value in zip(names, values))
 
 
 class OptunaSweeper(Sweeper):
@@ -135,11 +170,15 @@ class OptunaSweeper(Sweeper):
                              "holds none out: set data.val_size (e.g. 5000)")
         if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise ConfigError(f"hydra.sweeper.n_trials must be a whole number >= 1; got {self.n_trials!r}")
+        if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_jobs (trials at once) must be a whole number >= 1; "
+                              f"got {self.n_jobs!r}")
         space, fixed = self.search_space(arguments)
         if not space and not self.extend_space:
             raise ConfigError("nothing to search: give hydra.sweeper.params or sweeps on the command "
                              "line, e.g. optim.lr='tag(log, interval(0.01, 0.5))'")
         storage = self.storage or f"sqlite:///{Path.cwd() / 'optuna.db'}"
+        check_storage(storage)
         tracking = OmegaConf.select(config, "logger.tracking_uri")  # a database of its own
         same = lambda uri: Path(uri.removeprefix("sqlite:///")).expanduser().resolve() \
             if str(uri).startswith("sqlite:///") else str(uri)
@@ -151,6 +190,7 @@ class OptunaSweeper(Sweeper):
         return space, fixed, storage
 
     def sweep(self, arguments: list[str]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's value is said once, below
         space, fixed, storage = self.validate(self.config, arguments)
         name = self.study_name or self.default_study_name(space, fixed)
         n_trials, grid = self.n_trials, None
@@ -223,6 +263,8 @@ class OptunaSweeper(Sweeper):
             values = job.return_value if isinstance(job.return_value, Sequence) else [job.return_value]
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 study.tell(trial, values)
+                log.info("trial %d: %s with %s", trial.number, trial_value(self.config, values),
+                         " ".join(f"{k}={v}" for k, v in trial.params.items()))
                 return ""
             reason = f"non-finite objective {values}"
         elif isinstance(job._return_value, optuna.TrialPruned):
@@ -247,9 +289,9 @@ class OptunaSweeper(Sweeper):
         optuna-dashboard command that opens the study."""
         if OmegaConf.select(self.config, "logger.tracking_uri") is None:
             return None
-        from hybrid_exp import tracking
+        from hybrid_exp import store
 
-        client, experiment_id = tracking.connect(self.config.logger)
+        client, experiment_id = store.connect(self.config.logger)
         self.tracking_client = client
         found = client.search_runs([experiment_id], f"tags.`hybrid_exp.kind` = 'study' and "
                                                     f"tags.`optuna.study_name` = '{name}'")
@@ -266,7 +308,10 @@ class OptunaSweeper(Sweeper):
         """optimization_results.yaml and best.yaml (an experiment preset) in the sweep dir."""
         out = Path(self.config.hydra.sweep.dir)
         out.mkdir(parents=True, exist_ok=True)
-        results = {"name": "optuna", "study_name": study.study_name, "storage": redact(storage)}
+        # what the values mean: the data, optimiser, epochs, precision and device they were tuned under
+        protocol = run_schema(OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"]))["protocol"]
+        results = {"name": "optuna", "study_name": study.study_name, "storage": redact(storage),
+                   "protocol": protocol}
         if len(self.directions) == 1:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
@@ -279,10 +324,10 @@ class OptunaSweeper(Sweeper):
         preset = OmegaConf.from_dotlist([f"{k}={v}" for k, v in chosen.items()])
         (out / "best.yaml").write_text("# @package _global_\n# best trial of study "
                                        f"{study.study_name}; copy to conf/experiment/\n"
+                                       f"# tuned under: {redact(protocol)}\n"
                                        + OmegaConf.to_yaml(preset))
-        objective = self.config.get("objective", "value")
         if len(self.directions) == 1:
-            log.info("Best: trial %d, %s %.4g with %s (of %d trials; %s)", best.number, objective, best.value,
+            log.info("Best: trial %d, %s with %s (of %d trials; %s)", best.number, trial_value(self.config, [best.value]),
                      " ".join(f"{k}={v}" for k, v in best.params.items()), len(study.trials),
                      out / "optimization_results.yaml")
         else:

@@ -25,7 +25,8 @@ from hybrid_exp.redact import redact
 # each with what it means and what mends it.
 LASTING = {"database or disk is full": "the disk under it is full: free space",
            "readonly database": "it cannot be written: make its file and folder writable",
-           "disk I/O error": "its disk failed to read or write it: check the disk",
+           "disk I/O error": "it could not be written (a read-only or immutable file, a failing disk): make "
+                             "its file and folder writable, and check the disk",
            "unable to open database file": "its file cannot be opened: check that it and its folder exist",
            "disk image is malformed": "its file is damaged: restore it from a copy, or log to a new store"}
 AGAIN = ("run the same command again: finished runs are kept and interrupted ones resume from their "

@@ -124,6 +124,7 @@ def test_every_debug_preset_trains_into_the_debug_experiment_with_the_users_tags
     assert MlflowClient(cfg.logger.tracking_uri).get_run(result.run_id).data.tags["tags"] == "smoke, check"
 
 
+@pytest.mark.slow
 def test_debug_limit_scores_every_evaluation_image_not_the_first_batches_of_a_sorted_test_set(make_cfg):
     """Its first test batches alone can be one class (an image folder is stored class by class)."""
     import numpy as np

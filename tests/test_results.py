@@ -83,6 +83,13 @@ def test_a_bundle_edited_after_publishing_is_refused(tmp_path):
         regenerate([tmp_path], tmp_path / "r")
 
 
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Path:
+    """One bundle of the paper's six setups, published once: each test forges a copy."""
+    folder = tmp_path_factory.mktemp("published")
+    return publish("fig4", log_store(folder), folder / "bundle", "")
+
+
 def forged(bundle: Path, name: str, content: bytes | None = None, link: Path | None = None) -> None:
     """``name`` in ``bundle`` replaced (by ``content``, or a link to ``link``), and its sha256 in
     the provenance recomputed, as a forger would."""
@@ -107,10 +114,11 @@ def forged(bundle: Path, name: str, content: bytes | None = None, link: Path | N
     ("a provenance that is no JSON", "provenance.json is not a bundle's provenance"),
     ("a provenance without its hashes", "provenance.json is not a bundle's provenance \\(KeyError"),
 ])
-def test_a_hostile_bundle_is_refused_in_one_sentence_before_it_is_expanded(tmp_path, case, sentence):
+def test_a_hostile_bundle_is_refused_in_one_sentence_before_it_is_expanded(published, tmp_path, case, sentence):
     import io
+    import shutil
 
-    bundle = publish("fig4", log_store(tmp_path), tmp_path / "b", "")
+    bundle = Path(shutil.copytree(published, tmp_path / "b"))
     if case == "a link out of the bundle":
         outside = tmp_path / "elsewhere.csv"
         outside.write_text((bundle / "history.csv").read_text())

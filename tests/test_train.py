@@ -378,6 +378,7 @@ def test_a_matched_preset_at_another_size_stops_before_any_run(make_cfg, tmp_pat
     check_match(make_cfg("model=inception_matched"))  # at its own size: matched, no error
 
 
+@pytest.mark.slow
 def test_a_run_from_a_checkout_with_uncommitted_changes_keeps_them(make_cfg, monkeypatch, tmp_path):
     """The commit alone cannot say what a dirty checkout trained: its diff is the run's artifact."""
     from hybrid_exp import tracking
@@ -390,6 +391,7 @@ def test_a_run_from_a_checkout_with_uncommitted_changes_keeps_them(make_cfg, mon
     assert Path(saved).read_text() == change
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_checkpoints_is_one_sentence_and_the_run_resumes_after(small_disk, tmp_path):
     """No raw OSError: the run is interrupted (KILLED, saying why), and the same command, once
     there is space, finishes it in the same run."""
@@ -416,6 +418,7 @@ def test_a_full_disk_under_the_checkpoints_is_one_sentence_and_the_run_resumes_a
     assert (resumed.run_id, resumed.status) == (run.run_id, "FINISHED")
 
 
+@pytest.mark.slow
 def test_a_run_whose_artifacts_vanish_while_it_trains_does_not_end_finished(make_cfg, monkeypatch):
     """mlartifacts/ deleted mid-run: the evidence logged at the end recreates the folder, but the
     config.yaml logged at the start is gone: the run fails saying so, and a relaunch trains it."""
